@@ -1,0 +1,5 @@
+import sys
+
+from glm4voice.cli import main
+
+sys.exit(main())
