@@ -1,0 +1,1 @@
+"""Composition of tokenizer, LM and decoder into a voice chat (see docs/INTERFACES.md)."""
