@@ -1,0 +1,112 @@
+"""Training-time vector quantiser of the speech tokenizer: EMA codebook, commitment loss, dead-code restarts.
+
+Follows the official WhisperVQ training code as described in SPEC §1.6: the codebook gets no gradients;
+per step the assignment counts and summed vectors (over valid positions, all-reduced across ranks)
+update ``ema_count`` / ``ema_weight`` with decay 0.99 and Laplace smoothing; codebook = ema_weight /
+ema_count; the loss is loss_scale x commit x masked-MSE(hidden, quantized.detach()); every
+``restart_interval`` updates, codes whose ema_count fell below decay**restart_interval are re-initialised
+to randomly chosen valid hidden states (ema_count reset to 1, ema_weight to the new vector). The
+straight-through estimator passes gradients from the quantised output back to the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    codebook_size: int = 16_384  # released quantize_vocab_size
+    dim: int = 1280
+    decay: float = 0.99  # quantize_ema_decay
+    commit: float = 0.25  # quantize_commit_coefficient
+    loss_scale: float = 10.0  # quantize_loss_scale
+    restart_interval: int = 100  # quantize_restart_interval
+    epsilon: float = 1e-5  # Laplace smoothing
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+class EMAVectorQuantizer(nn.Module):
+    """Nearest-code quantiser whose codebook is an EMA of the vectors assigned to each code.
+
+    Buffers use the official names (``codebook.weight`` is a parameter without gradient in the
+    official model; here it is kept as ``codebook`` Embedding so exported state dicts match).
+    """
+
+    def __init__(self, cfg: VQConfig, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        self.codebook = nn.Embedding(cfg.codebook_size, cfg.dim, device=device, dtype=dtype)
+        self.codebook.weight.requires_grad_(False)
+        self.register_buffer("ema_count", torch.ones(cfg.codebook_size, device=device, dtype=torch.float32))
+        self.register_buffer("ema_weight", self.codebook.weight.detach().clone().float())
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=device))
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """Code ids (N,) of vectors x (N, D): argmin of ||c||^2 + ||x||^2 - 2 x.c (the official form)."""
+        c = self.codebook.weight
+        d = torch.addmm((c * c).sum(1)[None] + (x * x).sum(1, keepdim=True), x, c.t(), beta=1, alpha=-2)
+        return d.argmin(1)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None):
+        """h: (B, T, D); mask: (B, T) bool of valid positions.
+
+        Returns (quantized with straight-through gradient (B, T, D), ids (B, T), loss scalar, stats dict).
+        """
+        b, t, d = h.shape
+        mask = torch.ones(b, t, dtype=torch.bool, device=h.device) if mask is None else mask.bool()
+        flat = h.reshape(-1, d)
+        ids = self.nearest(flat.detach().float().to(self.codebook.weight.dtype))
+        q = self.codebook(ids).view(b, t, d).to(h.dtype)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        n_valid = m.sum().clamp_min(1.0)
+        loss = self.cfg.loss_scale * self.cfg.commit * (((h - q.detach()) ** 2) * m).sum() / (n_valid * d)
+        if self.training:
+            self._ema_update(flat.detach().float(), ids, mask.reshape(-1))
+        out = h + (q - h).detach()
+        valid_ids = ids.view(b, t)[mask]
+        stats = {"vq_loss": float(loss.detach()), "codes_used": int(valid_ids.unique().numel())}
+        return out, ids.view(b, t), loss, stats
+
+    @torch.no_grad()
+    def _ema_update(self, x: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> None:
+        cfg = self.cfg
+        x, ids = x[valid], ids[valid]
+        onehot_counts = torch.bincount(ids, minlength=cfg.codebook_size).float()
+        dw = torch.zeros_like(self.ema_weight).index_add_(0, ids, x)
+        _all_reduce(onehot_counts)
+        _all_reduce(dw)
+        self.ema_count.mul_(cfg.decay).add_(onehot_counts, alpha=1 - cfg.decay)
+        total = self.ema_count.sum()
+        self.ema_count.copy_((self.ema_count + cfg.epsilon) / (total + cfg.codebook_size * cfg.epsilon) * total)
+        self.ema_weight.mul_(cfg.decay).add_(dw, alpha=1 - cfg.decay)
+        self.codebook.weight.copy_((self.ema_weight / self.ema_count[:, None]).to(self.codebook.weight.dtype))
+        self.updates += 1
+        if int(self.updates) % cfg.restart_interval == 0:
+            self.restart_dead_codes(x)
+
+    @torch.no_grad()
+    def restart_dead_codes(self, x: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """Re-initialise codes with ema_count < decay**restart_interval to random rows of x. Returns how many."""
+        threshold = self.cfg.decay**self.cfg.restart_interval
+        dead = (self.ema_count < threshold).nonzero().flatten()
+        if dead.numel() == 0 or x.shape[0] == 0:
+            return 0
+        # Every rank must pick the same vectors: draw on rank 0's data and broadcast.
+        pick = torch.randint(0, x.shape[0], (dead.numel(),), generator=generator, device=x.device)
+        new = x[pick].clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(new, 0)
+        self.ema_weight[dead] = new
+        self.ema_count[dead] = 1.0
+        self.codebook.weight[dead] = new.to(self.codebook.weight.dtype)
+        return int(dead.numel())
