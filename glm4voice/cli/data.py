@@ -1,0 +1,104 @@
+"""Build training data: synthesize the speech corpus, train the text BPE, report corpus statistics.
+
+    glm4voice data synth --out data/corpus_v1 --seed 0 --jobs 2
+    glm4voice data bpe --out data/bpe_v1 --vocab-size 4000 --codebook-size 1024
+    glm4voice data stats data/corpus_v1 --check
+    glm4voice data tokens data/corpus_v1 --tokenizer PATH   (cache speech tokens with a trained speech tokenizer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+
+    p = sub.add_parser("synth", help="synthesize (or resume) a speech corpus")
+    p.add_argument("--out", required=True, help="corpus folder (resumes if it exists)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=int, default=None, help="number of text items to voice (default: all)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--question-voices", type=int, default=1, help="training voices per question")
+    p.add_argument("--heldout-voice-fraction", type=float, default=0.1,
+                   help="share of items also spoken by a held-out voice (those rows are split=heldout)")
+    p.add_argument("--languages", default="en,zh", help="comma-separated: en,zh")
+    p.add_argument("--kinds", default=None, help="comma-separated item kinds (default: all)")
+    p.add_argument("--no-answers", action="store_true", help="do not speak answers in the target voice")
+    p.add_argument("--retry-failed", action="store_true", help="retry utterances recorded as unspeakable")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("bpe", help="train the text BPE and save it in the GLM-4 tokenizer format")
+    p.add_argument("--out", required=True, help="folder for tokenizer.model and tokenizer_config.json")
+    p.add_argument("--vocab-size", type=int, default=4000, help="BPE ranks (256 bytes + merges)")
+    p.add_argument("--codebook-size", type=int, required=True, help="speech-token codebook size K (<|audio_0..K-1|>)")
+    p.add_argument("--items", default=None, help="items.jsonl of a corpus (default: build the items from --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-frequency", type=int, default=2)
+
+    p = sub.add_parser("stats", help="corpus statistics (and a file check with --check)")
+    p.add_argument("corpus", help="corpus folder")
+    p.add_argument("--check", action="store_true", help="open every audio file and report bad rows")
+
+    p = sub.add_parser("tokens", help="cache speech tokens per utterance (tokens/<id>.npy)")
+    p.add_argument("corpus", help="corpus folder")
+    p.add_argument("--tokenizer", default=None, help="speech tokenizer folder or hub id (default: the embedded one)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"synth": _synth, "bpe": _bpe, "stats": _stats, "tokens": _tokens}[args.data_command](args)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from glm4voice.train.corpus import CorpusConfig, synthesize_corpus
+
+    cfg = CorpusConfig(seed=args.seed, num_items=args.num, question_voices=args.question_voices,
+                       heldout_voice_fraction=args.heldout_voice_fraction, answers=not args.no_answers,
+                       languages=tuple(args.languages.split(",")),
+                       kinds=tuple(args.kinds.split(",")) if args.kinds else None)
+    report = synthesize_corpus(args.out, cfg, jobs=args.jobs, progress=not args.quiet, retry_failed=args.retry_failed)
+    print(report.summary())
+    if report.failed:
+        print(f"skipped utterances are listed with their reason in {args.out}/failed.jsonl")
+    return 0
+
+
+def _bpe(args: argparse.Namespace) -> int:
+    from glm4voice.train.bpe import build
+
+    summary = build(args.out, vocab_size=args.vocab_size, codebook_size=args.codebook_size, items_path=args.items,
+                    seed=args.seed, min_frequency=args.min_frequency)
+    print(json.dumps(summary))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from glm4voice.train.corpus import corpus_stats, load_manifest
+
+    stats = corpus_stats(args.corpus)
+    if args.check:
+        check = load_manifest(args.corpus, decode=True)
+        for rid, reason in check.problems:
+            print(f"bad row {rid}: {reason}", file=sys.stderr)
+        stats["check"] = check.summary()
+    print(json.dumps(stats, indent=1, ensure_ascii=False))
+    return 1 if args.check and stats["check"] and check.problems else 0
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    import torch
+
+    from glm4voice.tokenizer import SpeechTokenizer  # built by the tokenizer component (docs/INTERFACES.md)
+    from glm4voice.train.corpus import cache_tokens
+
+    tok = SpeechTokenizer.from_pretrained(args.tokenizer, device=args.device, dtype=torch.float32)
+
+    def encode(wavs):
+        return tok.encode([torch.from_numpy(w) for w in wavs])
+
+    print(json.dumps(cache_tokens(args.corpus, encode, batch_size=args.batch_size)))
+    return 0

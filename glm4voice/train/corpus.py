@@ -1,0 +1,464 @@
+"""Speech corpus synthesis: items -> a plan of utterances -> FLAC files + ``manifest.jsonl``; resumable, parallel.
+
+Layout of a corpus folder::
+
+    corpus.json         options, voices (train / held out / target), and a log of runs with their throughput
+    items.jsonl         every text item (question, answer, kind, language, split)
+    manifest.jsonl      one row per finished utterance (see ``Row``); appended as work finishes, sorted at the end
+    failed.jsonl        utterances that could not be made, with the reason (unspeakable text, engine failure)
+    audio16k/<kind>/<id>.flac   every utterance at 16 kHz (the speech tokenizer's rate), PCM_16
+    audio22k/<kind>/<id>.flac   answers also at 22.05 kHz in the target voice (the speech decoder's rate)
+    tokens/<id>.npy     speech tokens per utterance, made by ``cache_tokens`` with a tokenizer supplied by the caller
+
+The plan is a pure function of the items and the options (every choice is drawn from ``random.Random`` seeded by
+the seed and the item id), so a run can be killed at any moment and continued: rows already in the manifest are
+skipped, a torn last line is dropped, audio is written to a temporary name and renamed before its row is written.
+Held-out voices (voices.py) only ever produce rows with ``split="heldout"``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from glm4voice.constants import DECODER_SAMPLE_RATE, TOKENIZER_SAMPLE_RATE
+from glm4voice.errors import ConfigError
+from glm4voice.train.texts import Item, TextConfig, build_items, read_items, write_items
+from glm4voice.train.tts import Style, TTSFailure, UnspeakableText, synthesize_batch
+from glm4voice.train.voices import HELDOUT_VOICE_NAMES, TARGET_VOICES, VOICES, get_voice, heldout_voices, train_voices
+
+# How a requested answer style is rendered: rate factor (duration / rate) and pitch shift in semitones. "fast" and
+# "slow" differ by 2x in duration so that the style evaluation's >= 20 % speed difference has a wide margin.
+ANSWER_STYLES: dict[str, Style] = {
+    "normal": Style(),
+    "fast": Style(rate=1.4),
+    "slow": Style(rate=0.7),
+    "high": Style(pitch=4.0),
+    "low": Style(pitch=-4.0),
+}
+QUESTION_RATE_RANGE = (0.85, 1.2)  # natural variation of question speakers, rate factor
+QUESTION_PITCH_RANGE = (-2, 2)  # semitones, integers
+TASK_SIZE = 24  # utterances per worker task (one festival process per task)
+FLAC_SUBTYPE = "PCM_16"
+
+MANIFEST = "manifest.jsonl"
+FAILED = "failed.jsonl"
+ITEMS = "items.jsonl"
+META = "corpus.json"
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Options that decide the plan. A corpus folder keeps the ones it was made with; resuming must match them."""
+
+    seed: int = 0
+    num_items: int | None = None  # None: every item; else a seeded sample of this many
+    question_voices: int = 1  # training voices per question
+    heldout_voice_fraction: float = 0.1  # share of train items also spoken by a held-out voice (split heldout)
+    answers: bool = True  # also speak every answer in the target voice
+    languages: tuple[str, ...] = ("en", "zh")
+    kinds: tuple[str, ...] | None = None  # None: all kinds
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One planned utterance. ``split`` is "heldout" if the item's phrasing or the voice is held out."""
+
+    id: str
+    item_id: str
+    kind: str
+    role: str  # "question" | "answer"
+    text: str
+    language: str
+    voice: str
+    style: str  # Style.key()
+    split: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join("audio16k", self.kind, f"{self.id}.flac")
+
+    @property
+    def path_22k(self) -> str | None:
+        return os.path.join("audio22k", self.kind, f"{self.id}.flac") if self.role == "answer" else None
+
+
+# --- plan ---------------------------------------------------------------------------------------------------------
+
+def select_items(items: Sequence[Item], cfg: CorpusConfig) -> list[Item]:
+    chosen = [it for it in items if it.language in cfg.languages and (cfg.kinds is None or it.kind in cfg.kinds)]
+    if cfg.num_items is not None and cfg.num_items < len(chosen):
+        rng = random.Random(f"{cfg.seed}:select")
+        keep = set(rng.sample(range(len(chosen)), cfg.num_items))
+        chosen = [it for i, it in enumerate(chosen) if i in keep]
+    return chosen
+
+
+def _question_style(rng: random.Random) -> Style:
+    rate = round(rng.uniform(*QUESTION_RATE_RANGE) / 0.05) * 0.05
+    return Style(rate=rate, pitch=float(rng.randint(*QUESTION_PITCH_RANGE)))
+
+
+def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
+    """Utterances for ``items``: questions by sampled training voices (+ held-out ones), answers in the target voice."""
+    out: list[Utterance] = []
+    for it in select_items(items, cfg):
+        rng = random.Random(f"{cfg.seed}:plan:{it.id}")
+        pool = train_voices(it.language)
+        voices = rng.sample(pool, min(cfg.question_voices, len(pool)))
+        held = heldout_voices(it.language)
+        if held and (it.split == "heldout" or rng.random() < cfg.heldout_voice_fraction):
+            voices.append(held[rng.randrange(len(held))])
+        for k, voice in enumerate(voices):
+            split = "heldout" if it.split == "heldout" or voice.heldout else "train"
+            out.append(Utterance(f"{it.id}.q{k}", it.id, it.kind, "question", it.question, it.language, voice.name,
+                                 _question_style(rng).key(), split))
+        if cfg.answers:
+            out.append(Utterance(f"{it.id}.a", it.id, it.kind, "answer", it.answer, it.language,
+                                 TARGET_VOICES[it.language], ANSWER_STYLES[it.style].key(), it.split))
+    for u in out:  # the declared guarantee, checked where the rows are made
+        assert u.split == "heldout" or u.voice not in HELDOUT_VOICE_NAMES, u
+    return out
+
+
+# --- synthesis (worker side) --------------------------------------------------------------------------------------
+
+def _write_flac(path: str, wav: np.ndarray, rate: int) -> None:
+    import soundfile as sf
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".part"
+    sf.write(tmp, wav, rate, format="FLAC", subtype=FLAC_SUBTYPE)
+    os.replace(tmp, path)
+
+
+def _synth_task(args: tuple[str, list[Utterance]]) -> list[dict]:
+    """Speak one task (same voice); return a manifest row or a failure row per utterance. Never raises."""
+    import soxr
+
+    out_dir, utts = args
+    try:
+        voice = get_voice(utts[0].voice)
+        wavs = synthesize_batch([u.text for u in utts], voice, [Style.parse(u.style) for u in utts], sample_rate=None)
+    except Exception as e:  # noqa: BLE001 - a worker must report, not die: the row is recorded as failed
+        wavs = [TTSFailure(f"{type(e).__name__}: {e}")] * len(utts)
+    rows = []
+    for u, wav in zip(utts, wavs, strict=True):
+        if isinstance(wav, Exception):
+            reason = "unspeakable" if isinstance(wav, UnspeakableText) else "tts_failure"
+            rows.append({"id": u.id, "failed": reason, "error": str(wav), "voice": u.voice, "text": u.text})
+            continue
+        try:
+            rate = voice.native_rate
+            wav16 = wav if rate == TOKENIZER_SAMPLE_RATE else soxr.resample(wav, rate, TOKENIZER_SAMPLE_RATE, "HQ")
+            _write_flac(os.path.join(out_dir, u.path), wav16, TOKENIZER_SAMPLE_RATE)
+            if u.path_22k:
+                wav22 = wav if rate == DECODER_SAMPLE_RATE else soxr.resample(wav, rate, DECODER_SAMPLE_RATE, "HQ")
+                _write_flac(os.path.join(out_dir, u.path_22k), wav22, DECODER_SAMPLE_RATE)
+        except Exception as e:  # noqa: BLE001
+            rows.append({"id": u.id, "failed": "write_failure", "error": f"{type(e).__name__}: {e}", "voice": u.voice,
+                         "text": u.text})
+            continue
+        row = asdict(u) | {"duration": round(len(wav16) / TOKENIZER_SAMPLE_RATE, 4), "path": u.path,
+                           "sample_rate": TOKENIZER_SAMPLE_RATE}
+        if u.path_22k:
+            row["path_22k"] = u.path_22k
+        rows.append(row)
+    return rows
+
+
+# --- manifest I/O -------------------------------------------------------------------------------------------------
+
+def _read_jsonl(path: str) -> tuple[list[dict], int]:
+    """Rows of a jsonl file and the number of unreadable lines (a run killed mid-write tears the last one)."""
+    rows, bad = [], 0
+    if not os.path.exists(path):
+        return rows, 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad += 1
+    return rows, bad
+
+
+def _write_jsonl_atomic(path: str, rows: Iterable[dict]) -> None:
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class SynthReport:
+    planned: int = 0
+    done_before: int = 0
+    made: int = 0
+    failed: Counter = field(default_factory=Counter)  # reason -> count
+    torn_lines: int = 0
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.made / self.seconds if self.seconds else 0.0
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(self.failed.items())) or "none"
+        return (f"planned {self.planned}, already done {self.done_before}, made {self.made} "
+                f"({self.audio_seconds / 3600:.2f} h audio) in {self.seconds:.1f} s "
+                f"= {rate:.1f} utt/s, {self.audio_seconds / max(self.seconds, 1e-9):.1f} audio s/s; "
+                f"skipped: {fails}; torn manifest lines dropped: {self.torn_lines}")
+
+
+def _check_meta(out_dir: str, cfg: CorpusConfig) -> dict:
+    path = os.path.join(out_dir, META)
+    want = {"config": asdict(cfg) | {"languages": list(cfg.languages),
+                                     "kinds": list(cfg.kinds) if cfg.kinds else None}}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("config") != want["config"]:
+            raise ConfigError(f"{out_dir} was made with options {meta.get('config')}; asked for {want['config']}. "
+                             "Resume with the same options or choose a new --out.")
+        return meta
+    meta = want | {"voices": {"train": sorted(v.name for v in VOICES if not v.heldout),
+                              "heldout": sorted(HELDOUT_VOICE_NAMES), "target": TARGET_VOICES},
+                   "rates": {"audio16k": TOKENIZER_SAMPLE_RATE, "audio22k": DECODER_SAMPLE_RATE}, "runs": []}
+    return meta
+
+
+def synthesize_corpus(out_dir: str, cfg: CorpusConfig = CorpusConfig(), *, jobs: int = 1,
+                      items: Sequence[Item] | None = None, text_cfg: TextConfig | None = None, progress: bool = True,
+                      retry_failed: bool = False, limit: int | None = None) -> SynthReport:
+    """Make (or continue) the corpus in ``out_dir``. ``limit`` stops after that many new utterances (for tests)."""
+    from tqdm import tqdm
+
+    os.makedirs(out_dir, exist_ok=True)
+    meta = _check_meta(out_dir, cfg)
+    items_path = os.path.join(out_dir, ITEMS)
+    if items is None:
+        exists = os.path.exists(items_path)
+        items = read_items(items_path) if exists else build_items(cfg.seed, text_cfg or TextConfig())
+    if not os.path.exists(items_path):
+        write_items(items, items_path)
+    utts = plan(items, cfg)
+    report = SynthReport(planned=len(utts))
+
+    manifest_path, failed_path = os.path.join(out_dir, MANIFEST), os.path.join(out_dir, FAILED)
+    done_rows, report.torn_lines = _read_jsonl(manifest_path)
+    done = {r["id"]: r for r in done_rows if os.path.exists(os.path.join(out_dir, r["path"]))}
+    failed_rows, torn_failed = _read_jsonl(failed_path)
+    skip_failed = {r["id"] for r in failed_rows if r["failed"] == "unspeakable"} if not retry_failed else set()
+    if report.torn_lines or torn_failed or len(done) != len(done_rows):
+        _write_jsonl_atomic(manifest_path, done.values())  # drop torn lines and rows whose audio vanished
+        _write_jsonl_atomic(failed_path, failed_rows)
+    if retry_failed:
+        _write_jsonl_atomic(failed_path, [])
+    report.done_before = len(done)
+    todo = [u for u in utts if u.id not in done and u.id not in skip_failed]
+    n_skip = sum(1 for u in utts if u.id in skip_failed and u.id not in done)
+    if n_skip:
+        report.failed["unspeakable"] = n_skip
+    if limit is not None:
+        todo = todo[:limit]
+
+    by_voice: dict[str, list[Utterance]] = {}
+    for u in todo:
+        by_voice.setdefault(u.voice, []).append(u)
+    tasks = [(out_dir, us[i:i + TASK_SIZE]) for us in by_voice.values() for i in range(0, len(us), TASK_SIZE)]
+    tasks.sort(key=lambda t: t[1][0].voice.startswith("festival"), reverse=True)  # slowest first balances the pool
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(utts), initial=len(done) + n_skip, unit="utt", disable=not progress,
+               desc="synth", dynamic_ncols=True)
+    with open(manifest_path, "a", encoding="utf-8") as mf, open(failed_path, "a", encoding="utf-8") as ff:
+        for rows in _map(_synth_task, tasks, jobs):
+            for r in rows:
+                if "failed" in r:
+                    report.failed[r["failed"]] += 1
+                    ff.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    bar.write(f"skipped {r['id']} ({r['voice']}): {r['error']}", file=sys.stderr)
+                else:
+                    report.made += 1
+                    report.audio_seconds += r["duration"]
+                    done[r["id"]] = r
+                    mf.write(json.dumps(r, ensure_ascii=False) + "\n")
+            mf.flush()
+            ff.flush()
+            bar.update(len(rows))
+    bar.close()
+    report.seconds = time.perf_counter() - start
+
+    order = {u.id: i for i, u in enumerate(utts)}
+    if all(u.id in done or u.id in skip_failed for u in utts) or limit is None:
+        # finished (or finished all it could): leave the manifest in plan order, so equal seeds give equal files
+        _write_jsonl_atomic(manifest_path, sorted(done.values(), key=lambda r: order.get(r["id"], len(order))))
+    meta["runs"].append({"made": report.made, "seconds": round(report.seconds, 2), "jobs": jobs,
+                         "audio_seconds": round(report.audio_seconds, 2), "failed": dict(report.failed)})
+    with open(os.path.join(out_dir, META) + ".part", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1, ensure_ascii=False)
+    os.replace(os.path.join(out_dir, META) + ".part", os.path.join(out_dir, META))
+    return report
+
+
+def _map(fn: Callable, tasks: list, jobs: int) -> Iterable:
+    if jobs <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    # spawn: workers start clean (no inherited threads or file handles from the caller)
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        yield from pool.imap_unordered(fn, tasks)
+
+
+# --- reading a corpus (trainers) ----------------------------------------------------------------------------------
+
+@dataclass
+class ManifestCheck:
+    rows: list[dict]
+    problems: list[tuple[str, str]]  # (row id or line, reason)
+
+    def summary(self) -> str:
+        kinds = Counter(reason.split(":")[0] for _, reason in self.problems)
+        return f"{len(self.rows)} usable rows, {len(self.problems)} skipped ({dict(kinds) or 'none'})"
+
+
+def load_manifest(corpus_dir: str, *, split: str | None = None, role: str | None = None,
+                  decode: bool = False) -> ManifestCheck:
+    """Rows of the manifest whose audio exists (``decode=True``: and decodes); every other row is reported, not lost.
+
+    Checks: parsable line, required fields, the file at ``path`` (and ``path_22k``) exists, is a readable audio file
+    of the stated rate and is not empty.
+    """
+    import soundfile as sf
+
+    required = ("id", "text", "language", "voice", "style", "duration", "path", "role", "item_id", "split")
+    rows, problems = [], []
+    path = os.path.join(corpus_dir, MANIFEST)
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append((f"line {n}", f"unparsable: {e.msg}"))
+                continue
+            missing = [k for k in required if k not in r]
+            if missing:
+                problems.append((r.get("id", f"line {n}"), f"missing fields: {missing}"))
+                continue
+            if (split and r["split"] != split) or (role and r["role"] != role):
+                continue
+            reason = _check_audio(corpus_dir, r, decode, sf)
+            if reason:
+                problems.append((r["id"], reason))
+            else:
+                rows.append(r)
+    return ManifestCheck(rows, problems)
+
+
+def _check_audio(corpus_dir: str, r: dict, decode: bool, sf) -> str | None:
+    for key in ("path", "path_22k"):
+        if key not in r:
+            continue
+        p = os.path.join(corpus_dir, r[key])
+        if not os.path.exists(p):
+            return f"missing file: {p}"
+        try:
+            info = sf.info(p)
+            if info.frames == 0:
+                return f"empty audio: {p}"
+            if decode:
+                wav, _ = sf.read(p, dtype="float32")
+                if not np.isfinite(wav).all():
+                    return f"non-finite audio: {p}"
+        except Exception as e:  # noqa: BLE001 - libsndfile raises several types for corrupt files
+            return f"corrupt file: {p} ({type(e).__name__}: {str(e).strip()[:120]})"
+    return None
+
+
+def load_wav(corpus_dir: str, row: dict, *, key: str = "path") -> np.ndarray:
+    import soundfile as sf
+
+    wav, _ = sf.read(os.path.join(corpus_dir, row[key]), dtype="float32", always_2d=True)
+    return wav.mean(axis=1)
+
+
+# --- speech-token cache -------------------------------------------------------------------------------------------
+
+Encoder = Callable[[list[np.ndarray]], list[list[int]]]
+
+
+def token_path(corpus_dir: str, utt_id: str) -> str:
+    return os.path.join(corpus_dir, "tokens", f"{utt_id}.npy")
+
+
+def cache_tokens(corpus_dir: str, encode: Encoder, *, batch_size: int = 32, progress: bool = True,
+                 overwrite: bool = False) -> dict[str, int]:
+    """Encode every usable 16 kHz utterance with ``encode(list_of_wavs_16k) -> list[list[int]]`` into tokens/<id>.npy.
+
+    Resumable (existing files are kept unless ``overwrite``); bad rows are counted and listed on stderr.
+    Returns counts: encoded, cached_before, bad_rows, empty_codes.
+    """
+    from tqdm import tqdm
+
+    check = load_manifest(corpus_dir)
+    for rid, reason in check.problems:
+        print(f"cache_tokens: skipped {rid}: {reason}", file=sys.stderr)
+    os.makedirs(os.path.join(corpus_dir, "tokens"), exist_ok=True)
+    todo = [r for r in check.rows if overwrite or not os.path.exists(token_path(corpus_dir, r["id"]))]
+    counts = Counter(cached_before=len(check.rows) - len(todo), bad_rows=len(check.problems))
+    for i in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="tokens", unit="batch"):
+        batch = todo[i:i + batch_size]
+        codes = encode([load_wav(corpus_dir, r) for r in batch])
+        if len(codes) != len(batch):
+            raise ValueError(f"encode returned {len(codes)} code lists for {len(batch)} wavs")
+        for r, c in zip(batch, codes, strict=True):
+            if len(c) == 0:
+                counts["empty_codes"] += 1
+                print(f"cache_tokens: {r['id']}: the encoder returned no codes", file=sys.stderr)
+            tmp = token_path(corpus_dir, r["id"]) + ".part.npy"
+            np.save(tmp, np.asarray(c, dtype=np.int32))
+            os.replace(tmp, token_path(corpus_dir, r["id"]))
+            counts["encoded"] += 1
+    return dict(counts)
+
+
+def load_tokens(corpus_dir: str, utt_id: str) -> np.ndarray:
+    return np.load(token_path(corpus_dir, utt_id), allow_pickle=False)
+
+
+# --- statistics ---------------------------------------------------------------------------------------------------
+
+def corpus_stats(corpus_dir: str) -> dict:
+    rows, torn = _read_jsonl(os.path.join(corpus_dir, MANIFEST))
+    failed, _ = _read_jsonl(os.path.join(corpus_dir, FAILED))
+    size = 0
+    for sub in ("audio16k", "audio22k"):
+        for root, _, files in os.walk(os.path.join(corpus_dir, sub)):
+            size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+
+    def hours(select: Callable[[dict], bool]) -> float:
+        return round(sum(r["duration"] for r in rows if select(r)) / 3600, 3)
+
+    by = {key: Counter(r[key] for r in rows) for key in ("role", "split", "language", "kind", "voice")}
+    return {
+        "utterances": len(rows), "hours": hours(lambda r: True),
+        "hours_by_role": {k: hours(lambda r, k=k: r["role"] == k) for k in by["role"]},
+        "hours_by_split": {k: hours(lambda r, k=k: r["split"] == k) for k in by["split"]},
+        "counts": {k: dict(sorted(v.items())) for k, v in by.items()},
+        "failed": dict(Counter(r["failed"] for r in failed)), "torn_lines": torn,
+        "audio_bytes": size,
+        "heldout_voices_in_train": sorted({r["voice"] for r in rows if r["split"] == "train"} & HELDOUT_VOICE_NAMES),
+    }

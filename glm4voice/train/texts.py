@@ -1,0 +1,438 @@
+"""Text items of the embedded model's domain (issue 7): question, exact answer, language, kind and split.
+
+Sources (all offline, ../shared/DATA.md): templated arithmetic with small numbers (English and Mandarin), country
+capitals from ``/usr/share/misc/countries.gz`` (miscfiles), chatterbot-corpus Q/A pairs (en + zh), hand-written
+greetings and small talk, "repeat after me" and "what did I say" items whose phrases come from fortunes (en) and
+Tang/Song poems and fortunes-zh (zh), style requests (faster, slower, higher, deeper voice) and WordNet definitions.
+
+Held-out phrasings: every templated kind has templates used only in the ``heldout`` split, so evaluation can ask a
+known fact in words the model never saw. Facts stay in training (a capital can't be guessed); only the wording is
+new. Everything is deterministic from the seed: sources are read in sorted order and sampled with one
+``random.Random(seed)`` per kind.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+KINDS = ("arithmetic", "capital", "chat", "greeting", "repeat", "what_said", "style", "definition")
+SPLITS = ("train", "heldout")
+
+COUNTRIES_PATH = "/usr/share/misc/countries.gz"
+FORTUNES_DIR = "/usr/share/games/fortunes"
+WORDNET_DIR = "/usr/share/wordnet"
+EN_FORTUNE_FILES = ("fortunes", "wisdom", "literature", "science", "work", "platitudes", "pets", "food", "kids",
+                    "education", "people", "love", "humorists", "computers")
+ZH_FORTUNE_FILES = ("chinese", "tang300", "song100")
+
+# Answer styles a "style" item asks for; the rate/pitch values live in corpus.py next to the synthesis.
+STYLE_NAMES = ("normal", "fast", "slow", "high", "low")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question with its exact answer. ``style`` is how the answer must be spoken ("normal" unless asked)."""
+
+    id: str
+    kind: str
+    language: str  # "en" | "zh"
+    question: str
+    answer: str
+    split: str  # "train" | "heldout"
+    template: str = ""  # template id ("" for untemplated sources)
+    style: str = "normal"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """How many items of each open-ended kind to draw; templated kinds use all their facts."""
+
+    max_arithmetic_operand: int = 20  # + and - over 0..20; x over 0..10
+    max_times_operand: int = 10
+    heldout_fraction: float = 0.12  # share of facts also asked with a held-out template
+    repeat_en: int = 600
+    repeat_zh: int = 300
+    what_said_en: int = 400
+    what_said_zh: int = 200
+    style_en: int = 500
+    style_zh: int = 200
+    definitions: int = 600
+    max_chat_chars: int = 200
+
+
+# --- templates: (id, text, heldout?) ---------------------------------------------------------------------------
+_T = tuple[str, str, bool]
+
+ARITH_EN: tuple[_T, ...] = (
+    ("what_is", "What is {expr}?", False),
+    ("how_much", "How much is {expr}?", False),
+    ("calculate", "Please calculate {expr}.", False),
+    ("tell_equals", "Tell me what {expr} equals.", False),
+    ("whats", "What's {expr}?", False),
+    ("work_out", "Could you work out {expr} for me?", True),
+    ("do_you_know", "Do you know what {expr} is?", True),
+)
+ARITH_OPS_EN = {"+": "plus", "-": "minus", "*": "times"}
+ARITH_ZH: tuple[_T, ...] = (
+    ("dengyu_ji", "{expr}等于几？", False),
+    ("shi_duoshao", "{expr}是多少？", False),
+    ("qing_suan", "请算一下{expr}。", False),
+    ("dengyu_duoshao", "{expr}等于多少？", False),
+    ("zhidao", "你知道{expr}等于多少吗？", True),
+    ("bang_wo", "帮我算算{expr}。", True),
+)
+ARITH_OPS_ZH = {"+": "加", "-": "减", "*": "乘"}
+
+CAPITAL_EN: tuple[_T, ...] = (
+    ("capital_of", "What is the capital of {country}?", False),
+    ("capital_city", "What's the capital city of {country}?", False),
+    ("which_city", "Which city is the capital of {country}?", False),
+    ("tell_me", "Tell me the capital of {country}.", False),
+    ("do_you_know", "Do you know the capital of {country}?", True),
+    ("name_the", "Name the capital of {country}.", True),
+)
+
+REPEAT_EN: tuple[_T, ...] = (
+    ("repeat_after", "Repeat after me: {x}", False),
+    ("please_say", "Please say: {x}", False),
+    ("say_this", "Say this: {x}", False),
+    ("can_you_repeat", "Can you repeat this: {x}", True),
+    ("echo", "Echo this back to me: {x}", True),
+)
+REPEAT_ZH: tuple[_T, ...] = (
+    ("gen_wo_shuo", "跟我说：{x}", False),
+    ("qing_chongfu", "请重复：{x}", False),
+    ("qing_fushu", "请你复述一遍：{x}", True),
+)
+WHAT_SAID_EN: tuple[_T, ...] = (
+    ("what_did_i_say", "{x} What did I just say?", False),
+    ("listen", "Listen carefully. {x} What did I say?", False),
+    ("tell_what", "{x} Can you tell me what I said?", True),
+)
+WHAT_SAID_ZH: tuple[_T, ...] = (
+    ("shuo_le_shenme", "{x}我刚才说了什么？", False),
+    ("ting_hao", "听好了，{x}我说了什么？", False),
+    ("fushu", "{x}你能复述我说的话吗？", True),
+)
+STYLE_EN: dict[str, tuple[_T, ...]] = {
+    "fast": (("faster", "Say this faster: {x}", False), ("quickly", "Please speak quickly: {x}", False),
+             ("more_quickly", "Could you say this more quickly: {x}", True)),
+    "slow": (("slower", "Say this slowly: {x}", False), ("slowly", "Please speak slowly: {x}", False),
+             ("more_slowly", "Could you say this more slowly: {x}", True)),
+    "high": (("higher", "Say this in a higher voice: {x}", False),
+             ("high_pitch", "Please use a high voice: {x}", True)),
+    "low": (("deeper", "Say this in a deeper voice: {x}", False),
+            ("low_pitch", "Please use a low voice: {x}", True)),
+}
+STYLE_ZH: dict[str, tuple[_T, ...]] = {
+    "fast": (("kuai", "请说快一点：{x}", False), ("kuaisu", "请你快速地说：{x}", True)),
+    "slow": (("man", "请说慢一点：{x}", False), ("mansu", "请你慢慢地说：{x}", True)),
+}
+DEFINITION_EN: tuple[_T, ...] = (
+    ("what_mean", "What does {word} mean?", False),
+    ("define", "Define {word}.", False),
+    ("meaning_of", "What is the meaning of the word {word}?", False),
+    ("explain", "Can you explain the word {word}?", True),
+)
+
+# Greetings and small talk: (intent, phrasings, answer); the last phrasing of each intent is held out.
+GREETINGS_EN: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("hello", ("Hello!", "Hi there.", "Hey.", "Hello, anyone there?"), "Hello! How can I help you?"),
+    ("morning", ("Good morning.", "Morning!", "Good morning to you."), "Good morning! How can I help you?"),
+    ("evening", ("Good evening.", "Evening!", "Good evening to you."), "Good evening! How can I help you?"),
+    ("how_are_you", ("How are you?", "How are you doing?", "How's it going?", "How have you been?"),
+     "I am doing well, thank you. How can I help you?"),
+    ("name", ("What is your name?", "What's your name?", "Who are you?", "May I ask your name?"),
+     "I am a small voice assistant."),
+    ("thanks", ("Thank you.", "Thanks a lot.", "Thanks!", "Thank you very much."), "You are welcome."),
+    ("bye", ("Goodbye.", "Bye!", "See you later.", "Talk to you later."), "Goodbye! Have a nice day."),
+    ("help", ("Can you help me?", "I need some help.", "Could you help me, please?"), "Of course. What do you need?"),
+    ("what_can_you_do", ("What can you do?", "What are you able to do?", "What do you know how to do?"),
+     "I can answer simple questions, do small sums, name capitals and repeat what you say."),
+    ("nice_to_meet", ("Nice to meet you.", "Pleased to meet you.", "It is nice to meet you."),
+     "Nice to meet you too."),
+    ("sorry", ("Sorry.", "I am sorry.", "My apologies."), "No problem at all."),
+    ("weather", ("How is the weather?", "What is the weather like?", "Is it nice outside?"),
+     "I cannot see outside, but I hope it is nice."),
+    ("joke", ("Tell me a joke.", "Say something funny.", "Do you know a joke?"),
+     "Why did the computer go to the doctor? It had a virus."),
+    ("age", ("How old are you?", "What is your age?", "When were you born?"), "I am a very young program."),
+    ("good_night", ("Good night.", "Night night.", "Have a good night."), "Good night! Sleep well."),
+)
+GREETINGS_ZH: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("hello", ("你好！", "您好。", "嗨，你好。"), "你好！有什么可以帮你的？"),
+    ("morning", ("早上好。", "早安！", "早上好啊。"), "早上好！有什么可以帮你的？"),
+    ("how_are_you", ("你好吗？", "最近怎么样？", "你过得怎么样？"), "我很好，谢谢。有什么可以帮你的？"),
+    ("name", ("你叫什么名字？", "你是谁？", "请问你的名字是什么？"), "我是一个小小的语音助手。"),
+    ("thanks", ("谢谢。", "谢谢你。", "非常感谢。"), "不客气。"),
+    ("bye", ("再见。", "拜拜！", "回头见。"), "再见！祝你愉快。"),
+    ("help", ("你能帮我吗？", "我需要帮助。", "请帮帮我。"), "当然可以。你需要什么？"),
+    ("nice_to_meet", ("很高兴认识你。", "认识你很高兴。", "幸会。"), "我也很高兴认识你。"),
+    ("good_night", ("晚安。", "祝你晚安。", "我去睡觉了，晚安。"), "晚安！好梦。"),
+)
+
+_ZH_DIGITS = "零一二三四五六七八九"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def zh_number(n: int) -> str:
+    """Mandarin numeral for 0 <= n < 1000 (十一, 二十, 一百零五), as read in arithmetic answers."""
+    if not 0 <= n < 1000:
+        raise ValueError(f"zh_number supports 0..999, got {n}")
+    if n < 10:
+        return _ZH_DIGITS[n]
+    if n < 20:
+        return "十" + (_ZH_DIGITS[n % 10] if n % 10 else "")
+    if n < 100:
+        return _ZH_DIGITS[n // 10] + "十" + (_ZH_DIGITS[n % 10] if n % 10 else "")
+    rest = n % 100
+    head = _ZH_DIGITS[n // 100] + "百"
+    if rest == 0:
+        return head
+    return head + ("零" + _ZH_DIGITS[rest] if rest < 10 else ("一" + zh_number(rest) if rest < 20 else zh_number(rest)))
+
+
+def _pick(rng: random.Random, templates: Iterable[_T], heldout: bool) -> _T:
+    pool = [t for t in templates if t[2] == heldout]
+    return pool[rng.randrange(len(pool))]
+
+
+def _templated(rng: random.Random, kind: str, lang: str, facts: list[tuple[dict, str]], templates: Iterable[_T],
+               heldout_fraction: float, style: str = "normal") -> Iterator[Item]:
+    """One train item per fact with a train template; a ``heldout_fraction`` of facts also with a held-out one."""
+    templates = tuple(templates)
+    has_heldout = any(t[2] for t in templates)
+    for i, (fields, answer) in enumerate(facts):
+        tid, text, _ = _pick(rng, templates, False)
+        yield Item(f"{kind}-{lang}-{i:05d}", kind, lang, text.format(**fields), answer, "train", tid, style)
+        if has_heldout and rng.random() < heldout_fraction:
+            tid, text, _ = _pick(rng, templates, True)
+            yield Item(f"{kind}-{lang}-{i:05d}h", kind, lang, text.format(**fields), answer, "heldout", tid, style)
+
+
+def arithmetic_facts(lang: str, cfg: TextConfig) -> list[tuple[dict, str]]:
+    facts = []
+    n, m = cfg.max_arithmetic_operand, cfg.max_times_operand
+    for op in ("+", "-", "*"):
+        top = m if op == "*" else n
+        for a in range(top + 1):
+            for b in range(top + 1):
+                if op == "-" and b > a:
+                    continue  # small non-negative results only
+                c = a + b if op == "+" else a - b if op == "-" else a * b
+                if lang == "en":
+                    expr = f"{a} {ARITH_OPS_EN[op]} {b}"
+                    facts.append(({"expr": expr}, f"{expr} is {c}."))
+                else:
+                    expr = f"{zh_number(a)}{ARITH_OPS_ZH[op]}{zh_number(b)}"
+                    facts.append(({"expr": expr}, f"{expr}等于{zh_number(c)}。"))
+    return facts
+
+
+def _clean_country(name: str) -> str:
+    name = re.sub(r"\s*\(.*?\)", "", name).strip()
+    if ", " in name:  # "Korea, Republic of" -> "Republic of Korea"
+        head, tail = name.split(", ", 1)
+        name = f"{tail} {head}"
+    return name
+
+
+def capital_facts(path: str = COUNTRIES_PATH) -> list[tuple[dict, str]]:
+    """(country, capital) pairs from miscfiles' ``code:code:code:name:capital`` rows; rows without a capital skipped."""
+    facts = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or line.count(":") < 4:
+                continue
+            name, capital = (s.strip() for s in line.rstrip("\n").split(":")[3:5])
+            if not name or not capital:
+                continue
+            country = _clean_country(name)
+            facts.append(({"country": country}, f"The capital of {country} is {capital}."))
+    return facts
+
+
+def chatterbot_pairs(lang: str, max_chars: int) -> list[tuple[str, str]]:
+    """(question, answer) = consecutive turns (0,1), (2,3), ... of each conversation; first answer per question."""
+    import chatterbot_corpus
+    import yaml
+
+    folder = {"en": "english", "zh": "chinese"}[lang]
+    root = os.path.join(os.path.dirname(chatterbot_corpus.__file__), "data", folder)
+    seen: dict[str, str] = {}
+    for path in sorted(glob.glob(os.path.join(root, "*.yml"))):
+        if os.path.basename(path) == "botprofile.yml":
+            continue  # answers about the chatterbot persona, not ours
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        for conv in data.get("conversations") or []:
+            turns = [" ".join(str(t).split()) for t in conv if t is not None]
+            for q, a in zip(turns[0::2], turns[1::2], strict=False):
+                if q and a and len(q) <= max_chars and len(a) <= max_chars and q.lower() not in seen:
+                    seen[q.lower()] = (q, a)  # type: ignore[assignment]
+    return list(seen.values())  # type: ignore[arg-type]
+
+
+def _fortune_entries(names: Iterable[str]) -> Iterator[str]:
+    for name in names:
+        path = os.path.join(FORTUNES_DIR, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for entry in f.read().split("\n%\n"):
+                yield _ANSI.sub("", entry)
+
+
+def english_phrases() -> list[str]:
+    """Short one-sentence fortunes (4-14 words, plain ASCII, no attribution), deduplicated, sorted."""
+    out = set()
+    for entry in _fortune_entries(EN_FORTUNE_FILES):
+        text = " ".join(entry.split())
+        if "--" in text or not text.isascii() or any(c in text for c in '"()[]{}<>|_*#@\\/:;=~^`'):
+            continue
+        n_words = len(text.split())
+        if 4 <= n_words <= 14 and text[-1] in ".!?" and text.count(".") + text.count("?") + text.count("!") == 1:
+            out.add(text)
+    return sorted(out)
+
+
+_ZH_CLAUSE = re.compile(r"[\u4e00-\u9fff]{4,16}[，。！？]")
+
+
+def chinese_phrases() -> list[str]:
+    """Clauses of 4-16 Hanzi ending in punctuation from fortunes-zh and the Tang/Song poem collections."""
+    out = set()
+    for entry in _fortune_entries(ZH_FORTUNE_FILES):
+        for line in entry.splitlines():
+            if "作者" in line or "题目" in line or "《" in line:
+                continue
+            for clause in _ZH_CLAUSE.findall(line.strip()):
+                out.add(clause[:-1] + "。")
+    return sorted(out)
+
+
+def wordnet_definitions(n: int, root: str = WORDNET_DIR) -> list[tuple[str, str]]:
+    """(word, gloss) for the ``n`` most sense-tagged single-word lemmas; gloss = first clause of its first sense."""
+    offsets: list[tuple[int, str, str, str]] = []
+    for pos in ("noun", "verb", "adj"):
+        with open(os.path.join(root, f"index.{pos}"), encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(" "):
+                    continue
+                parts = line.split()
+                lemma, synset_cnt = parts[0], int(parts[2])
+                if not lemma.isalpha() or len(lemma) < 3:
+                    continue
+                tagged, first_offset = int(parts[-synset_cnt - 1]), parts[-synset_cnt]
+                offsets.append((-tagged, lemma, pos, first_offset))
+    offsets.sort()
+    data: dict[str, dict[str, str]] = {}
+    out, seen = [], set()
+    for _, lemma, pos, offset in offsets:
+        if lemma in seen:
+            continue
+        if pos not in data:
+            data[pos] = _wordnet_glosses(os.path.join(root, f"data.{pos}"))
+        gloss = data[pos].get(offset, "").split(";")[0].strip().strip('"')
+        if 10 <= len(gloss) <= 100 and gloss.isascii() and '"' not in gloss:
+            seen.add(lemma)
+            out.append((lemma, gloss))
+            if len(out) >= n:
+                break
+    return out
+
+
+def _wordnet_glosses(path: str) -> dict[str, str]:
+    glosses = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith(" ") and " | " in line:
+                glosses[line.split(" ", 1)[0]] = line.split(" | ", 1)[1].strip()
+    return glosses
+
+
+def _sample(rng: random.Random, pool: list[str], n: int) -> list[str]:
+    return rng.sample(pool, min(n, len(pool)))
+
+
+def build_items(seed: int = 0, cfg: TextConfig = TextConfig()) -> list[Item]:
+    """All items of the domain, deterministic from ``seed``; ids are unique and stable for a given seed."""
+    items: list[Item] = []
+
+    def rng(kind: str) -> random.Random:  # one stream per kind: adding a kind never reshuffles the others
+        return random.Random(f"{seed}:{kind}")
+
+    for lang, templates in (("en", ARITH_EN), ("zh", ARITH_ZH)):
+        items += _templated(rng(f"arith-{lang}"), "arithmetic", lang, arithmetic_facts(lang, cfg), templates,
+                            cfg.heldout_fraction)
+    items += _templated(rng("capital"), "capital", "en", capital_facts(), CAPITAL_EN, cfg.heldout_fraction)
+    for lang in ("en", "zh"):
+        for i, (q, a) in enumerate(chatterbot_pairs(lang, cfg.max_chat_chars)):
+            items.append(Item(f"chat-{lang}-{i:05d}", "chat", lang, q, a, "train"))
+    for lang, table in (("en", GREETINGS_EN), ("zh", GREETINGS_ZH)):
+        for intent, phrasings, answer in table:
+            for j, q in enumerate(phrasings):
+                split = "heldout" if j == len(phrasings) - 1 else "train"
+                items.append(Item(f"greeting-{lang}-{intent}-{j}", "greeting", lang, q, answer, split, intent))
+    phrases = {"en": english_phrases(), "zh": chinese_phrases()}
+    said = {"en": "You said: {x}", "zh": "你说的是：{x}"}
+    for lang, n_rep, n_said, t_rep, t_said in (
+        ("en", cfg.repeat_en, cfg.what_said_en, REPEAT_EN, WHAT_SAID_EN),
+        ("zh", cfg.repeat_zh, cfg.what_said_zh, REPEAT_ZH, WHAT_SAID_ZH),
+    ):
+        r = rng(f"repeat-{lang}")
+        facts = [({"x": x}, x) for x in _sample(r, phrases[lang], n_rep)]
+        items += _templated(r, "repeat", lang, facts, t_rep, cfg.heldout_fraction)
+        r = rng(f"what_said-{lang}")
+        facts = [({"x": x}, said[lang].format(x=x)) for x in _sample(r, phrases[lang], n_said)]
+        items += _templated(r, "what_said", lang, facts, t_said, cfg.heldout_fraction)
+    for lang, n, table in (("en", cfg.style_en, STYLE_EN), ("zh", cfg.style_zh, STYLE_ZH)):
+        r = rng(f"style-{lang}")
+        xs = _sample(r, phrases[lang], n)
+        for k, style in enumerate(sorted(table)):
+            facts = [({"x": x}, x) for x in xs[k::len(table)]]
+            for item in _templated(r, "style", lang, facts, table[style], cfg.heldout_fraction, style):
+                items.append(Item(item.id.replace("style-", f"style-{style}-"), *_fields(item)[1:]))
+    r = rng("definition")
+    facts = [({"word": w}, f"{w.capitalize()} means {g}.") for w, g in wordnet_definitions(cfg.definitions)]
+    items += _templated(r, "definition", "en", facts, DEFINITION_EN, cfg.heldout_fraction)
+    ids = [it.id for it in items]
+    assert len(ids) == len(set(ids)), "item ids must be unique"
+    return items
+
+
+def _fields(item: Item) -> tuple:
+    return (item.id, item.kind, item.language, item.question, item.answer, item.split, item.template, item.style)
+
+
+def write_items(items: Iterable[Item], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(it.to_json() + "\n")
+
+
+def read_items(path: str) -> list[Item]:
+    with open(path, encoding="utf-8") as f:
+        return [Item(**json.loads(line)) for line in f if line.strip()]
+
+
+def all_text(items: Iterable[Item]) -> Iterator[str]:
+    """Every question and answer once (for BPE training and text-only LM data)."""
+    for it in items:
+        yield it.question
+        yield it.answer
+
+
+def ascii_fold(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))

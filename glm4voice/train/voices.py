@@ -1,0 +1,106 @@
+"""The voice catalogue of the synthetic corpus: which offline TTS voices speak questions, which are held out, and
+the one target voice the answers (and so the speech decoder) are trained on.
+
+A voice is named ``engine:engine_voice`` (``espeak:en-gb+f2``, ``flite:slt``, ``festival:kal_diphone``). Voices and
+their measured intelligibility are listed in ../shared/DATA.md (independent whisper-base / pocketsphinx WER).
+
+Held-out voices are declared here, once, and the corpus builder refuses to put them in a training split: every
+utterance they speak is marked ``split="heldout"``, so the evaluation can measure generalisation to unseen speakers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENGINES = ("espeak", "flite", "festival")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One speaker. ``language`` is the language of text it can speak ("en" or "zh"); ``accent`` is informative."""
+
+    engine: str
+    engine_voice: str
+    language: str
+    native_rate: int  # Hz, what the engine writes before we resample
+    heldout: bool = False
+    accent: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine}:{self.engine_voice}"
+
+
+def _espeak(v: str, lang: str = "en", *, heldout: bool = False, accent: str = "") -> Voice:
+    return Voice("espeak", v, lang, 22_050, heldout, accent)
+
+
+# Question voices. English: espeak accents x variants (cheap, ~1000x real time), flite clustergen/diphone voices,
+# festival diphone voices. Mandarin from Hanzi through espeak-ng `cmn-latn-pinyin` (NOT `cmn`/`zh`, which read tone
+# digits aloud in English, DATA.md); Cantonese `yue` reads the same Hanzi with a Cantonese accent.
+VOICES: tuple[Voice, ...] = (
+    _espeak("en-us", accent="us"),
+    _espeak("en-us+f1", accent="us"),
+    _espeak("en-us+f3", accent="us"),
+    _espeak("en-us+m3", accent="us"),
+    _espeak("en-us-nyc+f4", accent="us-nyc"),
+    _espeak("en-gb", accent="gb"),
+    _espeak("en-gb+f2", accent="gb"),
+    _espeak("en-gb+m4", accent="gb"),
+    _espeak("en-gb-scotland+m2", accent="gb-scotland"),
+    _espeak("en-gb-x-gbclan+f5", accent="gb-lancaster"),
+    _espeak("en-029+m1", accent="caribbean"),
+    Voice("flite", "slt", "en", 16_000, accent="us"),
+    Voice("flite", "rms", "en", 16_000, accent="us"),
+    Voice("flite", "kal16", "en", 16_000, accent="us"),
+    Voice("festival", "kal_diphone", "en", 16_000, accent="us"),
+    Voice("festival", "cmu_us_slt_arctic_hts", "en", 32_000, accent="us"),
+    _espeak("cmn-latn-pinyin", "zh", accent="mandarin"),
+    _espeak("cmn-latn-pinyin+f2", "zh", accent="mandarin"),
+    _espeak("cmn-latn-pinyin+f4", "zh", accent="mandarin"),
+    _espeak("cmn-latn-pinyin+m3", "zh", accent="mandarin"),
+    _espeak("yue", "zh", accent="cantonese"),
+    # --- held out: never in a training split -------------------------------------------------------------------
+    Voice("flite", "awb", "en", 16_000, heldout=True, accent="scottish"),  # a real speaker no train voice shares
+    Voice("festival", "ked_diphone", "en", 16_000, heldout=True, accent="us"),
+    _espeak("en-gb-x-rp+f3", heldout=True, accent="gb-rp"),
+    _espeak("en-us+m6", heldout=True, accent="us"),
+    _espeak("cmn-latn-pinyin+f5", "zh", heldout=True, accent="mandarin"),
+    _espeak("cmn-latn-pinyin+m6", "zh", heldout=True, accent="mandarin"),
+)
+
+# The answer ("target") voice, one per language, as the official decoder was trained for one speaker.
+# English: festival's HTS voice of the CMU ARCTIC speaker slt. It is the most intelligible offline voice (WER 0.057
+# for both independent judges, DATA.md) and its native rate is 32 kHz, so the 22.05 kHz copy the decoder learns from
+# has real content up to 11 kHz; flite slt (16 kHz native) would leave the 8-11 kHz band empty. Speed ~28x real time.
+# Mandarin: no offline engine except espeak-ng speaks it; its female variant f2 is the closest in pitch to slt.
+TARGET_VOICES: dict[str, str] = {
+    "en": "festival:cmu_us_slt_arctic_hts",
+    "zh": "espeak:cmn-latn-pinyin+f2",
+}
+
+_BY_NAME = {v.name: v for v in VOICES}
+
+
+def get_voice(name: str) -> Voice:
+    """The catalogue entry of ``name``; a name not in the catalogue is parsed as ``engine:voice`` (English)."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    engine, _, engine_voice = name.partition(":")
+    if engine not in ENGINES or not engine_voice:
+        raise ValueError(f"unknown voice {name!r}: expected 'engine:voice' with engine in {ENGINES}")
+    rate = {"espeak": 22_050, "flite": 16_000, "festival": 16_000}[engine]
+    lang = "zh" if engine_voice.startswith(("cmn", "yue")) else "en"
+    return Voice(engine, engine_voice, lang, rate)
+
+
+def train_voices(language: str) -> list[Voice]:
+    return [v for v in VOICES if v.language == language and not v.heldout]
+
+
+def heldout_voices(language: str | None = None) -> list[Voice]:
+    return [v for v in VOICES if v.heldout and (language is None or v.language == language)]
+
+
+HELDOUT_VOICE_NAMES: frozenset[str] = frozenset(v.name for v in VOICES if v.heldout)
+assert not HELDOUT_VOICE_NAMES & set(TARGET_VOICES.values()), "a target voice cannot be held out"
