@@ -17,6 +17,7 @@ import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -130,11 +131,25 @@ def _sox_style(path: str, style: Style, *, tempo: bool, pitch: bool) -> None:
         effects += ["pitch", f"{style.pitch * 100:.1f}"]  # sox pitch is in cents
     if effects:
         out = path + ".sox.wav"
-        _run(["sox", path, out, *effects])
+        # -D: no dither, -R: repeatable; float output so nothing is requantised. Same input -> same bytes.
+        _run(["sox", "-R", "-D", path, "-e", "floating-point", "-b", "32", out, *effects])
         os.replace(out, path)
 
 
+@lru_cache(maxsize=1)
+def _espeak_voices() -> tuple[frozenset[str], frozenset[str]]:
+    """Languages and variant names espeak-ng knows (it silently falls back to a default for unknown ones)."""
+    langs = _run(["espeak-ng", "--voices"]).stdout.decode().splitlines()[1:]
+    variants = _run(["espeak-ng", "--voices=variant"]).stdout.decode().splitlines()[1:]
+    return (frozenset(line.split()[1] for line in langs if line.split()),
+            frozenset(line.split()[4].removeprefix("!v/") for line in variants if len(line.split()) > 4))
+
+
 def _espeak(text: str, voice: Voice, style: Style, path: str, tmp: str) -> None:
+    lang, _, variant = voice.engine_voice.partition("+")
+    langs, variants = _espeak_voices()
+    if lang not in langs or (variant and variant not in variants):
+        raise TTSFailure(f"espeak-ng has no voice {voice.engine_voice!r}")
     wpm = int(round(min(450, max(80, ESPEAK_DEFAULT_WPM * style.rate))))
     pitch = int(round(min(99, max(0, ESPEAK_DEFAULT_PITCH + ESPEAK_PITCH_PER_SEMITONE * style.pitch))))
     # Text goes through a file so that a leading '-' is never parsed as an option.

@@ -1,0 +1,141 @@
+"""Text items, voice catalogue and corpus plan: pure logic, no TTS engine needed."""
+
+import re
+
+import pytest
+
+from glm4voice.train import texts
+from glm4voice.train.corpus import ANSWER_STYLES, CorpusConfig, plan
+from glm4voice.train.tts import Style, UnspeakableText, prepare_text
+from glm4voice.train.voices import HELDOUT_VOICE_NAMES, TARGET_VOICES, VOICES, get_voice
+
+
+@pytest.fixture(scope="module")
+def items():
+    return texts.build_items(0)
+
+
+def test_items_are_deterministic_and_seed_dependent(items):
+    assert items == texts.build_items(0)
+    other = texts.build_items(1)
+    assert [it.question for it in other] != [it.question for it in items]
+    assert len({it.id for it in items}) == len(items)
+
+
+def test_every_kind_and_both_languages_present(items):
+    kinds = {(it.kind, it.language) for it in items}
+    for kind in texts.KINDS:
+        assert (kind, "en") in kinds, kind
+    for kind in ("arithmetic", "chat", "greeting", "repeat", "what_said", "style"):
+        assert (kind, "zh") in kinds, kind
+
+
+def test_heldout_phrasings_use_only_heldout_templates(items):
+    heldout_templates = {(k, lang, t[0]) for k, lang, table in _tables() for t in table if t[2]}
+    for it in items:
+        if it.kind in ("chat", "greeting"):
+            continue
+        key = (it.kind, it.language, it.template)
+        assert (key in heldout_templates) == (it.split == "heldout"), it
+    # every held-out templated item asks a fact that training also asks (same answer, other words)
+    train_answers = {(it.kind, it.language, it.answer) for it in items if it.split == "train"}
+    for it in items:
+        if it.split == "heldout" and it.kind not in ("greeting",):
+            assert (it.kind, it.language, it.answer) in train_answers, it
+    assert sum(it.split == "heldout" for it in items) > 300
+
+
+def _tables():
+    yield "arithmetic", "en", texts.ARITH_EN
+    yield "arithmetic", "zh", texts.ARITH_ZH
+    yield "capital", "en", texts.CAPITAL_EN
+    yield "repeat", "en", texts.REPEAT_EN
+    yield "repeat", "zh", texts.REPEAT_ZH
+    yield "what_said", "en", texts.WHAT_SAID_EN
+    yield "what_said", "zh", texts.WHAT_SAID_ZH
+    yield "definition", "en", texts.DEFINITION_EN
+    for lang, table in (("en", texts.STYLE_EN), ("zh", texts.STYLE_ZH)):
+        for t in table.values():
+            yield "style", lang, t
+
+
+def test_arithmetic_answers_are_exact(items):
+    ops = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
+    n = 0
+    for it in items:
+        if it.kind == "arithmetic" and it.language == "en":
+            a, op, b, c = re.fullmatch(r"(\d+) (plus|minus|times) (\d+) is (\d+)\.", it.answer).groups()
+            assert ops[op](int(a), int(b)) == int(c)
+            assert f"{a} {op} {b}" in it.question
+            n += 1
+    assert n > 500
+
+
+def test_zh_numbers():
+    assert [texts.zh_number(n) for n in (0, 7, 10, 13, 20, 45, 100, 105, 110, 120)] == [
+        "零", "七", "十", "十三", "二十", "四十五", "一百", "一百零五", "一百一十", "一百二十"]
+    zh = [it for it in texts.build_items(0) if it.kind == "arithmetic" and it.language == "zh"]
+    assert any(it.answer == "九加四等于十三。" for it in zh)
+
+
+def test_capitals_parsed():
+    facts = dict((f["country"], a) for f, a in texts.capital_facts())
+    assert facts["France"] == "The capital of France is Paris."
+    assert "Antarctica" not in facts  # no capital in the source: skipped
+    assert all("(" not in c for c in facts)
+
+
+def test_style_items_carry_their_style(items):
+    styles = {it.style for it in items if it.kind == "style"}
+    assert styles == {"fast", "slow", "high", "low"}
+    assert all(it.style == "normal" for it in items if it.kind != "style")
+    assert set(ANSWER_STYLES) >= styles
+
+
+def test_voice_catalogue():
+    names = [v.name for v in VOICES]
+    assert len(names) == len(set(names))
+    assert HELDOUT_VOICE_NAMES and not HELDOUT_VOICE_NAMES & set(TARGET_VOICES.values())
+    for lang in ("en", "zh"):
+        assert any(v.heldout and v.language == lang for v in VOICES)
+    # Mandarin is spoken from Hanzi by cmn-latn-pinyin or yue, never by espeak's `cmn`/`zh` (reads tone digits)
+    assert all(v.engine_voice.split("+")[0] in ("cmn-latn-pinyin", "yue") for v in VOICES if v.language == "zh")
+    assert get_voice("espeak:en-us+f1").native_rate == 22_050
+    with pytest.raises(ValueError, match="unknown voice"):
+        get_voice("piper:amy")
+
+
+def test_plan_never_trains_on_heldout_voices(items):
+    cfg = CorpusConfig(seed=3, question_voices=2, heldout_voice_fraction=0.2)
+    utts = plan(items, cfg)
+    assert utts == plan(items, cfg)
+    used = {u.voice for u in utts}
+    assert HELDOUT_VOICE_NAMES <= used  # every held-out voice is exercised for evaluation...
+    assert not {u.voice for u in utts if u.split == "train"} & HELDOUT_VOICE_NAMES  # ...and never in training
+    answers = [u for u in utts if u.role == "answer"]
+    assert len(answers) == len(items)
+    assert all(u.voice == TARGET_VOICES[u.language] for u in answers)
+    heldout_items = {it.id for it in items if it.split == "heldout"}
+    assert all(u.split == "heldout" for u in utts if u.item_id in heldout_items)
+
+
+def test_plan_subset_is_stable(items):
+    small = plan(items, CorpusConfig(seed=0, num_items=50))
+    assert len({u.item_id for u in small}) == 50
+    full = {u.id: u for u in plan(items, CorpusConfig(seed=0))}
+    assert all(full[u.id] == u for u in small)  # per-item draws: a subset plans exactly like the full corpus
+
+
+def test_prepare_text_refuses_what_a_voice_cannot_speak():
+    en, zh = get_voice("espeak:en-us"), get_voice("espeak:cmn-latn-pinyin")
+    assert prepare_text("Caf\u00e9 \u201cnoir\u201d", en) == 'Cafe "noir"'
+    for text, voice, why in (("你好", en, "cannot speak"), ("", en, "empty"), ("hello", zh, "Latin"),
+                             ("123", zh, "no Chinese"), ("...", en, "nothing to speak"), ("a" * 700, en, "longer")):
+        with pytest.raises(UnspeakableText, match=why):
+            prepare_text(text, voice)
+
+
+def test_style_key_round_trip():
+    s = Style(rate=1.4, pitch=-4)
+    assert Style.parse(s.key()) == s
+    assert Style().neutral and not s.neutral

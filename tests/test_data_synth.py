@@ -1,0 +1,172 @@
+"""Real synthesis with the offline engines (installed by scripts/install_data_deps.sh): a handful of utterances."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from glm4voice.errors import ConfigError
+from glm4voice.train import corpus
+from glm4voice.train.corpus import CorpusConfig, cache_tokens, load_manifest, synthesize_corpus
+from glm4voice.train.texts import Item
+from glm4voice.train.tts import NORMAL, Style, TTSFailure, UnspeakableText, available_engines, synthesize
+from glm4voice.train.voices import HELDOUT_VOICE_NAMES
+
+ENGINES = available_engines()
+needs_espeak_flite = pytest.mark.skipif(not (ENGINES["espeak"] and ENGINES["flite"]),
+                                        reason="espeak-ng/flite not installed (scripts/install_data_deps.sh)")
+needs_all = pytest.mark.skipif(not all(ENGINES.values()),
+                               reason="a TTS engine or sox is not installed (scripts/install_data_deps.sh)")
+
+
+@needs_espeak_flite
+@pytest.mark.parametrize("voice", ["espeak:en-us+f3", "flite:kal16", "espeak:cmn-latn-pinyin"])
+def test_engines_speak_at_the_requested_rate(voice):
+    text = "三加四等于几？" if "cmn" in voice else "What is three plus four?"
+    wav16 = synthesize(text, voice, sample_rate=16_000)
+    wav22 = synthesize(text, voice, sample_rate=22_050)
+    assert wav16.dtype == np.float32 and wav16.ndim == 1
+    assert 0.5 < len(wav16) / 16_000 < 5.0
+    assert abs(len(wav22) / 22_050 - len(wav16) / 16_000) < 0.01  # the same speech at two rates
+    assert np.isfinite(wav16).all() and 0.05 < np.abs(wav16).max() <= 1.0
+
+
+@needs_espeak_flite
+def test_style_changes_duration():
+    text = "The capital of France is Paris."
+    normal = synthesize(text, "espeak:en-gb", NORMAL)
+    fast = synthesize(text, "espeak:en-gb", Style(rate=1.4))
+    slow = synthesize(text, "flite:kal16", Style(rate=0.7))
+    assert len(fast) < 0.85 * len(normal)
+    assert len(slow) > 1.2 * len(synthesize(text, "flite:kal16", NORMAL))
+
+
+@needs_espeak_flite
+def test_unspeakable_text_raises_before_the_engine():
+    with pytest.raises(UnspeakableText):
+        synthesize("你好", "flite:kal16")
+    with pytest.raises((TTSFailure, UnspeakableText)):
+        synthesize("hello", "espeak:no-such-voice")
+
+
+def _items():
+    mk = Item
+    return [
+        mk("a-en-1", "arithmetic", "en", "What is 2 plus 3?", "2 plus 3 is 5.", "train", "what_is"),
+        mk("a-en-2", "arithmetic", "en", "Could you work out 4 minus 1 for me?", "4 minus 1 is 3.", "heldout", "x"),
+        mk("r-en-1", "repeat", "en", "Repeat after me: good morning.", "Good morning.", "train", "repeat_after"),
+        mk("s-en-1", "style", "en", "Say this faster: hello there.", "Hello there.", "train", "faster", "fast"),
+        mk("a-zh-1", "arithmetic", "zh", "三加四等于几？", "三加四等于七。", "train", "dengyu_ji"),
+        mk("c-zh-1", "chat", "zh", "什么是Python", "Python是一种语言。", "train"),  # unspeakable for Mandarin voices
+    ]
+
+
+def _manifest(out):
+    with open(os.path.join(out, corpus.MANIFEST), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def full_corpus(tmp_path_factory):
+    if not all(ENGINES.values()):
+        pytest.skip("a TTS engine or sox is not installed (scripts/install_data_deps.sh)")
+    out = str(tmp_path_factory.mktemp("corpus") / "full")
+    report = synthesize_corpus(out, CorpusConfig(seed=5, heldout_voice_fraction=0.5), items=_items(), jobs=2,
+                               progress=False)
+    return out, report
+
+
+@needs_all
+def test_corpus_rows_files_and_counts(full_corpus):
+    out, report = full_corpus
+    rows = _manifest(out)
+    # 6 items -> 6 questions + held-out-voice questions + 6 answers; the zh chat item can be spoken by nobody
+    assert report.failed == {"unspeakable": report.planned - report.made} and report.made == len(rows)
+    assert sum(1 for r in rows if r["item_id"] == "c-zh-1") == 0
+    with open(os.path.join(out, corpus.FAILED), encoding="utf-8") as f:
+        failed = [json.loads(line) for line in f]
+    assert {r["id"].split(".")[0] for r in failed} == {"c-zh-1"} and all("Latin" in r["error"] for r in failed)
+    for r in rows:
+        for key in ("id", "text", "language", "voice", "style", "duration", "path", "role", "item_id", "split"):
+            assert key in r
+        info = sf.info(os.path.join(out, r["path"]))
+        assert info.samplerate == 16_000 and info.format == "FLAC"
+        assert abs(info.frames / 16_000 - r["duration"]) < 1e-3
+        if r["role"] == "answer":
+            assert sf.info(os.path.join(out, r["path_22k"])).samplerate == 22_050
+        assert r["split"] == "heldout" or r["voice"] not in HELDOUT_VOICE_NAMES
+    engines = {r["voice"].split(":")[0] for r in rows}
+    assert {"espeak", "festival"} <= engines  # zh via espeak, English answers via festival's target voice
+    fast = next(r for r in rows if r["item_id"] == "s-en-1" and r["role"] == "answer")
+    assert Style.parse(fast["style"]).rate > 1.2
+
+
+@needs_all
+def test_corpus_is_deterministic_and_resumes(full_corpus, tmp_path):
+    out, _ = full_corpus
+    resumed = str(tmp_path / "resumed")
+    cfg = CorpusConfig(seed=5, heldout_voice_fraction=0.5)
+    first = synthesize_corpus(resumed, cfg, items=_items(), jobs=1, progress=False, limit=3)
+    assert first.made == 3
+    with open(os.path.join(resumed, corpus.MANIFEST), "a", encoding="utf-8") as f:
+        f.write('{"id": "torn-by-a-kill", "te')  # a run killed in the middle of a line
+    second = synthesize_corpus(resumed, cfg, items=_items(), jobs=2, progress=False)
+    assert second.done_before == 3 and second.torn_lines == 1
+    assert second.made + 3 == len(_manifest(out))
+    third = synthesize_corpus(resumed, cfg, items=_items(), jobs=2, progress=False)
+    assert third.made == 0 and third.failed == {"unspeakable": second.failed["unspeakable"]}  # not retried
+    assert _manifest(resumed) == _manifest(out)  # same rows, same order, same durations
+    for r in _manifest(out):
+        a, _ = sf.read(os.path.join(out, r["path"]), dtype="int16")
+        b, _ = sf.read(os.path.join(resumed, r["path"]), dtype="int16")
+        assert np.array_equal(a, b), r["id"]
+    with pytest.raises(ConfigError, match="options"):
+        synthesize_corpus(resumed, CorpusConfig(seed=6), items=_items(), progress=False)
+
+
+@needs_all
+def test_bad_rows_are_reported_and_tokens_cached(full_corpus, tmp_path):
+    src, _ = full_corpus
+    out = str(tmp_path / "bad")
+    shutil.copytree(src, out)
+    rows = _manifest(out)
+    os.remove(os.path.join(out, rows[0]["path"]))
+    with open(os.path.join(out, rows[1]["path"]), "wb") as f:
+        f.write(b"fLaC but not really a flac file")
+    with open(os.path.join(out, corpus.MANIFEST), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "no-fields", "path": "x.flac"}) + "\n" + "{not json\n")
+    check = load_manifest(out, decode=True)
+    reasons = dict(check.problems)
+    assert reasons[rows[0]["id"]].startswith("missing file")
+    assert reasons[rows[1]["id"]].startswith("corrupt file")
+    assert reasons["no-fields"].startswith("missing fields")
+    assert any(k.startswith("line") and v.startswith("unparsable") for k, v in check.problems)
+    assert len(check.rows) == len(rows) - 2
+
+    calls = []
+
+    def encode(wavs):
+        calls.append(len(wavs))
+        return [list(range(len(w) // 1280)) for w in wavs]
+
+    counts = cache_tokens(out, encode, batch_size=4, progress=False)
+    assert counts["encoded"] == len(rows) - 2 and counts["bad_rows"] == 4
+    assert sum(calls) == len(rows) - 2 and max(calls) <= 4
+    r = check.rows[0]
+    assert list(corpus.load_tokens(out, r["id"])) == list(range(int(r["duration"] * 16_000) // 1280))
+    again = cache_tokens(out, encode, progress=False)
+    assert again.get("encoded", 0) == 0 and again["cached_before"] == len(rows) - 2
+
+
+@needs_all
+def test_stats(full_corpus):
+    out, report = full_corpus
+    stats = corpus.corpus_stats(out)
+    assert stats["utterances"] == report.made
+    assert stats["counts"]["role"]["answer"] == 5
+    assert stats["heldout_voices_in_train"] == []
+    assert stats["failed"] == {"unspeakable": report.failed["unspeakable"]}
+    assert stats["audio_bytes"] > 0 and stats["hours"] > 0
