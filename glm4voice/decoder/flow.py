@@ -227,10 +227,11 @@ class Flow(nn.Module):
         of frames; spks (B, 80). Returns the mel after the prompt: (B, 80, F − F_p).
         """
         frames, f_p = z.shape[-1], prompt_feat.shape[-1]
-        h = self.encode(tokens)
+        enc = self.encoder(self.input_embedding(tokens))
+        h = self.encoder_proj(enc)
         mu = self.length_regulator(h, frames)
         cond = torch.zeros_like(mu)
         cond[:, :, :f_p] = prompt_feat
         if trace is not None:
-            trace.update(encoder_proj=h, mu=mu)
+            trace.update(encoder_out=enc, encoder_proj=h, mu=mu)
         return self.solve(z, mu, spks, cond, cfg_batched)[:, :, f_p:]

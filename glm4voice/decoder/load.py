@@ -39,8 +39,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            first = str(e).splitlines()[0] if str(e) else ""
             raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors (pickled "
-                                  f"code is never executed; only plain state dicts are accepted). {e}") from e
+                                  f"code is never executed; only plain state dicts are accepted). {first}") from e
         except (RuntimeError, EOFError, OSError) as e:
             raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({e})") from e
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
