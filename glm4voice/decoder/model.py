@@ -101,13 +101,22 @@ class SpeechDecoder(nn.Module):
 
         ``frames`` overrides the total frame count F (default: the official feat_len(T)).
         """
+        return self.flow_mel_batch(tokens, prompt_mel, [generator], frames, trace)
+
+    @torch.inference_mode()
+    def flow_mel_batch(self, tokens: torch.Tensor, prompt_mel: torch.Tensor | None,
+                       generators: list[torch.Generator], frames: int | None = None,
+                       trace: dict | None = None) -> torch.Tensor:
+        """Several same-shaped requests as one batch: tokens (B, T), prompt_mel (B, 80, F_p) or None, one
+        generator per row (each draws its own noise, so a row's result does not depend on its batch-mates)."""
         f = self.frames(tokens.shape[1]) if frames is None else frames
+        b, c = tokens.shape[0], self.cfg.flow.output_size
         if prompt_mel is None:
-            prompt_mel = torch.zeros(1, self.cfg.flow.output_size, 0, device=self.device, dtype=self.dtype)
-        z = torch.randn(1, self.cfg.flow.output_size, f, generator=generator).to(self.device, self.dtype)
+            prompt_mel = torch.zeros(b, c, 0, device=self.device, dtype=self.dtype)
+        z = torch.cat([torch.randn(1, c, f, generator=g) for g in generators]).to(self.device, self.dtype)
         if trace is not None:
             trace["z"] = z
-        spks = self.flow.speaker(None)
+        spks = self.flow.speaker(None, b)
         return self.flow(tokens, prompt_mel.to(self.dtype), z, spks, cfg_batched=self.cfg_batched, trace=trace)
 
     @torch.inference_mode()

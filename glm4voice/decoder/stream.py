@@ -111,6 +111,23 @@ class LowLatencyState:
     trace: list[dict] | None = None
 
 
+@dataclass
+class _Job:
+    """One block ready for the flow: what to run (tokens, prompt, frames) and where the result goes."""
+
+    state: OfficialState | LowLatencyState
+    block: list[int]
+    final: bool
+    tokens: torch.Tensor  # (1, T) prompt tokens + block
+    prompt: torch.Tensor | None  # (1, 80, F_p)
+    frames: int  # total frames of the flow call (prompt + new)
+    generator: torch.Generator
+
+    @property
+    def shape_key(self) -> tuple[int, int, int]:
+        return self.tokens.shape[1], 0 if self.prompt is None else self.prompt.shape[-1], self.frames
+
+
 class StreamingDecoder:
     """Stateless driver: all per-stream data lives in the state objects it returns."""
 
@@ -133,15 +150,32 @@ class StreamingDecoder:
 
     def step(self, codes, state):
         """Feed speech codes; returns (pcm (n,) float32 — possibly empty, state)."""
-        if state.finished:
-            raise RuntimeError("this stream is finished; call init_state() for a new one")
-        state.pending.extend(self.dec.codes_tensor(codes, allow_empty=True)[0].tolist())
+        return self.step_many([(codes, state)])[0]
+
+    def step_many(self, items: list[tuple]) -> list[tuple[torch.Tensor, OfficialState | LowLatencyState]]:
+        """``step`` for several streams at once: blocks of different streams whose flow calls have the same
+        shapes run as one batch (each row keeps its own noise, so results equal separate calls up to float
+        rounding). Returns [(pcm, state)] in the order given."""
+        for _, state in items:
+            if state.finished:
+                raise RuntimeError("this stream is finished; call init_state() for a new one")
+        new_codes = [self.dec.codes_tensor(codes, allow_empty=True)[0].tolist() for codes, _ in items]
+        for codes, (_, state) in zip(new_codes, items, strict=True):
+            state.pending.extend(codes)
         blocks = self.blocks if self.mode == "official" else self.schedule.blocks
-        out = []
-        while len(state.pending) >= (size := _block_size(blocks, state.block_index)):
-            block, state.pending = state.pending[:size], state.pending[size:]
-            out.append(self._block(block, state, final=False))
-        return (torch.cat(out) if out else self._empty()), state
+        outs: list[list[torch.Tensor]] = [[] for _ in items]
+        while True:
+            jobs = []
+            for i, (_, st) in enumerate(items):
+                size = _block_size(blocks, st.block_index)
+                if len(st.pending) >= size:
+                    block, st.pending = st.pending[:size], st.pending[size:]
+                    jobs.append((i, self._plan(block, st, final=False)))
+            if not jobs:
+                break
+            for i, pcm in self._run(jobs):
+                outs[i].append(pcm)
+        return [(torch.cat(o) if o else self._empty(), st) for o, (_, st) in zip(outs, items, strict=True)]
 
     def finish(self, state) -> torch.Tensor:
         """End of generation (``<|user|>``, ``<|endoftext|>``, max tokens, error…): synthesise everything left."""
@@ -150,32 +184,64 @@ class StreamingDecoder:
         try:
             if state.pending:
                 block, state.pending = state.pending, []
-                return self._block(block, state, final=True)
+                return self._run([(0, self._plan(block, state, final=True))])[0][1]
             if state.overlap is not None:
                 return self._flush_overlap(state)
             return self._empty()
         finally:
             state.finished = True
 
-    def _block(self, block: list[int], state, final: bool) -> torch.Tensor:
-        state.block_index += 1
-        if self.mode == "official":
-            return self._official_block(block, state, final)
-        return self._low_latency_block(block, state, final)
+    def _run(self, jobs: list[tuple[int, _Job]]) -> list[tuple[int, torch.Tensor]]:
+        """Run the flow for same-shaped jobs as one batch, then commit each job in order."""
+        groups: dict[tuple, list[tuple[int, _Job]]] = {}
+        for item in jobs:
+            groups.setdefault(item[1].shape_key, []).append(item)
+        mels: dict[int, torch.Tensor] = {}
+        for group in groups.values():
+            tokens = torch.cat([j.tokens for _, j in group])
+            prompt = None if group[0][1].prompt is None else torch.cat([j.prompt for _, j in group])
+            mel = self.dec.flow_mel_batch(tokens, prompt, [j.generator for _, j in group], group[0][1].frames)
+            for row, (_, job) in enumerate(group):
+                mels[id(job)] = mel[row:row + 1]
+        return [(i, self._commit(job, mels[id(job)])) for i, job in jobs]
 
-    # --- official ------------------------------------------------------------------------------------------
-    def _official_block(self, block: list[int], st: OfficialState, final: bool) -> torch.Tensor:
+    def _plan(self, block: list[int], st, final: bool) -> _Job:
+        st.block_index += 1
         dec = self.dec
-        gen = new_generator()
-        tokens = torch.tensor([st.tokens + block], dtype=torch.long, device=dec.device)
-        prompt = torch.cat(st.returned_mels, dim=2) if st.returned_mels else None
-        mel = dec.flow_mel(tokens, prompt, gen)
+        if self.mode == "official":
+            tokens = st.tokens + block
+            prompt = torch.cat(st.returned_mels, dim=2) if st.returned_mels else None
+            frames = dec.frames(len(tokens))
+        else:
+            s = max(0, len(st.tokens) - self.schedule.context_tokens)
+            tokens = st.tokens[s:] + block
+            f_s = dec.frames(s)
+            prompt = None if st.final_mel is None else st.final_mel[:, :, f_s - st.mel_start:]
+            frames = dec.frames(len(st.tokens) + len(block)) - f_s  # exact global frame grid, no drift
+        t = torch.tensor([tokens], dtype=torch.long, device=dec.device)
+        return _Job(st, block, final, t, prompt, frames, new_generator())
+
+    def _commit(self, job: _Job, mel: torch.Tensor) -> torch.Tensor:
+        st = job.state
         if st.overlap is not None:
             mel = hamming_fade(mel, st.overlap)
-        speech = self._official_vocode(mel, st, gen, final)
-        st.tokens += block
-        return speech
+            st.overlap = None
+        if self.mode == "official":
+            speech = self._official_vocode(mel, st, job.generator, job.final)
+            st.tokens += job.block
+            return speech
+        sch, dec = self.schedule, self.dec
+        if not job.final:
+            st.overlap, mel = mel[:, :, -sch.overlap_frames:], mel[:, :, :-sch.overlap_frames]
+        st.tokens += job.block
+        # keep only the final frames later prompts can use: from feat_len(n - context) on
+        keep_from = dec.frames(max(0, len(st.tokens) - sch.context_tokens))
+        full = mel if st.final_mel is None else torch.cat([st.final_mel, mel], dim=2)
+        st.final_mel, st.mel_start = full[:, :, keep_from - st.mel_start:], keep_from
+        st.final_frames += mel.shape[-1]
+        return self._vocode_ll(mel, st, job.generator, job.final)
 
+    # --- official ------------------------------------------------------------------------------------------
     def _official_vocode(self, mel: torch.Tensor, st: OfficialState, gen: torch.Generator, final: bool):
         cache_source = None
         if st.cache_mel is not None:
@@ -194,38 +260,13 @@ class StreamingDecoder:
         return speech[0].float()
 
     def _flush_overlap(self, st) -> torch.Tensor:
-        if self.mode == "official":
-            mel, st.overlap = st.overlap, None
-            return self._official_vocode(mel, st, new_generator(), final=True)
         mel, st.overlap = st.overlap, None
+        if self.mode == "official":
+            return self._official_vocode(mel, st, new_generator(), final=True)
         st.final_frames += mel.shape[-1]
         return self._vocode_ll(mel, st, new_generator(), final=True)
 
     # --- low latency -----------------------------------------------------------------------------------------
-    def _low_latency_block(self, block: list[int], st: LowLatencyState, final: bool) -> torch.Tensor:
-        dec, sch = self.dec, self.schedule
-        n_prev, n = len(st.tokens), len(st.tokens) + len(block)
-        s = max(0, n_prev - sch.context_tokens)
-        f_s, f_n = dec.frames(s), dec.frames(n)
-        prompt = None
-        if st.final_mel is not None:
-            prompt = st.final_mel[:, :, f_s - st.mel_start:]
-        tokens = torch.tensor([st.tokens[s:] + block], dtype=torch.long, device=dec.device)
-        gen = new_generator()
-        mel = dec.flow_mel(tokens, prompt, gen, frames=f_n - f_s)  # frames [final_frames, f_n)
-        if st.overlap is not None:
-            mel = hamming_fade(mel, st.overlap)
-        st.overlap = None
-        if not final:
-            st.overlap, mel = mel[:, :, -sch.overlap_frames:], mel[:, :, :-sch.overlap_frames]
-        st.tokens += block
-        # keep only the final frames later prompts can use: from feat_len(n - context) on
-        keep_from = dec.frames(max(0, n - sch.context_tokens))
-        full = mel if st.final_mel is None else torch.cat([st.final_mel, mel], dim=2)
-        st.final_mel, st.mel_start = full[:, :, keep_from - st.mel_start:], keep_from
-        st.final_frames += mel.shape[-1]
-        return self._vocode_ll(mel, st, gen, final)
-
     def _vocode_ll(self, mel: torch.Tensor, st: LowLatencyState, gen: torch.Generator, final: bool) -> torch.Tensor:
         """Vocode new final frames with left context, continuous NSF phase and a cross-faded held-back tail."""
         hift, sch, hop, vs = self.dec.hift, self.schedule, self.hop, st.voc
@@ -248,7 +289,22 @@ class StreamingDecoder:
         vs.tail = None
         if not final and sch.voc_holdback:
             vs.tail, out = out[-sch.voc_holdback * hop:], out[: -sch.voc_holdback * hop]
-        vs.ctx_mel, vs.ctx_source = mel_in[:, :, -sch.voc_context:], s[:, :, -sch.voc_context * hop:]
+        if sch.voc_context:
+            vs.ctx_mel, vs.ctx_source = mel_in[:, :, -sch.voc_context:], s[:, :, -sch.voc_context * hop:]
         if st.trace is not None:
             st.trace.append({"speech": out, "mel": mel})
         return out
+
+
+def seam_jumps(chunks: list[torch.Tensor]) -> dict[str, float]:
+    """Seam quality of a chunked waveform: the largest sample-to-sample jump |x[i+1] − x[i]| across chunk
+    boundaries, against the largest and the 99.9th percentile of jumps inside chunks."""
+    chunks = [c.detach().float().cpu() for c in chunks if c.numel()]
+    x = torch.cat(chunks)
+    jumps = (x[1:] - x[:-1]).abs()
+    ends = torch.tensor([c.numel() for c in chunks]).cumsum(0)[:-1] - 1  # index of the jump across each seam
+    inside = torch.ones_like(jumps, dtype=torch.bool)
+    inside[ends] = False
+    boundary = jumps[ends].max().item() if ends.numel() else 0.0
+    return {"boundary_max": boundary, "within_max": jumps[inside].max().item(),
+            "within_p999": torch.quantile(jumps[inside], 0.999).item(), "seams": int(ends.numel())}
