@@ -1,0 +1,93 @@
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from glm4voice.train.engine import Trainer, TrainConfig, add_train_args, config_from_args, lr_at, read_metrics
+
+
+def _task():
+    w_true = torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
+
+    def batch_fn(step, rank, world):
+        g = torch.Generator().manual_seed(1000 * step + rank)
+        x = torch.randn(16, 8, generator=g)
+        return x, x @ w_true + 0.01 * torch.randn(16, 1, generator=g)
+
+    def loss_fn(model, batch):
+        x, y = batch
+        loss = ((model(x) - y) ** 2).mean()
+        return loss, {"mse": loss.item()}
+
+    return batch_fn, loss_fn
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _fit(out, steps, until=None, **kw):
+    batch_fn, loss_fn = _task()
+    cfg = TrainConfig(out_dir=str(out), steps=steps, lr=1e-2, warmup=5, log_every=5, save_every=5, eval_every=0, **kw)
+    t = Trainer(cfg, _model(), batch_fn=batch_fn, loss_fn=loss_fn)
+    t.fit(until)
+    return t
+
+
+def test_loss_decreases_and_logs(tmp_path):
+    t = _fit(tmp_path, 60)
+    rows = [r for r in read_metrics(str(tmp_path)) if r["kind"] == "train"]
+    assert rows[-1]["loss"] < 0.3 * rows[0]["loss"]
+    assert rows[-1]["step"] == 60 and "grad_norm" in rows[-1]
+    state = torch.load(os.path.join(tmp_path, "last.pt"), weights_only=True)
+    assert state["step"] == 60 and set(state["model"]) == set(t.model.state_dict())
+
+
+def test_resume_is_exact(tmp_path):
+    full = _fit(tmp_path / "a", 20)
+    _fit(tmp_path / "b", 20, until=7)  # "killed" after 7 steps (a checkpoint at 7)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 7
+    cfg_rows_before = len(read_metrics(str(tmp_path / "b")))
+    resumed = _fit(tmp_path / "b", 20)
+    assert len(read_metrics(str(tmp_path / "b"))) > cfg_rows_before
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_bf16_autocast_runs(tmp_path):
+    t = _fit(tmp_path, 10, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())
+
+
+def test_schedule_and_args():
+    cfg = TrainConfig(out_dir="x", steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 100) == pytest.approx(0.1) and lr_at(cfg, 55) < lr_at(cfg, 20)
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_train_args(p, lr=3e-4)
+    c = config_from_args(p.parse_args(["--out", "r", "--steps", "7", "--precision", "bf16"]))
+    assert (c.out_dir, c.steps, c.lr, c.precision, c.betas) == ("r", 7, 3e-4, "bf16", (0.9, 0.98))
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(out_dir="x", precision="fp8")
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    batch_fn, loss_fn = _task()
+    t = Trainer(TrainConfig(out_dir=str(tmp_path), steps=1), _model(), batch_fn=batch_fn, loss_fn=loss_fn)
+    with pytest.raises(RuntimeError, match="last.pt"):
+        t.fit()
+
+
+def test_nan_loss_stops(tmp_path):
+    def loss_fn(model, batch):
+        return model(batch[0]).sum() * float("nan"), {}
+
+    t = Trainer(TrainConfig(out_dir=str(tmp_path), steps=3), _model(), batch_fn=_task()[0], loss_fn=loss_fn)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        t.fit()
