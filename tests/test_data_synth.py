@@ -170,3 +170,13 @@ def test_stats(full_corpus):
     assert stats["heldout_voices_in_train"] == []
     assert stats["failed"] == {"unspeakable": report.failed["unspeakable"]}
     assert stats["audio_bytes"] > 0 and stats["hours"] > 0
+
+
+@needs_all
+def test_question_answer_pairs(full_corpus):
+    out, _ = full_corpus
+    pairs = corpus.question_answer_pairs(out, split="train")
+    assert pairs and all(q["item_id"] == a["item_id"] and a["role"] == "answer" for q, a in pairs)
+    assert all(q["split"] == "train" and q["voice"] not in HELDOUT_VOICE_NAMES for q, _ in pairs)
+    held = corpus.question_answer_pairs(out, split="heldout")
+    assert {q["item_id"] for q, _ in held} >= {"a-en-2"}

@@ -462,3 +462,15 @@ def corpus_stats(corpus_dir: str) -> dict:
         "audio_bytes": size,
         "heldout_voices_in_train": sorted({r["voice"] for r in rows if r["split"] == "train"} & HELDOUT_VOICE_NAMES),
     }
+
+
+def question_answer_pairs(corpus_dir: str, *, split: str | None = None) -> list[tuple[dict, dict]]:
+    """(question row, answer row) per spoken question whose item has an answer row: the SFT dialogues.
+
+    ``split`` filters on the question row (a held-out voice makes a question held out; its answer is shared).
+    Bad rows are left out (see ``load_manifest``); questions whose answer is missing are left out too.
+    """
+    check = load_manifest(corpus_dir)
+    answers = {r["item_id"]: r for r in check.rows if r["role"] == "answer"}
+    return [(q, answers[q["item_id"]]) for q in check.rows
+            if q["role"] == "question" and q["item_id"] in answers and (split is None or q["split"] == split)]
