@@ -1,0 +1,307 @@
+"""Train the speech tokenizer (WhisperVQ) on ASR with a VQ bottleneck (paper §2.1, SPEC §1.6).
+
+The model is the inference encoder (causal convolutions, block-causal attention, average pooling to 12.5 Hz)
+followed, during training only, by the EMA vector quantiser (``train/vq.py``), ``post_layers`` more encoder
+layers at 12.5 Hz over the quantised vectors, and a small Whisper-style text decoder (``train/asr_head.py``)
+that must transcribe the utterance from them. The codes therefore keep what the transcript needs.
+
+Data: a corpus made by ``glm4voice data synth`` (16 kHz FLAC + manifest.jsonl). Transcripts are UTF-8 bytes
+(vocabulary 256 + BOS + EOS), which serves English and Chinese alike. Batches are drawn from duration-sorted
+neighbours (little padding) and are a pure function of (seed, step, rank), so runs resume exactly.
+
+Output: ``--export`` folder in the official layout (``config.json`` + ``model.safetensors`` with the EMA
+buffers, loadable by ``SpeechTokenizer.from_pretrained``) plus ``asr_branch.safetensors`` / ``asr_branch.json``
+(post-VQ layers and the text decoder) so the evaluation can measure ASR error through the tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from glm4voice.audio import log_mel_whisper
+from glm4voice.constants import MEL_HOP, TOKEN_HOP_SAMPLES, TOKENIZER_SAMPLE_RATE
+from glm4voice.tokenizer.config import TokenizerConfig
+from glm4voice.tokenizer.model import EncoderLayer, WhisperVQEncoder, block_causal_mask
+from glm4voice.train.asr_head import ASRHead, ASRHeadConfig
+from glm4voice.train.vq import EMAVectorQuantizer, VQConfig
+
+log = logging.getLogger("glm4voice.train.tokenizer")
+
+BOS, EOS = 256, 257  # byte-level transcript vocabulary: bytes 0..255, then BOS, EOS
+ASR_VOCAB = 258
+ASR_BRANCH_WEIGHTS = "asr_branch.safetensors"
+ASR_BRANCH_CONFIG = "asr_branch.json"
+FRAMES_PER_TOKEN = TOKEN_HOP_SAMPLES // MEL_HOP  # 8 mel frames per 12.5 Hz code
+
+
+@dataclass(frozen=True)
+class TokenizerTrainSpec:
+    """Sizes of a tokenizer to train; the defaults are the embedded model's."""
+
+    d_model: int = 256
+    heads: int = 4
+    ffn: int = 1024
+    layers: int = 4  # encoder layers before pooling + VQ (quantize_position)
+    post_layers: int = 2  # training-only layers after the VQ
+    codebook: int = 1024
+    block: int = 100  # block-causal attention block, 50 Hz positions (2 s)
+    asr_dim: int = 256
+    asr_layers: int = 2
+    asr_heads: int = 4
+
+    def tokenizer_config(self) -> TokenizerConfig:
+        cfg = TokenizerConfig(d_model=self.d_model, encoder_attention_heads=self.heads, encoder_ffn_dim=self.ffn,
+                              encoder_layers=self.layers + self.post_layers, pooling_position=self.layers,
+                              quantize_position=self.layers, quantize_vocab_size=self.codebook,
+                              quantize_causal_block_size=self.block)
+        cfg.validate("tokenizer spec")
+        return cfg
+
+    def asr_config(self) -> ASRHeadConfig:
+        return ASRHeadConfig(vocab_size=ASR_VOCAB, dim=self.asr_dim, layers=self.asr_layers, heads=self.asr_heads,
+                             bos_id=BOS, eos_id=EOS)
+
+
+class TokenizerTrainModel(nn.Module):
+    """Encoder -> EMA VQ -> post-VQ layers -> ASR text decoder."""
+
+    def __init__(self, spec: TokenizerTrainSpec, vq: VQConfig | None = None):
+        super().__init__()
+        self.spec = spec
+        self.cfg = spec.tokenizer_config()
+        self.encoder = WhisperVQEncoder(self.cfg)
+        self.encoder.codebook.weight.requires_grad_(False)  # the VQ's codebook is the one that trains (EMA)
+        self.vq = EMAVectorQuantizer(vq or VQConfig(codebook_size=spec.codebook, dim=spec.d_model,
+                                                    restart_interval=50))
+        self.post = nn.ModuleList(EncoderLayer(self.cfg) for _ in range(spec.post_layers))
+        self.post_ln = nn.LayerNorm(spec.d_model)
+        self.asr = ASRHead(spec.asr_config(), spec.d_model)
+
+    def encode(self, feats: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Pre-VQ hidden states (B, N/8, d) and their validity (B, N/8), as the inference encoder computes."""
+        enc = self.encoder
+        x = enc.add_positions(enc.conv_front(feats, at_start=True), 0)
+        mask = block_causal_mask(frame_mask[:, ::2], 0, x.shape[1], self.cfg.quantize_causal_block_size, x.dtype)
+        x, _ = enc.run_layers(x, mask)
+        return enc.pool(x), frame_mask[:, ::FRAMES_PER_TOKEN].bool()
+
+    def memory(self, q: Tensor, valid: Tensor) -> Tensor:
+        """Post-VQ layers over the quantised vectors (positions from ``embed_positions2``, as official)."""
+        x = q + self.encoder.embed_positions2.weight[: q.shape[1]].to(q.dtype)
+        block = self.cfg.quantize_causal_block_size // self.cfg.pooling_kernel_size
+        mask = block_causal_mask(valid, 0, x.shape[1], block, x.dtype)
+        for layer in self.post:
+            x, _ = layer(x, mask)
+        return self.post_ln(x)
+
+    def forward(self, feats: Tensor, frame_mask: Tensor, targets: list[list[int]]) -> tuple[Tensor, dict]:
+        h, valid = self.encode(feats, frame_mask)
+        q, ids, vq_loss, stats = self.vq(h.float(), valid)
+        asr_loss = self.asr.loss(self.memory(q.to(h.dtype), valid), valid, targets)
+        stats.update(asr_loss=float(asr_loss.detach()))
+        return asr_loss + vq_loss, stats
+
+    @torch.no_grad()
+    def transcribe(self, feats: Tensor, frame_mask: Tensor) -> tuple[list[str], list[list[int]]]:
+        h, valid = self.encode(feats, frame_mask)
+        ids = self.vq.nearest(h.reshape(-1, h.shape[-1]).float()).view(h.shape[:2])
+        q = self.vq.codebook(ids).to(h.dtype)
+        out = self.asr.greedy(self.memory(q, valid), valid)
+        texts = [bytes(b for b in row if b < 256).decode("utf-8", errors="replace") for row in out]
+        return texts, [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+@dataclass
+class Utterance:
+    id: str
+    text: str
+    language: str
+    voice: str
+    pcm: np.ndarray  # int16 at 16 kHz
+
+
+def load_corpus(corpus_dir: str, *, split: str, max_seconds: float, limit: int | None = None,
+                seed: int = 0) -> list[Utterance]:
+    """The corpus's utterances of ``split`` (train / heldout) up to ``max_seconds``, audio in memory (int16)."""
+    import soundfile as sf
+    from tqdm import tqdm
+
+    from glm4voice.train.corpus import load_manifest
+
+    rows = [r for r in load_manifest(corpus_dir).rows if r["split"] == split and r["duration"] <= max_seconds]
+    if limit is not None and len(rows) > limit:
+        rows = random.Random(seed).sample(rows, limit)
+    out = []
+    for r in tqdm(rows, desc=f"loading {split} audio", disable=len(rows) < 200):
+        pcm, sr = sf.read(os.path.join(corpus_dir, r["path"]), dtype="int16")
+        if sr != TOKENIZER_SAMPLE_RATE:
+            raise ValueError(f"{r['path']}: {sr} Hz, expected {TOKENIZER_SAMPLE_RATE}")
+        out.append(Utterance(r["id"], r["text"], r["language"], r["voice"], pcm))
+    return out
+
+
+def featurize(pcms: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """Whisper features of a batch padded to a multiple of 1280 samples, and the valid-frame mask (B, N)."""
+    n = max(1, math.ceil(max(len(p) for p in pcms) / TOKEN_HOP_SAMPLES)) * TOKEN_HOP_SAMPLES
+    batch = torch.zeros(len(pcms), n)
+    for i, p in enumerate(pcms):
+        batch[i, : len(p)] = torch.from_numpy(p.astype(np.float32) / 32768.0)
+    feats = log_mel_whisper(batch)
+    lengths = torch.tensor([len(p) for p in pcms])
+    frame_mask = (torch.arange(feats.shape[-1]) * MEL_HOP)[None] < lengths[:, None]
+    return feats, frame_mask
+
+
+def text_ids(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+class Batches:
+    """batch(step, rank, world): ``batch_size`` duration-neighbours starting at a seeded random position."""
+
+    def __init__(self, utts: list[Utterance], batch_size: int, seed: int):
+        self.utts = sorted(utts, key=lambda u: len(u.pcm))
+        self.batch_size, self.seed = batch_size, seed
+
+    def __call__(self, step: int, rank: int, world: int):
+        rng = random.Random((self.seed * 1_000_003 + step) * 997 + rank)
+        start = rng.randrange(max(1, len(self.utts) - self.batch_size + 1))
+        part = self.utts[start: start + self.batch_size]
+        feats, mask = featurize([u.pcm for u in part])
+        return feats, mask, [text_ids(u.text) for u in part]
+
+
+def error_rates(refs: list[str], hyps: list[str], languages: list[str]) -> dict:
+    """Word error rate over English references, character error rate over the others (Chinese)."""
+    import jiwer
+
+    out = {}
+    en = [(r, h) for r, h, lang in zip(refs, hyps, languages) if lang == "en"]
+    zh = [(r, h) for r, h, lang in zip(refs, hyps, languages) if lang != "en"]
+
+    def norm(s: str) -> str:
+        return " ".join("".join(c.lower() if c.isalnum() or c.isspace() else " " for c in s).split())
+
+    if en:
+        out["wer_en"] = jiwer.wer([norm(r) or "-" for r, _ in en], [norm(h) for _, h in en])
+    if zh:
+        out["cer_zh"] = jiwer.cer([norm(r).replace(" ", "") or "-" for r, _ in zh],
+                                  [norm(h).replace(" ", "") for _, h in zh])
+    return out
+
+
+def make_eval(utts: list[Utterance], batch_size: int = 16):
+    def evaluate(model: TokenizerTrainModel) -> dict:
+        hyps, codes = [], []
+        for i in range(0, len(utts), batch_size):
+            part = utts[i: i + batch_size]
+            texts, ids = model.transcribe(*featurize([u.pcm for u in part]))
+            hyps += texts
+            codes += ids
+        flat = torch.tensor([c for row in codes for c in row])
+        p = torch.bincount(flat, minlength=model.spec.codebook).float()
+        p = p[p > 0] / p.sum()
+        res = error_rates([u.text for u in utts], hyps, [u.language for u in utts])
+        res.update(code_perplexity=float(torch.exp(-(p * p.log()).sum())), codes_used=int(p.numel()))
+        for u, h in list(zip(utts, hyps))[:3]:
+            log.info("ref: %s | hyp: %s", u.text, h)
+        return res
+
+    return evaluate
+
+
+# ---- export ----------------------------------------------------------------------------------------------
+def export(model: TokenizerTrainModel, folder: str | Path) -> Path:
+    """Write the inference tokenizer (official layout) and the ASR branch into ``folder``."""
+    from safetensors.torch import save_file
+
+    from glm4voice.tokenizer.load import CONFIG_FILE, WEIGHTS_FILE
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().float().contiguous() for k, v in model.encoder.state_dict().items()}
+    sd["codebook.weight"] = model.vq.codebook.weight.detach().float().contiguous()
+    sd["ema_count"] = model.vq.ema_count.detach().float().contiguous()
+    sd["ema_weight"] = model.vq.ema_weight.detach().float().contiguous()
+    save_file(sd, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    cfg = {**asdict(model.cfg), "architectures": ["WhisperVQEncoder"], "model_type": "whisper",
+           "torch_dtype": "float32"}
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    branch = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+              if k.split(".")[0] in ("post", "post_ln", "asr")}
+    save_file(branch, str(folder / ASR_BRANCH_WEIGHTS))
+    (folder / ASR_BRANCH_CONFIG).write_text(json.dumps({"spec": asdict(model.spec), "text": "utf-8 bytes",
+                                                        "bos": BOS, "eos": EOS}, indent=2) + "\n")
+    return folder
+
+
+def load_for_asr(folder: str | Path, *, device: str = "cpu") -> TokenizerTrainModel:
+    """A tokenizer folder with its ASR branch, ready for ``transcribe`` (evaluation of ASR through the codes)."""
+    from safetensors.torch import load_file
+
+    from glm4voice.errors import CheckpointError
+    from glm4voice.tokenizer.load import load_encoder
+
+    folder = Path(folder)
+    if not (folder / ASR_BRANCH_CONFIG).is_file():
+        raise CheckpointError(f"{folder} has no {ASR_BRANCH_CONFIG}: only glm4voice-trained tokenizers carry an "
+                              f"ASR branch (the official release does not)")
+    spec = TokenizerTrainSpec(**json.loads((folder / ASR_BRANCH_CONFIG).read_text())["spec"])
+    model = TokenizerTrainModel(spec)
+    enc = load_encoder(folder)
+    model.encoder.load_state_dict(enc.state_dict())
+    model.vq.codebook.weight.data.copy_(enc.codebook.weight)
+    missing, unexpected = model.load_state_dict(load_file(str(folder / ASR_BRANCH_WEIGHTS)), strict=False)
+    bad = [k for k in missing if k.split(".")[0] in ("post", "post_ln", "asr")] + list(unexpected)
+    if bad:
+        raise CheckpointError(f"{folder / ASR_BRANCH_WEIGHTS}: key mismatch {bad[:8]}")
+    return model.to(device).eval()
+
+
+# ---- entry point -----------------------------------------------------------------------------------------
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from glm4voice.train.engine import add_train_args
+
+    parser.add_argument("--corpus", required=True, help="corpus folder made by `glm4voice data synth`")
+    parser.add_argument("--export", default=None, help="write the trained tokenizer folder here at the end")
+    parser.add_argument("--max-seconds", type=float, default=10.0, help="skip longer utterances")
+    parser.add_argument("--eval-size", type=int, default=96, help="held-out utterances evaluated")
+    parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
+    for f in TokenizerTrainSpec.__dataclass_fields__.values():
+        parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default)
+    add_train_args(parser, lr=1e-3, steps=3000, batch_size=24, warmup=200, eval_every=250, save_every=100)
+
+
+def main(args: argparse.Namespace) -> int:
+    from glm4voice.train.engine import Trainer, config_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = config_from_args(args)
+    spec = TokenizerTrainSpec(**{k: getattr(args, k) for k in TokenizerTrainSpec.__dataclass_fields__})
+    torch.manual_seed(cfg.seed)
+    model = TokenizerTrainModel(spec)
+    train = load_corpus(args.corpus, split="train", max_seconds=args.max_seconds)
+    held = load_corpus(args.corpus, split="heldout", max_seconds=args.max_seconds, limit=args.eval_size, seed=1)
+    log.info("tokenizer: %d train / %d held-out utterances, %.1fM parameters", len(train), len(held),
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out_dir) / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    trainer = Trainer(cfg, model, batch_fn=Batches(train, cfg.batch_size, cfg.seed),
+                      loss_fn=lambda m, b: m(*b), eval_fn=make_eval(held) if held else None)
+    trainer.fit(until=args.until)
+    if args.export and trainer.step >= cfg.steps:
+        export(trainer.model, args.export)
+        log.info("exported the tokenizer to %s", args.export)
+    return 0

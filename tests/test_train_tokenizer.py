@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from glm4voice.tokenizer.speech_tokenizer import SpeechTokenizer
+from glm4voice.train import tokenizer_trainer as tt
+from glm4voice.train.engine import Trainer, TrainConfig
+
+SPEC = tt.TokenizerTrainSpec(d_model=32, heads=2, ffn=64, layers=2, post_layers=1, codebook=16, block=20,
+                             asr_dim=32, asr_layers=1, asr_heads=2)
+
+
+def _utts(n=12):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        f = 200 + 50 * (i % 4)
+        t = np.arange(int(16000 * (0.5 + 0.1 * (i % 5)))) / 16000
+        pcm = (0.3 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(t.size)) * 32767
+        out.append(tt.Utterance(f"u{i}", ["one", "two", "three", "four"][i % 4], "en", "v", pcm.astype(np.int16)))
+    return out
+
+
+def test_training_lowers_asr_loss_and_uses_codes(tmp_path):
+    torch.manual_seed(0)
+    model = tt.TokenizerTrainModel(SPEC)
+    utts = _utts()
+    batches = tt.Batches(utts, 6, seed=0)
+    with torch.no_grad():
+        first = model.eval()(*batches(0, 0, 1))[0].item()
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path), steps=40, lr=3e-3, warmup=5, log_every=10, eval_every=0,
+                                  save_every=40), model, batch_fn=batches, loss_fn=lambda m, b: m(*b))
+    trainer.fit()
+    with torch.no_grad():
+        last = model.eval()(*batches(0, 0, 1))[0].item()
+    assert last < 0.5 * first
+    assert int(model.vq.updates) == 40
+
+
+def test_export_loads_and_gives_training_codes(tmp_path):
+    torch.manual_seed(0)
+    model = tt.TokenizerTrainModel(SPEC).eval()
+    utts = _utts(4)
+    with torch.no_grad():
+        model.vq.codebook.weight.normal_()
+    _, codes = model.transcribe(*tt.featurize([u.pcm for u in utts]))
+    folder = tt.export(model, tmp_path / "tok")
+    tok = SpeechTokenizer.from_pretrained(str(folder))
+    got = tok.encode([torch.from_numpy(u.pcm.astype(np.float32) / 32768) for u in utts])
+    assert got == codes
+    assert all(len(c) == int(np.ceil(len(u.pcm) / 1280)) for c, u in zip(got, utts))
+    again = tt.load_for_asr(folder)
+    texts, codes2 = again.transcribe(*tt.featurize([u.pcm for u in utts]))
+    assert codes2 == codes and len(texts) == 4
+
+
+def test_load_for_asr_needs_branch(tmp_path):
+    from glm4voice.errors import CheckpointError
+
+    folder = tt.export(tt.TokenizerTrainModel(SPEC), tmp_path / "tok")
+    (folder / tt.ASR_BRANCH_CONFIG).unlink()
+    with pytest.raises(CheckpointError, match="ASR branch"):
+        tt.load_for_asr(folder)
+
+
+def test_error_rates():
+    r = tt.error_rates(["What is two plus two?", "你好"], ["what is two plus three", "你好"], ["en", "zh"])
+    assert r["wer_en"] == pytest.approx(0.2) and r["cer_zh"] == 0.0
