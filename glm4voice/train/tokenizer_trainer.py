@@ -59,6 +59,7 @@ class TokenizerTrainSpec:
     asr_dim: int = 256
     asr_layers: int = 2
     asr_heads: int = 4
+    vq_warmup: int = 200  # training steps without quantisation before the codebook is initialised from data
 
     def tokenizer_config(self) -> TokenizerConfig:
         cfg = TokenizerConfig(d_model=self.d_model, encoder_attention_heads=self.heads, encoder_ffn_dim=self.ffn,
@@ -83,7 +84,8 @@ class TokenizerTrainModel(nn.Module):
         self.encoder = WhisperVQEncoder(self.cfg)
         self.encoder.codebook.weight.requires_grad_(False)  # the VQ's codebook is the one that trains (EMA)
         self.vq = EMAVectorQuantizer(vq or VQConfig(codebook_size=spec.codebook, dim=spec.d_model,
-                                                    restart_interval=50))
+                                                    restart_interval=20, restart_threshold=0.03))
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         self.post = nn.ModuleList(EncoderLayer(self.cfg) for _ in range(spec.post_layers))
         self.post_ln = nn.LayerNorm(spec.d_model)
         self.asr = ASRHead(spec.asr_config(), spec.d_model)
@@ -107,7 +109,14 @@ class TokenizerTrainModel(nn.Module):
 
     def forward(self, feats: Tensor, frame_mask: Tensor, targets: list[list[int]]) -> tuple[Tensor, dict]:
         h, valid = self.encode(feats, frame_mask)
-        q, ids, vq_loss, stats = self.vq(h.float(), valid)
+        if self.training:
+            self.steps_seen += 1
+        if self.training and int(self.steps_seen) <= self.spec.vq_warmup:  # warm-up: no bottleneck yet
+            if int(self.steps_seen) == self.spec.vq_warmup:
+                self.vq.init_from(h.detach().float()[valid])
+            q, vq_loss, stats = h, h.new_zeros(()), {"vq_loss": 0.0, "codes_used": 0}
+        else:
+            q, _, vq_loss, stats = self.vq(h.float(), valid)
         asr_loss = self.asr.loss(self.memory(q.to(h.dtype), valid), valid, targets)
         stats.update(asr_loss=float(asr_loss.detach()))
         return asr_loss + vq_loss, stats

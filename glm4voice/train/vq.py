@@ -27,6 +27,9 @@ class VQConfig:
     loss_scale: float = 10.0  # quantize_loss_scale
     restart_interval: int = 100  # quantize_restart_interval
     epsilon: float = 1e-5  # Laplace smoothing
+    # Codes whose ema_count fell below this are restarted; None = decay**restart_interval (official). Small
+    # batches (few positions per step for many codes) need a lower threshold, or live codes get restarted.
+    restart_threshold: float | None = None
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -95,9 +98,25 @@ class EMAVectorQuantizer(nn.Module):
             self.restart_dead_codes(x)
 
     @torch.no_grad()
+    def init_from(self, x: torch.Tensor, generator: torch.Generator | None = None, noise: float = 0.01) -> None:
+        """Data-driven initialisation: every code becomes a random row of x (N, D) plus a little noise (rows are
+        reused when N < codebook size). Used after a warm-up without quantisation, so the codebook starts on
+        the data manifold instead of collapsing onto one code. Same vectors on every rank."""
+        pick = torch.randint(0, x.shape[0], (self.cfg.codebook_size,), generator=generator, device=x.device)
+        new = x[pick].float()
+        new = new + noise * new.std() * torch.randn(new.shape, generator=generator, device=x.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(new, 0)
+        self.ema_weight.copy_(new)
+        self.ema_count.fill_(1.0)
+        self.codebook.weight.copy_(new.to(self.codebook.weight.dtype))
+
+    @torch.no_grad()
     def restart_dead_codes(self, x: torch.Tensor, generator: torch.Generator | None = None) -> int:
         """Re-initialise codes with ema_count < decay**restart_interval to random rows of x. Returns how many."""
-        threshold = self.cfg.decay**self.cfg.restart_interval
+        threshold = self.cfg.restart_threshold
+        if threshold is None:
+            threshold = self.cfg.decay**self.cfg.restart_interval
         dead = (self.ema_count < threshold).nonzero().flatten()
         if dead.numel() == 0 or x.shape[0] == 0:
             return 0
