@@ -1,0 +1,541 @@
+"""LM training samples in the official token format, a mixture sampler, and packing into fixed-length rows.
+
+Every builder returns a ``Sample``: ``ids`` (token ids) and ``mask`` (``mask[i]`` is True when ``ids[i]`` is a
+prediction target, i.e. the loss is ``CE(logits[i - 1], ids[i])`` summed over the True positions). Formats:
+
+* SFT dialogue (SPEC §2.6, the prompt of ``web_demo.py``), audio question::
+
+      [gMASK] <sop> <|system|> BPE("\\n" + SYSTEM_AUDIO) <|user|> BPE("\\n") <|begin_of_audio|> q-audio
+      <|end_of_audio|> <|assistant|> BPE("streaming_transcription\\n") ANSWER <|user|>
+
+  text question: ``<|user|> BPE("\\n" + question)`` and the text-input system prompt. ANSWER is "streaming
+  thoughts": 13 answer text tokens, 26 answer audio tokens, repeated; when the text runs out its last (<= 13) tokens
+  are followed by all remaining audio (``interleave_answer``). The answer ends with ``<|user|>``, the token the
+  official server stops on. As in the paper (GLM-4-Voice §3.3), each dialogue is trained as two copies with the same
+  ids: a *text-loss* copy (loss on the answer's text tokens) and a *speech-loss* copy (loss on its audio tokens and the
+  closing ``<|user|>``, which follows the audio).
+* Pre-training documents ``[gMASK] <sop> BODY <|endoftext|>`` with the loss on BODY and the closing token:
+  text-only (BPE of the text); speech-only (``<|begin_of_audio|> codes <|end_of_audio|>``); interleaved (text
+  segments and ``<|begin_of_audio|> codes <|end_of_audio|>`` segments in reading order); ASR (``BPE(ASR_PROMPT)``,
+  the audio, then the transcript; loss on the transcript only) and TTS (``BPE(TTS_PROMPT + text)`` then the audio;
+  loss on the audio only). The short task prompts keep "audio then its transcript" apart from "text then the speech
+  that continues it" (interleaved).
+
+A ``Mixture`` draws documents by configurable ratios; ``pack_batch`` fills rows of a fixed length with whole
+documents (a document that does not fit closes the row with padding; a document longer than the row is cut). Rows
+are a pure function of (seed, step, global row index), so a resumed run sees the same batches and N processes with
+batch b each see exactly the rows of one process with batch N*b.
+
+``tok`` arguments are a ``glm4voice.lm.TextTokenizer`` (only ``encode``, ``token_id`` and ``decode`` are used).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from glm4voice.constants import (
+    AUDIO_TOKEN_FORMAT,
+    AUDIO_TOKENS_PER_BLOCK,
+    BEGIN_OF_AUDIO,
+    END_OF_AUDIO,
+    TEXT_TOKENS_PER_BLOCK,
+)
+from glm4voice.errors import ConfigError, TokenError
+
+# SPEC §2.6, exact strings of web_demo.py (the audio one has a trailing space)
+SYSTEM_AUDIO = ("User will provide you with a speech instruction. Do it step by step. First, think about the "
+                "instruction and respond in a interleaved manner, with 13 text token followed by 26 audio tokens. ")
+SYSTEM_TEXT = ("User will provide you with a text instruction. Do it step by step. First, think about the "
+               "instruction and respond in a interleaved manner, with 13 text token followed by 26 audio tokens.")
+ASSISTANT_PREFIX = "streaming_transcription\n"
+# Our pre-training task prompts (the official pre-training formats are not released, SPEC §5).
+ASR_PROMPT = "Transcribe the speech:"
+TTS_PROMPT = "Speak the text: "
+
+PRETRAIN_KINDS = ("text", "speech", "asr", "tts", "interleaved")
+SFT_KINDS = ("sft", "sft_text", "style")  # audio question, text question, style-request dialogues (audio question)
+KINDS = PRETRAIN_KINDS + SFT_KINDS
+DEFAULT_MIX = {
+    "pretrain": {"text": 0.2, "speech": 0.1, "asr": 0.2, "tts": 0.2, "interleaved": 0.3},
+    "sft": {"sft": 0.6, "sft_text": 0.15, "style": 0.15, "asr": 0.05, "tts": 0.05},
+}
+SFT_LOSS = ("split", "joint")  # split: the paper's text-loss + speech-loss copies; joint: one copy, both losses
+
+
+@dataclass(frozen=True)
+class Specials:
+    """Ids of the special tokens the formats use, looked up by name (as the official code does)."""
+
+    gmask: int
+    sop: int
+    system: int
+    user: int
+    assistant: int
+    eot: int
+    boa: int
+    eoa: int
+    audio_offset: int  # id of <|audio_0|>; audio ids are contiguous
+    codebook_size: int  # number of <|audio_N|> tokens
+
+    @classmethod
+    def from_tokenizer(cls, tok, codebook_size: int) -> Specials:
+        t = tok.token_id
+        return cls(t("[gMASK]"), t("<sop>"), t("<|system|>"), t("<|user|>"), t("<|assistant|>"), t("<|endoftext|>"),
+                   t(BEGIN_OF_AUDIO), t(END_OF_AUDIO), t(AUDIO_TOKEN_FORMAT.format(0)), codebook_size)
+
+    def audio_ids(self, codes: Sequence[int] | np.ndarray) -> list[int]:
+        a = np.asarray(codes, dtype=np.int64).reshape(-1)
+        if a.size and (a.min() < 0 or a.max() >= self.codebook_size):
+            bad = int(a[(a < 0) | (a >= self.codebook_size)][0])
+            raise TokenError(f"speech code {bad} outside the codebook 0..{self.codebook_size - 1}")
+        return (a + self.audio_offset).tolist()
+
+    def is_audio(self, ids: np.ndarray) -> np.ndarray:
+        return (ids >= self.audio_offset) & (ids < self.audio_offset + self.codebook_size)
+
+
+def count_audio_tokens(tokenizer_dir: str) -> int:
+    """Number of contiguous ``<|audio_N|>`` tokens a tokenizer folder declares (its codebook size)."""
+    from glm4voice.train.bpe import TOKENIZER_CONFIG, load_specials
+
+    names = load_specials(os.path.join(tokenizer_dir, TOKENIZER_CONFIG))
+    n = 0
+    while AUDIO_TOKEN_FORMAT.format(n) in names:
+        n += 1
+    if n == 0:
+        raise ConfigError(f"{tokenizer_dir}: the tokenizer has no {AUDIO_TOKEN_FORMAT.format(0)} token")
+    return n
+
+
+@dataclass(frozen=True)
+class Sample:
+    ids: list[int]
+    mask: list[bool]  # mask[i]: ids[i] is a loss target
+    kind: str = ""
+
+    def __post_init__(self):
+        if len(self.ids) != len(self.mask):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.mask)} mask entries")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class _Builder:
+    """Appends spans with a loss flag; keeps ids and mask in step."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.mask: list[bool] = []
+
+    def add(self, ids: Sequence[int], loss: bool | Sequence[bool] = False) -> _Builder:
+        self.ids.extend(ids)
+        self.mask.extend([loss] * len(ids) if isinstance(loss, bool) else loss)
+        return self
+
+    def sample(self, kind: str) -> Sample:
+        return Sample(self.ids, self.mask, kind)
+
+
+# ---- streaming thoughts ----------------------------------------------------------------------------------------
+
+def interleave_answer(text_ids: Sequence[int], audio_ids: Sequence[int], *, text_block: int = TEXT_TOKENS_PER_BLOCK,
+                      audio_block: int = AUDIO_TOKENS_PER_BLOCK) -> tuple[list[int], list[bool]]:
+    """Streaming-thoughts order: ``text_block`` text ids, ``audio_block`` audio ids, repeated while text remains;
+    after the last text block all remaining audio. Returns (ids, is_text)."""
+    ids: list[int] = []
+    is_text: list[bool] = []
+    t = a = 0
+    while t < len(text_ids):
+        chunk = text_ids[t:t + text_block]
+        t += len(chunk)
+        ids += chunk
+        is_text += [True] * len(chunk)
+        if t >= len(text_ids):
+            break
+        chunk = audio_ids[a:a + audio_block]
+        a += len(chunk)
+        ids += chunk
+        is_text += [False] * len(chunk)
+    ids += audio_ids[a:]
+    is_text += [False] * (len(audio_ids) - a)
+    return ids, is_text
+
+
+def dialogue_prompt(tok, sp: Specials, question: str | Sequence[int] | np.ndarray) -> list[int]:
+    """Prompt ids of a first turn (SPEC §2.6): a ``str`` question is text input, anything else speech codes."""
+    text_input = isinstance(question, str)
+    ids = [sp.gmask, sp.sop, sp.system, *tok.encode("\n" + (SYSTEM_TEXT if text_input else SYSTEM_AUDIO)), sp.user]
+    if text_input:
+        ids += tok.encode("\n" + question)
+    else:
+        ids += [*tok.encode("\n"), sp.boa, *sp.audio_ids(question), sp.eoa]
+    return ids + [sp.assistant, *tok.encode(ASSISTANT_PREFIX)]
+
+
+def dialogue_samples(tok, sp: Specials, question: str | Sequence[int] | np.ndarray, answer_text: str,
+                     answer_codes: Sequence[int] | np.ndarray, *, loss: str = "split",
+                     kind: str = "sft") -> list[Sample]:
+    """One dialogue as training samples: [text-loss copy, speech-loss copy] (``split``) or one copy (``joint``)."""
+    if loss not in SFT_LOSS:
+        raise ConfigError(f"sft loss must be one of {SFT_LOSS}, not {loss!r}")
+    prompt = dialogue_prompt(tok, sp, question)
+    answer, is_text = interleave_answer(tok.encode(answer_text), sp.audio_ids(answer_codes))
+    ids = prompt + answer + [sp.user]
+    text_mask = [False] * len(prompt) + is_text + [False]
+    speech_mask = [False] * len(prompt) + [not x for x in is_text] + [True]
+    if loss == "joint":
+        return [Sample(ids, [a or b for a, b in zip(text_mask, speech_mask, strict=True)], kind)]
+    return [Sample(ids, text_mask, kind + ":text"), Sample(ids, speech_mask, kind + ":speech")]
+
+
+# ---- pre-training documents ------------------------------------------------------------------------------------
+
+def _document(sp: Specials, body: _Builder, kind: str) -> Sample:
+    return _Builder().add([sp.gmask, sp.sop]).add(body.ids, body.mask).add([sp.eot], True).sample(kind)
+
+
+def text_sample(tok, sp: Specials, text: str) -> Sample:
+    return _document(sp, _Builder().add(tok.encode(text), True), "text")
+
+
+def _audio_span(sp: Specials, codes) -> list[int]:
+    return [sp.boa, *sp.audio_ids(codes), sp.eoa]
+
+
+def speech_sample(tok, sp: Specials, codes) -> Sample:
+    return _document(sp, _Builder().add(_audio_span(sp, codes), True), "speech")
+
+
+def asr_sample(tok, sp: Specials, codes, text: str) -> Sample:
+    body = _Builder().add(tok.encode(ASR_PROMPT)).add(_audio_span(sp, codes)).add(tok.encode(text), True)
+    return _document(sp, body, "asr")
+
+
+def tts_sample(tok, sp: Specials, text: str, codes) -> Sample:
+    body = _Builder().add(tok.encode(TTS_PROMPT + text)).add([sp.boa]).add([*sp.audio_ids(codes), sp.eoa], True)
+    return _document(sp, body, "tts")
+
+
+Segment = tuple[str, "str | Sequence[int]"]  # ("text", str) or ("audio", codes)
+
+
+def interleaved_sample(tok, sp: Specials, segments: Sequence[Segment]) -> Sample:
+    body = _Builder()
+    for kind, value in segments:
+        if kind == "text":
+            body.add(tok.encode(value), True)
+        elif kind == "audio":
+            body.add(_audio_span(sp, value), True)
+        else:
+            raise ValueError(f"segment kind must be 'text' or 'audio', not {kind!r}")
+    return _document(sp, body, "interleaved")
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Utt:
+    id: str
+    text: str
+    language: str
+    codes: np.ndarray  # int32 speech codes
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    question: Utt
+    answer: Utt
+    kind: str  # item kind (arithmetic, capital, style, ...)
+    style: str  # answer style name (corpus.ANSWER_STYLES), "normal" unless asked
+
+
+@dataclass
+class LMData:
+    """Everything the mixture draws from, in memory (token ids are small)."""
+
+    texts: list[str] = field(default_factory=list)
+    utterances: list[Utt] = field(default_factory=list)
+    dialogues: list[Dialogue] = field(default_factory=list)
+    interleaved: list[list[Segment]] = field(default_factory=list)
+    problems: Counter = field(default_factory=Counter)  # reason -> rows left out
+
+    def pool(self, kind: str) -> list:
+        if kind == "text":
+            return self.texts
+        if kind in ("speech", "asr", "tts"):
+            return self.utterances
+        if kind == "interleaved":  # generated documents, and spoken Q/A pairs with a random modality per side
+            return self.interleaved + self.dialogues
+        if kind in ("sft", "sft_text"):
+            return self.dialogues
+        if kind == "style":
+            return [d for d in self.dialogues if d.style != "normal"]
+        raise ConfigError(f"unknown sample kind {kind!r}; known: {', '.join(KINDS)}")
+
+    def summary(self) -> str:
+        styled = sum(d.style != "normal" for d in self.dialogues)
+        return (f"{len(self.texts)} texts, {len(self.utterances)} utterances, {len(self.dialogues)} dialogues "
+                f"({styled} style-controlled), {len(self.interleaved)} interleaved documents; "
+                f"left out: {dict(self.problems) or 'none'}")
+
+
+def _read_jsonl(path: str) -> tuple[list[dict], int]:
+    rows, bad = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    bad += 1
+    return rows, bad
+
+
+def _style_names() -> dict[str, str]:
+    from glm4voice.train.corpus import ANSWER_STYLES
+
+    return {s.key(): name for name, s in ANSWER_STYLES.items()}
+
+
+def load_lm_data(corpus_dir: str, *, split: str = "train", interleaved_files: Sequence[str] = (),
+                 text_files: Sequence[str] = (), with_item_texts: bool = True) -> LMData:
+    """Utterances with cached speech tokens (``tokens/<id>.npy``) and their dialogues from a corpus folder.
+
+    Rows without a token file, with an empty or unreadable one, or of another split are left out and counted in
+    ``problems`` (the audio itself is not needed here). Text-only data: the questions and answers of the corpus's
+    ``items.jsonl`` of this split, plus every non-empty line of ``text_files``. ``interleaved_files``: jsonl made by
+    ``glm4voice train interleave`` (one ``{"segments": [{"text": ...} | {"audio": [...]}]}`` per line).
+    """
+    from glm4voice.train.corpus import ITEMS, MANIFEST, token_path
+
+    data = LMData()
+    rows, bad = _read_jsonl(os.path.join(corpus_dir, MANIFEST))
+    data.problems["unparsable manifest line"] += bad
+    styles = _style_names()
+    by_id: dict[str, Utt] = {}
+    for r in rows:
+        if any(k not in r for k in ("id", "text", "role", "item_id", "split")):
+            data.problems["missing fields"] += 1
+            continue
+        if r["split"] != split:
+            continue
+        path = token_path(corpus_dir, r["id"])
+        if not os.path.exists(path):
+            data.problems["no token file"] += 1
+            continue
+        try:
+            codes = np.load(path, allow_pickle=False).astype(np.int32).reshape(-1)
+        except (OSError, ValueError):
+            data.problems["unreadable token file"] += 1
+            continue
+        if codes.size == 0:
+            data.problems["empty token file"] += 1
+            continue
+        u = Utt(r["id"], r["text"], r.get("language", ""), codes)
+        by_id[r["id"]] = u
+        data.utterances.append(u)
+    answers = {r["item_id"]: r for r in rows if r.get("role") == "answer" and r.get("id") in by_id}
+    # an answer's split is its item's; a question of a held-out voice is held out while its answer row is "train"
+    all_answers = {r["item_id"]: r for r in rows if r.get("role") == "answer"}
+    for r in rows:
+        if r.get("role") != "question" or r.get("id") not in by_id:
+            continue
+        a = answers.get(r["item_id"]) or all_answers.get(r["item_id"])
+        if a is None:
+            data.problems["question without answer row"] += 1
+            continue
+        au = by_id.get(a["id"]) or _load_utt(corpus_dir, a)
+        if au is None:
+            data.problems["answer without tokens"] += 1
+            continue
+        data.dialogues.append(Dialogue(by_id[r["id"]], au, r.get("kind", ""), styles.get(a.get("style", ""),
+                                                                                           "normal")))
+    items_path = os.path.join(corpus_dir, ITEMS)
+    if with_item_texts and os.path.exists(items_path):
+        items, bad = _read_jsonl(items_path)
+        data.problems["unparsable item line"] += bad
+        for it in items:
+            if it.get("split") == split:
+                data.texts += [it["question"], it["answer"]]
+    for path in text_files:
+        with open(path, encoding="utf-8") as f:
+            data.texts += [line.rstrip("\n") for line in f if line.strip()]
+    for path in interleaved_files:
+        docs, bad = _read_jsonl(path)
+        data.problems["unparsable interleaved line"] += bad
+        data.interleaved += [segments_from_json(d) for d in docs]
+    data.problems = Counter({k: v for k, v in data.problems.items() if v})
+    return data
+
+
+def _load_utt(corpus_dir: str, row: dict) -> Utt | None:
+    from glm4voice.train.corpus import token_path
+
+    path = token_path(corpus_dir, row["id"])
+    if not os.path.exists(path):
+        return None
+    codes = np.load(path, allow_pickle=False).astype(np.int32).reshape(-1)
+    return Utt(row["id"], row["text"], row.get("language", ""), codes) if codes.size else None
+
+
+def segments_from_json(doc: dict) -> list[Segment]:
+    out: list[Segment] = []
+    for s in doc["segments"]:
+        if "text" in s:
+            out.append(("text", s["text"]))
+        else:
+            out.append(("audio", np.asarray(s["audio"], dtype=np.int32)))
+    return out
+
+
+# ---- mixture -----------------------------------------------------------------------------------------------------
+
+def parse_mix(spec: str | dict[str, float]) -> dict[str, float]:
+    """``"text=0.2,asr=0.3"`` (or a dict) -> normalised ratios; unknown kinds and non-positive totals raise."""
+    if isinstance(spec, str):
+        spec = spec.strip()
+        if spec in DEFAULT_MIX:
+            return parse_mix(DEFAULT_MIX[spec])
+        try:
+            pairs = {k.strip(): float(v) for k, v in (p.split("=") for p in spec.split(",") if p.strip())}
+        except ValueError as e:
+            raise ConfigError(f"mixture {spec!r}: expected kind=ratio,kind=ratio,...") from e
+    else:
+        pairs = dict(spec)
+    unknown = sorted(set(pairs) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"unknown sample kinds {unknown} in the mixture; known: {', '.join(KINDS)}")
+    if any(v < 0 for v in pairs.values()) or sum(pairs.values()) <= 0:
+        raise ConfigError(f"mixture ratios must be >= 0 with a positive sum, got {pairs}")
+    total = sum(pairs.values())
+    return {k: v / total for k, v in pairs.items() if v > 0}
+
+
+class Mixture:
+    """Draws documents by kind ratio from ``LMData``; each draw returns a list of samples (two for split SFT)."""
+
+    def __init__(self, tok, sp: Specials, data: LMData, mix: str | dict[str, float], *, sft_loss: str = "split",
+                 max_audio: int | None = None):
+        self.tok, self.sp, self.data = tok, sp, data
+        self.ratios = parse_mix(mix)
+        self.pools = {k: data.pool(k) for k in self.ratios}
+        empty = [k for k, p in self.pools.items() if not p]
+        if empty:
+            raise ConfigError(f"the mixture asks for {empty} but the data has none of them ({data.summary()})")
+        self.kinds = list(self.ratios)
+        self.weights = [self.ratios[k] for k in self.kinds]
+        self.sft_loss = sft_loss
+        self.max_audio = max_audio  # cut very long utterances (codes) in pre-training documents
+
+    def draw(self, rng: random.Random) -> list[Sample]:
+        kind = rng.choices(self.kinds, self.weights)[0]
+        x = self.pools[kind][rng.randrange(len(self.pools[kind]))]
+        return self.build(kind, x, rng)
+
+    def build(self, kind: str, x, rng: random.Random) -> list[Sample]:
+        tok, sp = self.tok, self.sp
+        if kind == "text":
+            return [text_sample(tok, sp, x)]
+        if kind == "interleaved":
+            if isinstance(x, Dialogue):
+                from glm4voice.train.interleave import pair_segments
+
+                x = pair_segments(x.question, x.answer, rng)
+            return [interleaved_sample(tok, sp, x)]
+        if kind in ("speech", "asr", "tts"):
+            codes = x.codes[:self.max_audio] if self.max_audio else x.codes
+            if kind == "speech":
+                return [speech_sample(tok, sp, codes)]
+            return [asr_sample(tok, sp, codes, x.text) if kind == "asr" else tts_sample(tok, sp, x.text, codes)]
+        question = x.question.text if kind == "sft_text" else x.question.codes
+        return dialogue_samples(tok, sp, question, x.answer.text, x.answer.codes, loss=self.sft_loss, kind=kind)
+
+
+# ---- packing -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class PackedBatch:
+    """``input_ids``, ``loss_mask``, ``position_ids`` (restart at 0 per document), ``doc_ids`` (-1 = padding), all
+    (B, T); ``stats``: documents per kind, cut documents, padding share."""
+
+    input_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    doc_ids: torch.Tensor
+    stats: dict
+
+    def to(self, device) -> PackedBatch:
+        return PackedBatch(self.input_ids.to(device), self.loss_mask.to(device), self.position_ids.to(device),
+                           self.doc_ids.to(device), self.stats)
+
+
+def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, seq_len: int, pad_id: int,
+             stats: Counter) -> tuple[list[int], list[bool], list[int], list[int]]:
+    """Fill one row with whole documents; the first that does not fit ends the row (padding; it is dropped)."""
+    ids: list[int] = []
+    mask: list[bool] = []
+    pos: list[int] = []
+    doc: list[int] = []
+    n = 0
+    while True:
+        samples = draw(rng)
+        for s in samples:
+            if len(s) > seq_len:
+                s = Sample(s.ids[:seq_len], s.mask[:seq_len], s.kind)
+                stats["cut"] += 1
+            if len(ids) + len(s) > seq_len:
+                if not ids:  # unreachable (cut above), kept as a guard against an endless loop
+                    raise AssertionError("a document longer than the row")
+                fill = seq_len - len(ids)
+                stats["pad_tokens"] += fill
+                return ids + [pad_id] * fill, mask + [False] * fill, pos + [0] * fill, doc + [-1] * fill
+            ids += s.ids
+            mask += s.mask
+            pos += range(len(s))
+            doc += [n] * len(s)
+            n += 1
+            stats[f"docs:{s.kind}"] += 1
+        if len(ids) == seq_len:
+            return ids, mask, pos, doc
+
+
+def pack_batch(draw: Callable[[random.Random], list[Sample]], *, seed: int, step: int, rank: int, batch_size: int,
+               seq_len: int, pad_id: int) -> PackedBatch:
+    """Rows ``rank * batch_size .. + batch_size - 1`` of step ``step``'s global batch; row r uses its own RNG seeded
+    by (seed, step, r), so the batch does not depend on the number of processes or on what ran before."""
+    stats: Counter = Counter()
+    rows = [pack_row(draw, random.Random(f"lm:{seed}:{step}:{rank * batch_size + i}"), seq_len, pad_id, stats)
+            for i in range(batch_size)]
+    cols = [torch.tensor([r[j] for r in rows]) for j in range(4)]
+    stats["pad_share"] = stats.pop("pad_tokens", 0) / (batch_size * seq_len)
+    return PackedBatch(cols[0].long(), cols[1].bool(), cols[2].long(), cols[3].long(), dict(stats))
+
+
+class MixtureBatches:
+    """``batch_fn(step, rank, world)`` for the training engine."""
+
+    def __init__(self, mixture: Mixture, *, batch_size: int, seq_len: int, seed: int):
+        self.mixture, self.batch_size, self.seq_len, self.seed = mixture, batch_size, seq_len, seed
+
+    def __call__(self, step: int, rank: int, world: int) -> PackedBatch:
+        return pack_batch(self.mixture.draw, seed=self.seed, step=step, rank=rank, batch_size=self.batch_size,
+                          seq_len=self.seq_len, pad_id=self.mixture.sp.eot)
+
+
+def describe(tok, sample: Sample, *, audio_offset: int | None = None) -> str:
+    """A readable rendering of a sample for debugging: loss spans in [brackets], audio as <aN>."""
+    out = []
+    for i, m in zip(sample.ids, sample.mask, strict=True):
+        piece = f"<a{i - audio_offset}>" if audio_offset is not None and i >= audio_offset else tok.decode([i])
+        out.append(f"[{piece}]" if m else piece)
+    return re.sub(r"\]\[", "", "".join(out))
