@@ -140,6 +140,12 @@ def test_full_size_manifest(reference_dir):
     assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
     buffers = {t["key"] for t in manifest["tensors"] if t["kind"] == "buffer"}
     assert set(want) - set(model.state_dict()) == buffers  # inference module drops only the EMA buffers
+    # save_pretrained writes the released config's values (torch_dtype is None in the in-memory manifest copy)
+    from glm4voice.tokenizer.load import official_config_dict
+
+    written = official_config_dict(cfg)
+    assert {k: v for k, v in written.items() if k != "torch_dtype"} == \
+        {k: manifest["config_used"][k] for k in written if k != "torch_dtype"}
 
 
 def test_config_rejects_unknown_and_unsupported(ref, tmp_path):
@@ -202,3 +208,43 @@ def test_dtype_and_device_are_arguments(ref):
     assert tok.dtype == torch.bfloat16 and tok.device.type == "cpu"
     [ids] = tok.encode([ref / "inputs" / sorted((ref / "inputs").iterdir())[0].name])
     assert len(ids) > 0 and all(0 <= i < tok.cfg.quantize_vocab_size for i in ids)
+
+
+def test_save_pretrained_writes_the_official_layout(ref, tmp_path, tok):
+    """Saving the reference model reproduces its config.json exactly, and the tensors round-trip bit-exactly."""
+    from glm4voice.tokenizer.load import save_pretrained
+
+    sd_ref = load_file(ref / "model.safetensors")
+    save_pretrained(tok.model, tmp_path, ema_count=torch.from_numpy(sd_ref["ema_count"]),
+                    ema_weight=torch.from_numpy(sd_ref["ema_weight"]))
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads((ref / "config.json").read_text())
+    saved = load_file(tmp_path / "model.safetensors")
+    assert saved.keys() == sd_ref.keys()
+    for key, value in sd_ref.items():
+        assert saved[key].dtype == value.dtype and (saved[key] == value).all(), key
+    wav = ref / "inputs" / "a01_16k_mono_3s.wav"
+    assert SpeechTokenizer.from_pretrained(tmp_path).encode([wav]) == tok.encode([wav])
+
+
+def test_save_pretrained_of_a_new_model_loads_and_keeps_training_fields(tmp_path):
+    """A model made by our own code (as the trainer does) loads through SpeechTokenizer.from_pretrained."""
+    from glm4voice.tokenizer.load import official_config_dict, save_pretrained
+    from glm4voice.tokenizer.model import WhisperVQEncoder
+
+    cfg = TokenizerConfig(d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, encoder_layers=3,
+                          quantize_position=2, pooling_position=2, quantize_vocab_size=64,
+                          quantize_causal_block_size=8)
+    torch.manual_seed(0)
+    model = WhisperVQEncoder(cfg).to(torch.bfloat16)  # saved as float32 whatever the training dtype
+    save_pretrained(model, tmp_path / "out", quantize_ema_decay=0.95)
+    raw = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert raw["quantize_ema_decay"] == 0.95 and raw["num_hidden_layers"] == raw["decoder_layers"] == 3
+    assert raw.keys() == official_config_dict(TokenizerConfig()).keys()
+    loaded = SpeechTokenizer.from_pretrained(tmp_path / "out")
+    assert loaded.cfg == cfg
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value.float()), key
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert (saved["ema_count"] == 1).all() and (saved["ema_weight"] == saved["codebook.weight"]).all()
+    with pytest.raises(ConfigError, match="quantise_decay"):
+        save_pretrained(model, tmp_path / "bad", quantise_decay=0.9)

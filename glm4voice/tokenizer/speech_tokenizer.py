@@ -24,6 +24,7 @@ from torch import Tensor
 from glm4voice.audio import MAX_AUDIO_SECONDS, load_audio, log_mel_whisper, split_chunks
 from glm4voice.constants import MAX_TOKENIZER_BATCH, MEL_HOP, TOKEN_HOP_SAMPLES, TOKENIZER_SAMPLE_RATE
 from glm4voice.tokenizer.model import WhisperVQEncoder
+from glm4voice.tokenizer.stream import REFRESH_SECONDS, StreamingEncoder, TokenizerStreamState
 
 
 class SpeechTokenizer:
@@ -31,6 +32,7 @@ class SpeechTokenizer:
         self.model = model
         self.cfg = model.cfg
         self.max_seconds = max_seconds
+        self.streaming = StreamingEncoder(model)  # stateless driver; per-stream data lives in the state objects
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike | None = None, *, device: torch.device | str = "cpu",
@@ -101,19 +103,14 @@ class SpeechTokenizer:
         return [(codes[b][keep[b]].cpu(), h[b][keep[b]]) for b in range(len(chunks))]
 
     # -- streaming (tokenizer/stream.py) ---------------------------------------------------------------------
-    def init_state(self, **kwargs):
-        from glm4voice.tokenizer.stream import StreamingEncoder
+    def init_state(self, *, emit: str = "final", refresh_s: float | None = REFRESH_SECONDS) -> TokenizerStreamState:
+        """A new stream's state (one per stream; see ``StreamingEncoder.init_state``)."""
+        return self.streaming.init_state(emit=emit, refresh_s=refresh_s)
 
-        return StreamingEncoder(self.model).init_state(**kwargs)
+    def step(self, pcm: Tensor, state: TokenizerStreamState) -> tuple[list[int], TokenizerStreamState]:
+        """Feed 16 kHz mono samples (n,) of any length; returns (codes that became final, state)."""
+        return self.streaming.step(pcm, state)
 
-    def step(self, pcm: Tensor, state):
-        """Feed 16 kHz mono samples; returns (codes that became final, state)."""
-        from glm4voice.tokenizer.stream import StreamingEncoder
-
-        return StreamingEncoder(self.model).step(pcm, state)
-
-    def finish(self, state) -> list[int]:
-        """End of speech: the remaining codes."""
-        from glm4voice.tokenizer.stream import StreamingEncoder
-
-        return StreamingEncoder(self.model).finish(state)
+    def finish(self, state: TokenizerStreamState) -> list[int]:
+        """End of speech: computes the unfinished part and returns the remaining codes."""
+        return self.streaming.finish(state)
