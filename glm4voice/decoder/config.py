@@ -18,6 +18,8 @@ import yaml
 
 from glm4voice.errors import ConfigError
 
+GROUPNORM_GROUPS = 8  # GroupNorm groups of the U-Net's Block1D (Matcha default), so channels must be multiples
+
 
 # --- YAML as data ------------------------------------------------------------------------------------------
 class Tagged(dict):
@@ -179,6 +181,33 @@ class DecoderConfig:
     def from_yaml(cls, path: str | Path) -> DecoderConfig:
         return config_from_data(read_yaml_as_data(path), source=str(path))
 
+    def to_yaml(self) -> str:
+        """This config as a ``config.yaml`` in the released structure (see ``config_to_yaml``)."""
+        return config_to_yaml(self)
+
+    @classmethod
+    def small(cls, *, vocab_size: int = 16384, d_model: int = 64, heads: int = 2, ffn: int = 128,
+              encoder_layers: int = 2, unet_channels: int = 32, unet_transformer_blocks: int = 1,
+              unet_mid_blocks: int = 2, unet_heads: int = 2, unet_head_dim: int = 16,
+              hift_channels: int = 64) -> DecoderConfig:
+        """A small decoder of the same architecture (for our own training and for tests).
+
+        The defaults are the sizes of the reference test checkpoint (``../shared/reference/decoder``) except
+        the vocabulary; everything not named here (80 mels, 22.05 kHz, 12.5 Hz, encoder block 10, CFG 0.7,
+        HiFT rates and kernels) keeps the released value, so the streaming code and the official loaders apply.
+        """
+        c = cls()
+        enc = dataclasses.replace(c.flow.encoder, input_size=d_model, output_size=d_model, attention_heads=heads,
+                                  linear_units=ffn, num_blocks=encoder_layers)
+        est = dataclasses.replace(c.flow.estimator, channels=(unet_channels, unet_channels),
+                                  attention_head_dim=unet_head_dim, n_blocks=unet_transformer_blocks,
+                                  num_mid_blocks=unet_mid_blocks, num_heads=unet_heads)
+        flow = dataclasses.replace(c.flow, input_size=d_model, vocab_size=vocab_size, encoder=enc, estimator=est)
+        cfg = dataclasses.replace(c, flow=flow, hift=dataclasses.replace(c.hift, base_channels=hift_channels,
+                                                                          f0_cond_channels=hift_channels))
+        validate(cfg)
+        return cfg
+
 
 # --- mapping official fields -------------------------------------------------------------------------------
 # Official fields we read, official fields that only matter for training (ignored), and fields whose value we
@@ -288,7 +317,102 @@ def validate(cfg: DecoderConfig) -> None:
             h.source_resblock_kernel_sizes):
         raise ConfigError("hift: upsample_rates, upsample_kernel_sizes and source_resblock_kernel_sizes differ in "
                           "length")
+    if any(c % GROUPNORM_GROUPS for c in f.estimator.channels):
+        raise ConfigError(f"flow.decoder.estimator.channels {f.estimator.channels} must be multiples of "
+                          f"{GROUPNORM_GROUPS} (GroupNorm groups of the U-Net blocks)")
+    if h.base_channels % 2 ** len(h.upsample_rates):
+        raise ConfigError(f"hift.base_channels {h.base_channels} must be divisible by 2^{len(h.upsample_rates)} "
+                          "(it halves at every upsampling stage)")
 
 
 def to_dict(cfg: DecoderConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+class _Raw(str):
+    """Text written to YAML as is."""
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, _Raw):
+        return str(v)
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        text = repr(v)
+        if "." not in text or "inf" in text or "nan" in text:  # PyYAML's float needs a dot ('1e-06' is a string)
+            raise ConfigError(f"cannot write float {v!r} so that it reads back as a float")
+        return text
+    if isinstance(v, str):
+        return f"'{v}'"
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {type(v).__name__} value {v!r} to config.yaml")
+
+
+def _yaml_block(fields: dict[str, Any], indent: int) -> list[str]:
+    pad = " " * indent
+    out = []
+    for k, v in fields.items():
+        if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) and v[0].startswith("!"):
+            out.append(f"{pad}{k}: {v[0]}")  # (tag, nested fields)
+            out += _yaml_block(v[1], indent + 4)
+        elif isinstance(v, dict):
+            out.append(f"{pad}{k}:")
+            out += _yaml_block(v, indent + 4)
+        else:
+            out.append(f"{pad}{k}: {_yaml_value(v)}")
+    return out
+
+
+def config_to_yaml(cfg: DecoderConfig) -> str:
+    """``config.yaml`` text in the structure of the released file (SPEC §3.1), read back by ``from_yaml``.
+
+    The class tags are the official ones, so the official ``AudioDecoder`` could load the folder too; to us they
+    are data. Left out on purpose: the seed header (process-wide seeding) and the unused CosyVoice ``llm``
+    section (SPEC §6.9). Training-only fields are written with their released values.
+    """
+    validate(cfg)
+    f, e, est, h = cfg.flow, cfg.flow.encoder, cfg.flow.estimator, cfg.hift
+    encoder = {"output_size": e.output_size, "attention_heads": e.attention_heads, "linear_units": e.linear_units,
+               "num_blocks": e.num_blocks, "dropout_rate": 0.1, "positional_dropout_rate": 0.1,
+               "attention_dropout_rate": 0.1, "normalize_before": True, "input_layer": "linear",
+               "pos_enc_layer_type": "rel_pos_espnet", "selfattention_layer_type": "block_rel_selfattn",
+               "block_size": e.block_size, "input_size": e.input_size, "use_cnn_module": False,
+               "macaron_style": False}
+    cfm_params = {"content": {"sigma_min": _Raw("1.0e-06"), "solver": "euler", "t_scheduler": "cosine",
+                              "training_cfg_rate": 0.2, "inference_cfg_rate": f.cfm.inference_cfg_rate,
+                              "reg_loss_type": "l1"}}
+    estimator = {"in_channels": est.in_channels, "out_channels": est.out_channels, "channels": est.channels,
+                 "dropout": 0, "attention_head_dim": est.attention_head_dim, "n_blocks": est.n_blocks,
+                 "num_mid_blocks": est.num_mid_blocks, "num_heads": est.num_heads, "act_fn": "gelu"}
+    flow = {"input_size": f.input_size, "output_size": f.output_size, "spk_embed_dim": f.spk_embed_dim,
+            "output_type": "mel", "vocab_size": f.vocab_size, "input_frame_rate": f.input_frame_rate,
+            "only_mask_loss": True,
+            "encoder": ("!new:cosyvoice.transformer.encoder.BlockConformerEncoder", encoder),
+            "length_regulator": ("!new:cosyvoice.flow.length_regulator.InterpolateRegulator",
+                                 {"channels": f.regulator_channels, "sampling_ratios": (1,) * f.regulator_stages}),
+            "decoder": ("!new:cosyvoice.flow.flow_matching.ConditionalCFM",
+                        {"in_channels": 240, "n_spks": 1, "spk_emb_dim": f.cfm.spk_emb_dim,
+                         "cfm_params": ("!new:omegaconf.DictConfig", cfm_params),
+                         "estimator": ("!new:cosyvoice.flow.decoder.ConditionalDecoder", estimator)})}
+    hift = {"in_channels": h.in_channels, "base_channels": h.base_channels, "nb_harmonics": h.nb_harmonics,
+            "sampling_rate": h.sampling_rate, "nsf_alpha": h.nsf_alpha, "nsf_sigma": h.nsf_sigma,
+            "nsf_voiced_threshold": float(h.nsf_voiced_threshold), "upsample_rates": h.upsample_rates,
+            "upsample_kernel_sizes": h.upsample_kernel_sizes,
+            "istft_params": {"n_fft": h.n_fft, "hop_len": h.hop_len},
+            "resblock_kernel_sizes": h.resblock_kernel_sizes, "resblock_dilation_sizes": h.resblock_dilation_sizes,
+            "source_resblock_kernel_sizes": h.source_resblock_kernel_sizes,
+            "source_resblock_dilation_sizes": h.source_resblock_dilation_sizes,
+            "lrelu_slope": h.lrelu_slope, "audio_limit": h.audio_limit,
+            "f0_predictor": ("!new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor",
+                             {"num_class": 1, "in_channels": h.in_channels, "cond_channels": h.f0_cond_channels})}
+    lines = ["# GLM-4-Voice speech decoder config in the released structure (written by glm4voice).",
+             "# Class tags are kept for compatibility; glm4voice reads them as data and never builds from them.",
+             f"sample_rate: {cfg.sample_rate}", f"spk_embed_dim: {f.spk_embed_dim}", ""]
+    lines += _yaml_block({"flow": ("!new:cosyvoice.flow.flow.MaskedDiffWithXvec", flow)}, 0) + [""]
+    lines += _yaml_block({"hift": ("!new:cosyvoice.hifigan.generator.HiFTGenerator", hift)}, 0)
+    return "\n".join(lines) + "\n"

@@ -59,6 +59,8 @@ class RelPosAttention(nn.Module):
         self.linear_pos = nn.Linear(d, d, bias=False)
         self.pos_bias_u = nn.Parameter(torch.empty(heads, self.d_k))
         self.pos_bias_v = nn.Parameter(torch.empty(heads, self.d_k))
+        nn.init.xavier_uniform_(self.pos_bias_u)  # as ESPnet / WeNet (the official weights overwrite it)
+        nn.init.xavier_uniform_(self.pos_bias_v)
 
     def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, T, d); pos_emb (1, 2T−1, d); mask (T, T) bool (True = attend)."""

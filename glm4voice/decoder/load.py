@@ -114,13 +114,18 @@ def build_meta(cfg: DecoderConfig) -> tuple[nn.Module, nn.Module]:
         return Flow(cfg.flow), HiFT(cfg.hift)
 
 
+def is_weight_normed(key: str, shape: tuple[int, ...] | torch.Size) -> bool:
+    """True for HiFT conv weights that the official checkpoint stores as weight_g / weight_v: every Conv1d and
+    ConvTranspose1d weight except ``source_downs`` (SPEC §3.5-3.6)."""
+    return key.endswith(".weight") and len(shape) == 3 and not key.startswith("source_downs")
+
+
 def official_keys(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """Key -> shape as stored in the official checkpoint (weight-normed HiFT convs unfolded to weight_g/_v)."""
     from glm4voice.decoder.hift import HiFT
     out: dict[str, tuple[int, ...]] = {}
     for key, t in module.state_dict().items():
-        if isinstance(module, HiFT) and key.endswith(".weight") and t.dim() == 3 and not key.startswith(
-                "source_downs"):
+        if isinstance(module, HiFT) and is_weight_normed(key, t.shape):
             prefix = key[: -len(".weight")]
             out[prefix + ".weight_g"] = (t.shape[0], 1, 1)
             out[prefix + ".weight_v"] = tuple(t.shape)
@@ -140,3 +145,71 @@ def load_modules(folder: str | Path, *, device: torch.device | str = "cpu", dtyp
     load_strict(flow, flow_sd, "flow", device=device, dtype=dtype)
     load_strict(hift, hift_sd, "hift", device=device, dtype=dtype)
     return cfg, flow, hift
+
+
+# --- saving ------------------------------------------------------------------------------------------------
+WEIGHT_FORMATS = ("safetensors", "pt")
+_PARAM_G, _PARAM_V = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
+
+
+def hift_official_state_dict(hift: nn.Module) -> dict[str, torch.Tensor]:
+    """HiFT state dict in the official layout (weight_g / weight_v for the weight-normed convs).
+
+    Accepts a module with plain weights (inference, as loaded here: g = ‖w‖ per output channel, v = w, which
+    folds back to w within one float32 rounding), with ``nn.utils.parametrizations.weight_norm`` (training:
+    g and v are the parameters themselves, so folding reproduces the trained weight exactly) or with the old
+    ``nn.utils.weight_norm`` hooks (already weight_g / weight_v).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, t in hift.state_dict().items():
+        key = key.replace("_orig_mod.", "")  # torch.compile wrapper
+        t = t.detach()
+        if key.endswith(_PARAM_G):
+            out[key[: -len(_PARAM_G)] + ".weight_g"] = t
+        elif key.endswith(_PARAM_V):
+            out[key[: -len(_PARAM_V)] + ".weight_v"] = t
+        elif is_weight_normed(key, t.shape):
+            out[key + "_g"], out[key + "_v"] = torch.norm_except_dim(t, 2, 0), t
+        else:
+            out[key] = t
+    return out
+
+
+def _write(sd: dict[str, torch.Tensor], path: Path, fmt: str, source: str) -> None:
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+        save_file(sd, str(tmp), metadata={"format": "pt", "source": source})
+    else:
+        torch.save(sd, tmp)  # a plain dict of tensors: loadable with weights_only=True
+    tmp.replace(path)  # a reader never sees a half-written file
+
+
+def save_pretrained(decoder: nn.Module | tuple[nn.Module, nn.Module], cfg: DecoderConfig | None,
+                    folder: str | Path, *, weights: str = "safetensors") -> Path:
+    """Write a decoder folder that ``SpeechDecoder.from_pretrained(folder)`` loads: ``config.yaml`` in the
+    released structure (``DecoderConfig.to_yaml``) and ``flow`` / ``hift`` weights with the official key names,
+    as ``.safetensors`` (default) or ``.pt`` state dicts (``weights="pt"``, the official file names).
+
+    ``decoder`` is a ``SpeechDecoder`` or a ``(flow, hift)`` pair of our modules (e.g. from a trainer; HiFT may
+    carry weight-norm parametrizations); ``cfg`` defaults to ``decoder.cfg``. Weights of the other format left in
+    the folder are removed, so the loader cannot pick a stale file. The result is checked by a strict load on
+    the meta device before returning. Returns the folder.
+    """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
+    flow, hift = decoder if isinstance(decoder, tuple) else (decoder.flow, decoder.hift)
+    cfg = cfg if cfg is not None else decoder.cfg
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "config.yaml.tmp"
+    tmp.write_text(cfg.to_yaml())
+    tmp.replace(folder / "config.yaml")
+    flow_sd = {k.replace("_orig_mod.", ""): v for k, v in flow.state_dict().items()}
+    for name, sd in (("flow", flow_sd), ("hift", hift_official_state_dict(hift))):
+        _write(sd, folder / f"{name}.{weights}", weights, source=f"glm4voice save_pretrained ({name})")
+        other = folder / f"{name}.{'pt' if weights == 'safetensors' else 'safetensors'}"
+        other.unlink(missing_ok=True)
+    load_modules(folder, device="meta")  # strict key / shape check of what we wrote
+    return folder
