@@ -1,0 +1,91 @@
+"""Evaluate a model: results JSON plus a Markdown report with plots (docs/eval.md).
+
+    glm4voice eval SUITE [SUITE ...] [--model embedded|official|FOLDER] [--tokenizer/--lm/--decoder PATH_OR_ID]
+                   [--data CORPUS_OR_FOLDER] [--out DIR] [--limit N] [--judge auto|whisper|pocketsphinx]
+
+SUITE: tokenizer, lm, spoken_qa, tts, style, latency, quality, judge_score, or all (every suite but judge_score).
+Without --data the built-in held-out set is used: held-out phrasings spoken by held-out voices, made once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    from glm4voice.eval.judge import JUDGES
+    from glm4voice.eval.suites import SUITES
+
+    parser.add_argument("suites", nargs="+", metavar="SUITE", choices=sorted(SUITES) + ["all"],
+                        help=f"one or more of {', '.join(SUITES)}, all")
+    g = parser.add_argument_group("system under test")
+    g.add_argument("--model", default=None,
+                   help="all three components: 'embedded' (default), 'official', or a folder with tokenizer/ lm/ "
+                        "decoder/")
+    for c in ("tokenizer", "lm", "decoder"):
+        g.add_argument(f"--{c}", default=None, help=f"{c} folder, 'official' or a hub id (overrides --model)")
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    g.add_argument("--max-new-tokens", type=int, default=1000)
+    d = parser.add_argument_group("data")
+    d.add_argument("--data", default=None,
+                   help="a corpus folder (manifest.jsonl; its held-out split) or a folder of audio + metadata.jsonl/"
+                        ".tsv (docs/eval.md); default: the built-in held-out set")
+    d.add_argument("--split", default="heldout", help="corpus split to evaluate")
+    d.add_argument("--audio-is-output", action="store_true",
+                   help="the folder's audio are outputs to score (answers of any system), not questions to ask")
+    d.add_argument("--limit", type=int, default=None, help="at most N items per suite, spread over kinds")
+    d.add_argument("--per-kind", type=int, default=6, help="built-in set: items per kind, language and style")
+    d.add_argument("--latency-runs", type=int, default=5, help="measured questions of the latency suite")
+    d.add_argument("--seed", type=int, default=0)
+    j = parser.add_argument_group("judges")
+    j.add_argument("--judge", default="auto", choices=JUDGES, help="independent ASR judge")
+    j.add_argument("--cache-dir", default=None, help="judge weights and built-in set cache (~/.cache/glm4voice)")
+    j.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for judge_score, e.g. "
+                                                     "http://127.0.0.1:8000/v1")
+    j.add_argument("--judge-model", default=None, help="model name at --judge-url")
+    j.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's API key (if it needs one)")
+    parser.add_argument("--out", default=None, help="output folder (default eval-results/<suites>-<time>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from glm4voice.eval.context import Context
+    from glm4voice.eval.report import write_report
+    from glm4voice.eval.suites import ALL, run_suites
+    from glm4voice.eval.system import Generation, ModelSpec
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    names = list(dict.fromkeys(n for s in args.suites for n in (ALL if s == "all" else (s,))))
+    out = Path(args.out or f"eval-results/{'-'.join(args.suites)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    spec = ModelSpec.from_args(args.model, tokenizer=args.tokenizer, lm=args.lm, decoder=args.decoder)
+    ctx = Context(spec=spec, data=args.data, out=out, device=args.device, dtype=args.dtype, limit=args.limit,
+                  per_kind=args.per_kind, seed=args.seed, split=args.split, judge_name=args.judge,
+                  cache_dir=Path(args.cache_dir) if args.cache_dir else None, audio_is_output=args.audio_is_output,
+                  generation=Generation(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                        seed=args.seed),
+                  latency_runs=args.latency_runs, judge_url=args.judge_url, judge_model=args.judge_model,
+                  judge_api_key=os.environ.get(args.judge_api_key_env) if args.judge_api_key_env else None)
+    results = run_suites(names, ctx)
+    judge = getattr(ctx.judge, "name", None)
+    meta = {"command": "glm4voice eval " + " ".join(args.suites), "model": spec.describe(),
+            "data": args.data or "built-in held-out set", "asr_judge": judge, "device": args.device,
+            "dtype": args.dtype, "temperature": args.temperature, "seed": args.seed}
+    js, md = write_report(results, out, meta=meta)
+    for r in results:
+        shown = {k: v for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        print(f"{r.suite:12s} {r.status:8s} " + ", ".join(f"{k}={v:.3g}" for k, v in shown.items()))
+        for t in r.targets:
+            v = r.metrics.get(t.metric)
+            print(f"{'':12s} target {t.label}: {t.op} {t.value:g}, measured {'–' if v is None else f'{v:.3g}'} "
+                  f"-> {'met' if t.met(v) else 'NOT met' if v is not None else 'not measured'}")
+        for n in r.notes:
+            print(f"{'':12s} note: {n}")
+    print(f"wrote {js} and {md}")
+    return 0
