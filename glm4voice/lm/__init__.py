@@ -1,0 +1,1 @@
+"""GLM-4-Voice language model: config, model, loader, text tokenizer, prompt, sampling, generation."""
