@@ -33,11 +33,11 @@ MEL_FMAX = 8_000.0  # Hz, the Whisper filter bank's upper edge (= Nyquist at 16 
 LOG_MEL_EPS = 1e-10  # clamp before log10 (padding frames sit at log10(1e-10) = -10)
 LOG_MEL_DYNAMIC_RANGE = 8.0  # per-example floor: max - 8 (80 dB)
 RESAMPLE_WIDTH = 6  # torchaudio Resample default lowpass_filter_width (zero crossings per side)
+MP3_LENGTH_SLACK = 0.98  # fraction of the announced MP3 length that must decode
 RESAMPLE_ROLLOFF = 0.99  # torchaudio Resample default rolloff (cut-off as a fraction of the lower Nyquist)
 
 # Container signatures that libsndfile cannot read, to say "convert it" instead of "not audio".
-_UNSUPPORTED_SIGNATURES = {b"ftyp": "MP4/M4A/AAC", b"\x1aE\xdf\xa3": "Matroska/WebM", b"#!AMR": "AMR",
-                           b"FORM": "AIFF-like IFF", b"ID3": "MP3 with an ID3 tag"}
+_UNSUPPORTED_SIGNATURES = {b"ftyp": "MP4/M4A/AAC", b"\x1aE\xdf\xa3": "Matroska/WebM", b"#!AMR": "AMR"}
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
@@ -65,9 +65,7 @@ def load_audio(source, *, sample_rate: int = TOKENIZER_SAMPLE_RATE, channel: int
                          f"cut it into shorter pieces (or raise max_seconds / --max-seconds)")
     if wav.shape[-1] == 0:
         raise AudioError("audio has zero samples")
-    if not bool(torch.isfinite(wav).all()):
-        bad = int((~torch.isfinite(wav)).sum())
-        raise AudioError(f"audio holds {bad} NaN/Inf sample(s); fix or re-export the file")
+    _check_finite(wav, "audio samples")
     wav = _pick_channel(wav, channel)
     return resample(wav, int(sr), int(sample_rate)) if sr != sample_rate else wav
 
@@ -116,70 +114,80 @@ def _as_channels_first(x) -> torch.Tensor:
 def _decode(source, max_seconds: float | None) -> tuple[torch.Tensor, int]:
     import soundfile as sf
 
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "audio bytes"
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        name, path = str(source), Path(source)
         if not path.is_file():
             raise AudioError(f"{name}: no such file")
-        head = path.open("rb").read(16)
-        fileobj = str(path)
+        data_bytes = None
     else:
-        head = bytes(source[:16])
-        fileobj = io.BytesIO(bytes(source))
-    if not head:
-        raise AudioError(f"{name}: empty file (0 bytes)")
-    try:
-        with sf.SoundFile(fileobj) as f:
-            sr, frames, fmt = f.samplerate, f.frames, f.format
-            _check_rate(sr, f"{name}:")
-            if max_seconds is not None and frames > max_seconds * sr:
-                raise AudioError(f"{name}: {frames / sr:.1f} s long, over the {max_seconds:g} s limit; cut it into "
-                                 f"shorter pieces (or raise max_seconds / --max-seconds)")
-            data = f.read(dtype="float32", always_2d=True)  # (n, channels), int PCM / 2^(bits-1)
-    except AudioError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(_decode_failure(name, head, e)) from e
-    if frames > 0 and data.shape[0] < frames:
-        raise AudioError(f"{name}: truncated {fmt} file: the header announces {frames} frames but only "
-                         f"{data.shape[0]} could be decoded; re-export or re-download it")
-    if fmt == "WAV" and isinstance(source, (str, os.PathLike)):
-        _check_wav_complete(Path(source), data.shape[0] * data.shape[1])
+        name, data_bytes = "audio bytes", bytes(source)
+    with (path.open("rb") if data_bytes is None else io.BytesIO(data_bytes)) as fileobj:
+        head = fileobj.read(16)
+        if not head:
+            raise AudioError(f"{name}: empty file (0 bytes)")
+        fileobj.seek(0)
+        try:
+            with sf.SoundFile(fileobj) as f:
+                sr, frames, fmt = f.samplerate, f.frames, f.format
+                _check_rate(sr, f"{name}:")
+                if max_seconds is not None and frames > max_seconds * sr:
+                    raise AudioError(f"{name}: {frames / sr:.1f} s long, over the {max_seconds:g} s limit; cut it "
+                                     f"into shorter pieces (or raise max_seconds / --max-seconds)")
+                data = f.read(dtype="float32", always_2d=True)  # (n, channels), int PCM / 2^(bits-1)
+        except AudioError:
+            raise
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            raise AudioError(_decode_failure(name, head, e)) from e
+        # MP3 lengths may be estimates (no Xing/LAME header): only a clear shortfall counts as truncation
+        if frames > 0 and data.shape[0] < frames * (MP3_LENGTH_SLACK if fmt == "MP3" else 1.0):
+            raise AudioError(f"{name}: truncated {fmt} file: the header announces {frames} frames but only "
+                             f"{data.shape[0]} could be decoded; re-export or re-download it")
+        if fmt in ("WAV", "WAVEX"):
+            fileobj.seek(0)
+            _check_wav_complete(fileobj, name)
     if data.shape[0] == 0:
         raise AudioError(f"{name}: the file holds zero samples")
-    return torch.from_numpy(np.ascontiguousarray(data.T)), sr
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))
+    _check_finite(wav, name)
+    return wav, sr
 
 
 def _decode_failure(name: str, head: bytes, err: Exception) -> str:
+    # libsndfile messages start with "Error opening <the file object>: "; keep only the reason
+    reason = str(err).split(": ", 1)[-1] if str(err).startswith("Error opening") else str(err)
     for sig, kind in _UNSUPPORTED_SIGNATURES.items():
         if sig in head[:12]:
-            if kind.startswith("MP3"):
-                break  # libsndfile reads ID3-tagged mp3; fall through to the generic message
             return (f"{name}: unsupported audio format ({kind}); convert it to wav/flac/ogg/mp3, e.g. "
                     f"ffmpeg -i INPUT -ar 16000 OUTPUT.wav")
-    if head.startswith(b"RIFF") or head.startswith(b"fLaC") or head.startswith(b"OggS"):
-        return f"{name}: damaged or truncated audio file ({err}); re-export or re-download it"
-    return (f"{name}: not a readable audio file (supported: wav, flac, ogg, mp3); libsndfile says: {err}")
+    if head.startswith((b"RIFF", b"fLaC", b"OggS", b"ID3")):
+        return f"{name}: damaged or truncated audio file ({reason}); re-export or re-download it"
+    return f"{name}: not a readable audio file (supported: wav, flac, ogg, mp3); libsndfile says: {reason}"
 
 
-def _check_wav_complete(path: Path, n_values: int) -> None:
+def _check_wav_complete(f, name: str) -> None:
     """libsndfile silently clamps a WAV whose data chunk claims more bytes than the file has: detect that."""
-    with path.open("rb") as f:
-        riff = f.read(12)
-        if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+    riff = f.read(12)
+    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        return
+    size = f.seek(0, io.SEEK_END)
+    f.seek(12)
+    while True:
+        hdr = f.read(8)
+        if len(hdr) < 8:
             return
-        size = path.stat().st_size
-        while True:
-            hdr = f.read(8)
-            if len(hdr) < 8:
-                return
-            cid, n = hdr[:4], int.from_bytes(hdr[4:], "little")
-            if cid == b"data":
-                if n != 0xFFFFFFFF and f.tell() + n > size:
-                    raise AudioError(f"{path}: truncated WAV file: the header announces {n} data bytes but only "
-                                     f"{size - f.tell()} are present; re-export or re-download it")
-                return
-            f.seek(n + (n & 1), 1)
+        cid, n = hdr[:4], int.from_bytes(hdr[4:], "little")
+        if cid == b"data":
+            if n != 0xFFFFFFFF and f.tell() + n > size:
+                raise AudioError(f"{name}: truncated WAV file: the header announces {n} data bytes but only "
+                                 f"{size - f.tell()} are present; re-export or re-download it")
+            return
+        f.seek(n + (n & 1), io.SEEK_CUR)
+
+
+def _check_finite(wav: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(wav).all()):
+        bad = int((~torch.isfinite(wav)).sum())
+        raise AudioError(f"{name}: {bad} NaN/Inf sample(s); fix or re-export the audio")
 
 
 # --- resampling (torchaudio.transforms.Resample, sinc_interp_hann) ------------------------------------------------
