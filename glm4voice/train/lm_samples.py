@@ -22,7 +22,7 @@ prediction target, i.e. the loss is ``CE(logits[i - 1], ids[i])`` summed over th
   that continues it" (interleaved).
 
 A ``Mixture`` draws documents by configurable ratios; ``pack_batch`` fills rows of a fixed length with whole
-documents (a document that does not fit closes the row with padding; a document longer than the row is cut). Rows
+draws (a draw that does not fit closes the row with padding; one longer than a whole row is cut). Rows
 are a pure function of (seed, step, global row index), so a resumed run sees the same batches and N processes with
 batch b each see exactly the rows of one process with batch N*b.
 
@@ -99,7 +99,8 @@ class Specials:
             raise TokenError(f"speech code {bad} outside the codebook 0..{self.codebook_size - 1}")
         return (a + self.audio_offset).tolist()
 
-    def is_audio(self, ids: np.ndarray) -> np.ndarray:
+    def is_audio(self, ids):
+        """Elementwise: is the id an audio token (numpy array or torch tensor)."""
         return (ids >= self.audio_offset) & (ids < self.audio_offset + self.codebook_size)
 
 
@@ -458,7 +459,9 @@ class Mixture:
                 return [speech_sample(tok, sp, codes)]
             return [asr_sample(tok, sp, codes, x.text) if kind == "asr" else tts_sample(tok, sp, x.text, codes)]
         question = x.question.text if kind == "sft_text" else x.question.codes
-        return dialogue_samples(tok, sp, question, x.answer.text, x.answer.codes, loss=self.sft_loss, kind=kind)
+        copies = dialogue_samples(tok, sp, question, x.answer.text, x.answer.codes, loss=self.sft_loss, kind=kind)
+        rng.shuffle(copies)  # a copy cut at the end of a row is the text or the speech one alike
+        return copies
 
 
 # ---- packing -----------------------------------------------------------------------------------------------------
@@ -481,32 +484,36 @@ class PackedBatch:
 
 def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, seq_len: int, pad_id: int,
              stats: Counter) -> tuple[list[int], list[bool], list[int], list[int]]:
-    """Fill one row with whole documents; the first that does not fit ends the row (padding; it is dropped)."""
+    """Fill one row with whole draws (a draw's documents, e.g. the two copies of a dialogue, go in together).
+
+    The first draw that does not fit ends the row with padding and is dropped, unless the row is still empty: then
+    its documents go in order and the one crossing the row end is cut (counted in ``stats["cut"]``).
+    """
     ids: list[int] = []
     mask: list[bool] = []
     pos: list[int] = []
     doc: list[int] = []
     n = 0
-    while True:
+    while len(ids) < seq_len:
         samples = draw(rng)
+        if ids and len(ids) + sum(map(len, samples)) > seq_len:
+            fill = seq_len - len(ids)
+            stats["pad_tokens"] += fill
+            return ids + [pad_id] * fill, mask + [False] * fill, pos + [0] * fill, doc + [-1] * fill
         for s in samples:
-            if len(s) > seq_len:
-                s = Sample(s.ids[:seq_len], s.mask[:seq_len], s.kind)
+            room = seq_len - len(ids)
+            if room <= 0:
+                break
+            if len(s) > room:
+                s = Sample(s.ids[:room], s.mask[:room], s.kind)
                 stats["cut"] += 1
-            if len(ids) + len(s) > seq_len:
-                if not ids:  # unreachable (cut above), kept as a guard against an endless loop
-                    raise AssertionError("a document longer than the row")
-                fill = seq_len - len(ids)
-                stats["pad_tokens"] += fill
-                return ids + [pad_id] * fill, mask + [False] * fill, pos + [0] * fill, doc + [-1] * fill
             ids += s.ids
             mask += s.mask
             pos += range(len(s))
             doc += [n] * len(s)
             n += 1
             stats[f"docs:{s.kind}"] += 1
-        if len(ids) == seq_len:
-            return ids, mask, pos, doc
+    return ids, mask, pos, doc
 
 
 def pack_batch(draw: Callable[[random.Random], list[Sample]], *, seed: int, step: int, rank: int, batch_size: int,

@@ -1,0 +1,325 @@
+"""Train the GLM language model: pre-training on a sample mixture, then SFT; or fine-tune an official checkpoint.
+
+Stages (``--stage``) are separate runs, each with its own run folder, chained by ``--init``::
+
+    glm4voice train lm --stage pretrain --corpus C --tokenizer T --out runs/lm-pt --export models/lm-pt
+    glm4voice train lm --stage sft --corpus C --init models/lm-pt --out runs/lm-sft --export models/lm
+
+``--stage`` only picks the default mixture (``lm_samples.DEFAULT_MIX``); ``--mix kind=ratio,...`` sets any other.
+With ``--init`` the run starts from an official-format folder (``config.json`` + safetensors + tokenizer files,
+the released GLM-4-Voice-9B or one of ours) and trains all weights, or with ``--lora-rank R`` only low-rank adapters
+on the attention and MLP projections (merged into the weights on export). Without ``--init`` a new model of the
+``--hidden/--layers/...`` size is made for the tokenizer in ``--tokenizer``.
+
+Batches are packed rows of whole documents (``lm_samples.pack_batch``), a pure function of (seed, step, row), so a
+run killed at any moment resumes exactly (the engine keeps model, optimizer and RNG in ``last.pt``). Attention stays
+inside each packed document (a block-diagonal causal mask) and positions restart at 0 per document, as at inference.
+The export is an official-format folder (``config.json`` + ``model.safetensors`` in bf16 or fp16 + the tokenizer
+files) that ``glm4voice.lm.load_lm`` and ``TextTokenizer.from_dir`` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glm4voice.errors import ConfigError
+from glm4voice.train import lm_samples as ls
+
+log = logging.getLogger("glm4voice.train.lm")
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json")
+VOCAB_MULTIPLE = 64  # pad the vocabulary (embedding rows) to a multiple of this, as the official 168960 is
+LORA_TARGETS = ("qkv", "out", "up", "down")  # glm4voice.lm.model names of query_key_value, dense, h_to_4h, 4h_to_h
+EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """Size of a new model (no ``--init``). Defaults: the embedded model's LM (issue 7)."""
+
+    hidden: int = 384
+    layers: int = 6
+    heads: int = 6
+    kv_heads: int = 2
+    head_dim: int = 64
+    ffn: int = 1024
+    seq_length: int = 2048  # longest context the model supports (RoPE table rows)
+
+    def glm_config(self, tok, torch_dtype: str = "bfloat16"):
+        """A GLMConfig for ``tok``'s vocabulary; stop ids: the tokenizer's <|endoftext|>, <|user|>, <|observation|>."""
+        from glm4voice.lm.config import GLMConfig
+
+        n_vocab = math.ceil(_vocab_size(tok) / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        eos = tuple(tok.token_id(n) for n in ("<|endoftext|>", "<|user|>", "<|observation|>"))
+        return GLMConfig(hidden_size=self.hidden, num_layers=self.layers, num_attention_heads=self.heads,
+                         kv_channels=self.head_dim, multi_query_attention=True, multi_query_group_num=self.kv_heads,
+                         ffn_hidden_size=self.ffn, padded_vocab_size=n_vocab,
+                         seq_length=self.seq_length, torch_dtype=torch_dtype, eos_token_id=eos, pad_token_id=eos[0])
+
+
+def _vocab_size(tok) -> int:
+    """Ids the tokenizer can produce: its ranks and every added token."""
+    for attr in ("vocab_size", "n_vocab"):
+        n = getattr(tok, attr, None)
+        if isinstance(n, int):
+            return n
+    raise ConfigError("the text tokenizer does not report its vocabulary size")
+
+
+# ---- LoRA ----------------------------------------------------------------------------------------------------------
+
+class LoRALinear(nn.Module):
+    """``base(x) + scale * x A^T B^T`` with a frozen ``base``; B starts at zero so training starts from the base model
+    (Hu et al. 2021). ``merged()`` folds the adapter into a plain Linear."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {rank}")
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.lora_a.to(x.dtype), self.lora_b.to(x.dtype)
+        return self.base(x) + (self.dropout(x) @ a.t() @ b.t()) * self.scale
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+                        device=self.base.weight.device, dtype=self.base.weight.dtype)
+        delta = (self.lora_b.float() @ self.lora_a.float()) * self.scale
+        out.weight.copy_((self.base.weight.float() + delta).to(out.weight.dtype))
+        if self.base.bias is not None:
+            out.bias.copy_(self.base.bias)
+        return out
+
+
+def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0,
+             targets: tuple[str, ...] = LORA_TARGETS) -> list[str]:
+    """Freeze ``model`` and wrap every Linear whose attribute name is in ``targets``; returns the wrapped names."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in targets and isinstance(child, nn.Linear):
+                setattr(module, child_name, LoRALinear(child, rank, alpha, dropout))
+                wrapped.append(f"{name}.{child_name}" if name else child_name)
+    if not wrapped:
+        raise ConfigError(f"no Linear layer named {targets} to put LoRA adapters on")
+    return wrapped
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by its merged Linear (in place); the model's keys are the plain ones again."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, child_name, child.merged())
+    return model
+
+
+# ---- forward and loss --------------------------------------------------------------------------------------------
+
+def call_model(model: nn.Module, input_ids: Tensor, position_ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Logits (B, T, V) for every position; ``mask`` (B, 1, T, T) boolean, None = causal."""
+    return model(input_ids, position_ids=position_ids, mask=mask)
+
+
+def forward_logits(model: nn.Module, batch: ls.PackedBatch) -> Tensor:
+    """Logits (B, T, V) of a packed batch: positions restart per document and attention stays inside it."""
+    from glm4voice.lm.model import packed_mask
+
+    return call_model(model, batch.input_ids, batch.position_ids, packed_mask(batch.doc_ids))
+
+
+def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials) -> tuple[Tensor, dict]:
+    """Mean cross-entropy over the loss-masked targets, with text and speech parts reported separately."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    logits = forward_logits(model, batch)[:, :-1]
+    targets, mask = batch.input_ids[:, 1:], batch.loss_mask[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    ce = ce.view_as(targets)
+    n = mask.sum()
+    loss = (ce * mask).sum() / n.clamp(min=1)
+    with torch.no_grad():
+        audio = sp.is_audio(targets) & mask
+        text = mask & ~audio
+        metrics = {"text_loss": float((ce * text).sum() / text.sum().clamp(min=1)),
+                   "speech_loss": float((ce * audio).sum() / audio.sum().clamp(min=1)),
+                   "target_tokens": float(n), "pad_share": float(batch.stats.get("pad_share", 0.0))}
+    return loss, metrics
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: list[ls.PackedBatch], sp: ls.Specials) -> dict:
+    """Held-out loss (text / speech) and teacher-forced next-token accuracy on the text and speech targets."""
+    device = next(model.parameters()).device
+    sums = {"ce_text": 0.0, "ce_speech": 0.0, "ok_text": 0.0, "ok_speech": 0.0, "n_text": 0.0, "n_speech": 0.0}
+    for b in batches:
+        b = b.to(device)
+        logits = forward_logits(model, b)[:, :-1].float()
+        targets, mask = b.input_ids[:, 1:], b.loss_mask[:, 1:]
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        ce = ce.view_as(targets)
+        ok = (logits.argmax(-1) == targets).float()
+        audio = sp.is_audio(targets) & mask
+        for name, sel in (("text", mask & ~audio), ("speech", audio)):
+            sums[f"ce_{name}"] += float((ce * sel).sum())
+            sums[f"ok_{name}"] += float((ok * sel).sum())
+            sums[f"n_{name}"] += float(sel.sum())
+    out = {}
+    for name in ("text", "speech"):
+        if sums[f"n_{name}"]:
+            out[f"eval_{name}_loss"] = sums[f"ce_{name}"] / sums[f"n_{name}"]
+            out[f"eval_{name}_acc"] = sums[f"ok_{name}"] / sums[f"n_{name}"]
+    return out
+
+
+# ---- model, export -------------------------------------------------------------------------------------------------
+
+def build_model(args: argparse.Namespace, tok) -> nn.Module:
+    """A new GLM of ``--hidden/--layers/...`` or the ``--init`` checkpoint (fp32 master weights for training)."""
+    from glm4voice.lm.load import load_lm
+    from glm4voice.lm.model import GLM
+
+    if args.init:
+        model = load_lm(args.init, device="cpu", dtype=torch.float32)
+        n_vocab = _vocab_size(tok)
+        if model.cfg.padded_vocab_size < n_vocab:
+            raise ConfigError(f"{args.init}: the model has {model.cfg.padded_vocab_size} embedding rows but the "
+                              f"tokenizer {n_vocab} ids")
+        return model
+    spec = LMSpec(**{f.name: getattr(args, f.name) for f in fields(LMSpec)})
+    torch.manual_seed(args.seed)
+    model = GLM(spec.glm_config(tok))
+    model.init_weights()
+    return model
+
+
+def export(model: nn.Module, folder: str | os.PathLike, tokenizer_dir: str | os.PathLike, *,
+           dtype: str = "bf16") -> Path:
+    """Write an official-format folder: config.json + model.safetensors (LoRA merged) + the tokenizer files."""
+    import copy
+
+    from glm4voice.lm.load import save_pretrained
+
+    if dtype not in EXPORT_DTYPES:
+        raise ConfigError(f"export dtype must be one of {sorted(EXPORT_DTYPES)}, not {dtype!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = merge_lora(copy.deepcopy(model)) if any(isinstance(m, LoRALinear) for m in model.modules()) else model
+    save_pretrained(plain, folder, dtype=EXPORT_DTYPES[dtype])
+    for name in TOKENIZER_FILES:
+        src = Path(tokenizer_dir) / name
+        if not src.exists():
+            raise ConfigError(f"tokenizer file {src} is missing")
+        if src.resolve() != (folder / name).resolve():
+            shutil.copyfile(src, folder / name)
+    return folder
+
+
+# ---- entry point ---------------------------------------------------------------------------------------------------
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from glm4voice.train.engine import add_train_args
+
+    parser.add_argument("--corpus", required=True, help="corpus folder with cached speech tokens (tokens/<id>.npy)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="text tokenizer folder (tokenizer.model + tokenizer_config.json); default: --init")
+    parser.add_argument("--init", default=None, help="start from this official-format model folder")
+    parser.add_argument("--stage", choices=("pretrain", "sft"), default="pretrain", help="default mixture")
+    parser.add_argument("--mix", default=None, help="kind=ratio,... over " + ", ".join(ls.KINDS))
+    parser.add_argument("--sft-loss", choices=ls.SFT_LOSS, default="split",
+                        help="split: the paper's text-loss and speech-loss copies; joint: one copy, both losses")
+    parser.add_argument("--seq-len", type=int, default=1024, help="packed row length (tokens)")
+    parser.add_argument("--max-audio", type=int, default=None, help="cut pre-training utterances to this many codes")
+    parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
+    parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
+    parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
+    parser.add_argument("--export", default=None, help="write the final model here (official format)")
+    parser.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="bf16")
+    parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="> 0: train LoRA adapters only (needs --init)")
+    parser.add_argument("--lora-alpha", type=float, default=16.0)
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
+    for f in fields(LMSpec):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default, help="new model size")
+    add_train_args(parser, lr=1e-3, steps=2000, batch_size=8, warmup=100, eval_every=200, save_every=100)
+
+
+def load_text_tokenizer(folder: str | os.PathLike):
+    from glm4voice.lm.text_tokenizer import TextTokenizer
+
+    return TextTokenizer.from_dir(str(folder))
+
+
+def main(args: argparse.Namespace) -> int:
+    from glm4voice.train.engine import Trainer, config_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = config_from_args(args)
+    tok_dir = args.tokenizer or args.init
+    if not tok_dir:
+        raise ConfigError("give --tokenizer (a new model) or --init (a model folder with its tokenizer)")
+    if args.lora_rank and not args.init:
+        raise ConfigError("--lora-rank adapts an existing model: give --init")
+    tok = load_text_tokenizer(tok_dir)
+    sp = ls.Specials.from_tokenizer(tok, ls.count_audio_tokens(tok_dir))
+    mix = args.mix or args.stage
+    train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts)
+    log.info("lm %s: train data %s", args.stage, train.summary())
+    batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio),
+                                batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed)
+    eval_fn = _make_eval(args, tok, sp, mix, cfg)
+
+    model = build_model(args, tok)
+    if args.seq_len > model.cfg.seq_length:
+        raise ConfigError(f"--seq-len {args.seq_len} exceeds the model's context {model.cfg.seq_length}")
+    if args.lora_rank:
+        wrapped = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
+        log.info("LoRA rank %d on %d layers", args.lora_rank, len(wrapped))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model: %.2fM parameters, %.2fM trained", sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
+        {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "seq_len": args.seq_len,
+         "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank, "config": asdict(model.cfg),
+         "data": train.summary()}, indent=2, default=str))
+    trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=lambda m, b: lm_loss(m, b, sp), eval_fn=eval_fn)
+    trainer.fit(until=args.until)
+    if args.export and trainer.step >= cfg.steps and trainer.is_main:
+        export(trainer.model, args.export, tok_dir, dtype=args.export_dtype)
+        log.info("exported the LM to %s", args.export)
+    return 0
+
+
+def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
+    """Held-out batches (split ``heldout``: held-out phrasings and voices) of the kinds that have held-out data."""
+    held = ls.load_lm_data(args.corpus, split="heldout", with_item_texts=True)
+    ratios = {k: v for k, v in ls.parse_mix(mix).items() if held.pool(k)}
+    if not ratios or not args.eval_batches:
+        log.info("no held-out data for the mixture: evaluation off")
+        return None
+    m = ls.Mixture(tok, sp, held, ratios, sft_loss=args.sft_loss, max_audio=args.max_audio)
+    fixed = [ls.pack_batch(m.draw, seed=10_000 + cfg.seed, step=i, rank=0, batch_size=cfg.batch_size,
+                           seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
+    return lambda model: evaluate_batches(model, fixed, sp)

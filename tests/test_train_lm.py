@@ -1,0 +1,171 @@
+"""LM trainer: packed batches score like single documents, a tiny LM overfits SFT dialogues, exact resume, export
+through the production loader, LoRA (adapters only, merged on export), fine-tuning from an exported folder."""
+
+import argparse
+import os
+
+import pytest
+import torch
+from test_lm_samples import CODEBOOK, TOY_ITEMS, load_tokenizer, make_corpus, make_tokenizer_dir
+
+from glm4voice.errors import ConfigError
+from glm4voice.train import lm_samples as ls
+from glm4voice.train import lm_trainer as lt
+from glm4voice.train.engine import read_metrics
+
+TINY = ["--hidden", "64", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--head-dim", "16", "--ffn", "128",
+        "--seq-length", "512"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    return {"tok": make_tokenizer_dir(root / "tok"), "corpus": make_corpus(root / "corpus"), "root": root}
+
+
+@pytest.fixture(autouse=True)
+def _tokenizer_loader(monkeypatch):  # TEMPORARY until glm4voice.lm.text_tokenizer lands
+    try:
+        import glm4voice.lm.text_tokenizer  # noqa: F401
+    except ImportError:
+        monkeypatch.setattr(lt, "load_text_tokenizer", load_tokenizer)
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    lt.add_args(p)
+    return p.parse_args([str(a) for a in argv])
+
+
+def _run(env, out, *extra, steps=40):
+    """main() on the toy corpus; a new tiny model unless ``--init`` is among ``extra``. Returns the train log rows."""
+    new = [] if "--init" in extra else ["--tokenizer", env["tok"], *TINY]
+    args = _args("--corpus", env["corpus"], "--out", out, "--steps", steps, "--batch-size", 2, "--seq-len", 256,
+                 "--lr", 1e-2, "--warmup", 5, "--log-every", 5, "--save-every", 1000, "--eval-every", 0, *new, *extra)
+    assert lt.main(args) == 0
+    return [r for r in read_metrics(str(out)) if r["kind"] == "train"]
+
+
+def _tiny_model(tok):
+    from glm4voice.lm.model import GLM
+
+    spec = lt.LMSpec(hidden=32, layers=2, heads=2, kv_heads=1, head_dim=16, ffn=64, seq_length=512)
+    torch.manual_seed(0)
+    m = GLM(spec.glm_config(tok))
+    m.init_weights()
+    return m
+
+
+def test_packed_documents_score_like_single_documents(env):
+    """Positions restart and attention stays inside each packed document, as at inference."""
+    tok = load_tokenizer(env["tok"])
+    sp = ls.Specials.from_tokenizer(tok, CODEBOOK)
+    model = _tiny_model(tok).eval()
+    data = ls.load_lm_data(env["corpus"])
+    batch = ls.MixtureBatches(ls.Mixture(tok, sp, data, "sft=1,text=1"), batch_size=1, seq_len=400, seed=0)(0, 0, 1)
+    docs = batch.doc_ids[0]
+    assert docs.max() >= 2  # several documents in the row
+    with torch.no_grad():
+        packed = lt.forward_logits(model, batch)[0]
+        for d in range(int(docs.max()) + 1):
+            where = (docs == d).nonzero().flatten()
+            alone = model(batch.input_ids[:, where])[0]
+            torch.testing.assert_close(packed[where], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_tiny_lm_overfits_sft_dialogues(env, tmp_path):
+    few = {"corpus": make_corpus(tmp_path / "few", voices=("v1",), broken=False, items=TOY_ITEMS[:2]),
+           "tok": env["tok"]}
+    rows = _run(few, tmp_path / "run", "--stage", "sft", "--mix", "sft=1", "--seq-len", 200, steps=30)
+    first, last = rows[0], rows[-1]
+    assert last["loss"] < 0.4 * first["loss"], (first, last)
+    assert last["text_loss"] < 0.5 * first["text_loss"] and last["speech_loss"] < 0.5 * first["speech_loss"]
+    assert 0 <= last["pad_share"] < 1
+
+
+def test_resume_is_exact(env, tmp_path):
+    _run(env, tmp_path / "full", "--mix", "pretrain", steps=12)
+    _run(env, tmp_path / "cut", "--mix", "pretrain", "--until", 7, steps=12)  # stops after a checkpoint at 7...
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 7
+    _run(env, tmp_path / "cut", "--mix", "pretrain", steps=12)  # ...and continues from it
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_export_loads_through_the_production_loader(env, tmp_path):
+    from glm4voice.lm.load import load_lm
+
+    _run(env, tmp_path / "run", "--mix", "sft=1", "--export", tmp_path / "model", "--export-dtype", "fp32", steps=5)
+    model = load_lm(tmp_path / "model", dtype=torch.float32)
+    assert sorted(os.listdir(tmp_path / "model")) == ["config.json", "model.safetensors", "tokenizer.model",
+                                                      "tokenizer_config.json"]
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    tok = lt.load_text_tokenizer(tmp_path / "model")
+    assert tok.encode("Paris.") == load_tokenizer(env["tok"]).encode("Paris.")
+    assert model.cfg.padded_vocab_size % lt.VOCAB_MULTIPLE == 0 and model.cfg.padded_vocab_size >= tok.vocab_size
+    assert set(model.cfg.eos_token_id) == {tok.token_id(n) for n in ("<|endoftext|>", "<|user|>", "<|observation|>")}
+
+
+def test_lora_trains_adapters_only_and_merges(env, tmp_path):
+    tok = load_tokenizer(env["tok"])
+    base = _tiny_model(tok)
+    ids = torch.randint(0, 400, (2, 20))
+    ref = base(ids).detach()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    wrapped = lt.add_lora(base, rank=2, alpha=4.0)
+    assert len(wrapped) == 2 * 4  # qkv, out, up, down per layer
+    torch.testing.assert_close(base(ids), ref)  # B = 0: the adapted model starts as the base model
+    trainable = [n for n, p in base.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    opt = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(base(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+        opt.step()
+    adapted = base(ids).detach()
+    assert not torch.allclose(adapted, ref)
+    merged = lt.merge_lora(base)
+    assert set(merged.state_dict()) == set(before)
+    torch.testing.assert_close(merged(ids), adapted, atol=1e-5, rtol=1e-4)
+    changed = [k for k in before if not torch.equal(before[k], merged.state_dict()[k])]
+    assert changed and all(any(t in k for t in (".qkv.", ".out.", ".up.", ".down.")) for k in changed)
+
+
+def test_finetune_from_export_full_and_lora(env, tmp_path):
+    from glm4voice.lm.load import load_lm
+
+    _run(env, tmp_path / "pt", "--mix", "pretrain", "--export", tmp_path / "pt_model", "--export-dtype", "fp32",
+         steps=5)
+    init = load_lm(tmp_path / "pt_model", dtype=torch.float32).state_dict()
+    rows = _run(env, tmp_path / "lora", "--init", tmp_path / "pt_model", "--stage", "sft", "--lora-rank", 4,
+                "--lora-alpha", 8, "--export", tmp_path / "lora_model", "--export-dtype", "fp32", steps=15)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    ckpt = torch.load(tmp_path / "lora" / "last.pt", weights_only=True)
+    assert any("lora_a" in k for k in ckpt["model"])
+    emb = "embed.weight"
+    assert torch.equal(ckpt["model"][emb], init[emb])  # frozen
+    tuned = load_lm(tmp_path / "lora_model", dtype=torch.float32).state_dict()
+    assert torch.equal(tuned[emb], init[emb]) and not torch.equal(tuned["layers.0.attn.qkv.weight"],
+                                                                  init["layers.0.attn.qkv.weight"])
+    rows = _run(env, tmp_path / "full", "--init", tmp_path / "pt_model", "--stage", "sft", steps=5)
+    assert rows[-1]["step"] == 5
+
+
+def test_bad_options(env, tmp_path):
+    with pytest.raises(ConfigError, match="--init"):
+        lt.main(_args("--corpus", env["corpus"], "--tokenizer", env["tok"], "--out", tmp_path, "--lora-rank", 2))
+    with pytest.raises(ConfigError, match="unknown sample kinds"):
+        lt.main(_args("--corpus", env["corpus"], "--tokenizer", env["tok"], "--out", tmp_path, "--mix", "x=1"))
+    with pytest.raises(ConfigError, match="tokenizer"):
+        lt.main(_args("--corpus", env["corpus"], "--out", tmp_path))
+
+
+def test_eval_reports_heldout_metrics(env, tmp_path):
+    _run(env, tmp_path / "run", "--stage", "sft", "--eval-every", 5, "--eval-batches", 1, "--seq-len", 512, steps=5)
+    evals = [r for r in read_metrics(str(tmp_path / "run")) if r["kind"] == "eval"]
+    assert evals and {"eval_text_loss", "eval_speech_loss", "eval_text_acc", "eval_speech_acc"} <= set(evals[-1])
+    assert 0 <= evals[-1]["eval_text_acc"] <= 1
