@@ -248,3 +248,27 @@ def test_save_pretrained_of_a_new_model_loads_and_keeps_training_fields(tmp_path
     assert (saved["ema_count"] == 1).all() and (saved["ema_weight"] == saved["codebook.weight"]).all()
     with pytest.raises(ConfigError, match="quantise_decay"):
         save_pretrained(model, tmp_path / "bad", quantise_decay=0.9)
+
+
+def test_batch_options_keep_the_reference_codes(ref, expected, tok):
+    """Smaller forwards, length-sorted pools and lazily loaded inputs change only float rounding here."""
+    files = _inputs(ref, expected)
+    want = [expected["all_files_one_call"]["tokens"][_stem(f.name)] for f in files]
+    assert tok.encode(files, batch_size=2) == want
+    assert tok.encode(files * 2, batch_size=3, sort=True) == want * 2
+    with pytest.raises(ValueError, match="sort"):
+        tok.encode(files, batched=False, sort=True)
+
+
+def test_encode_channel_mix_and_bad_inputs(ref, expected, tok, tmp_path):
+    from glm4voice.errors import AudioError
+
+    stereo = next(ref / k for k in expected["inputs"] if expected["inputs"][k].get("channels", 1) == 2)
+    ctl = expected["channel_handling_negative_controls"][_stem(stereo.name)]
+    assert tok.encode([stereo], channel="mix") == [ctl["tokens_if_channels_were_averaged"]]
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt ")
+    good = ref / "inputs" / expected["all_files_one_call"]["file_order"][0]
+    with pytest.raises(AudioError, match="broken.wav"):
+        tok.encode([good, bad])
+    assert tok.encode([good, bad, good], errors="skip") == [tok.encode([good])[0], None, tok.encode([good])[0]]

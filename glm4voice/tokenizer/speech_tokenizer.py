@@ -14,17 +14,25 @@ the same codes except on a knife-edge; both reproduce the reference vectors exac
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from glm4voice.audio import MAX_AUDIO_SECONDS, load_audio, log_mel_whisper, split_chunks
 from glm4voice.constants import MAX_TOKENIZER_BATCH, MEL_HOP, TOKEN_HOP_SAMPLES, TOKENIZER_SAMPLE_RATE
+from glm4voice.errors import AudioError
 from glm4voice.tokenizer.model import WhisperVQEncoder
 from glm4voice.tokenizer.stream import REFRESH_SECONDS, StreamingEncoder, TokenizerStreamState
+
+log = logging.getLogger("glm4voice.tokenizer")
+
+SORT_POOL_BATCHES = 8  # sort=True: chunks are length-sorted within pools of this many batches
 
 
 class SpeechTokenizer:
@@ -54,38 +62,80 @@ class SpeechTokenizer:
         return self.model.codebook.weight.dtype
 
     # -- input -----------------------------------------------------------------------------------------------
-    def load(self, audio) -> Tensor:
-        """One input as 16 kHz mono float32: a path or encoded bytes (any rate, channel 0 kept), a
-        ``(samples, rate)`` tuple like the official code accepts, or samples already at 16 kHz."""
+    def load(self, audio, *, channel: int | str = 0) -> Tensor:
+        """One input as 16 kHz mono float32: a path or encoded bytes (any rate; channel 0 kept as the official
+        code, or ``channel=`` another index / ``"mix"``), a ``(samples, rate)`` tuple like the official code
+        accepts, or samples already at 16 kHz."""
+        kw = dict(max_seconds=self.max_seconds, channel=channel)
         if isinstance(audio, tuple) and len(audio) == 2:
-            return load_audio(audio[0], source_rate=audio[1], max_seconds=self.max_seconds)
+            return load_audio(audio[0], source_rate=audio[1], **kw)
         if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
-            return load_audio(audio, max_seconds=self.max_seconds)
-        return load_audio(audio, source_rate=TOKENIZER_SAMPLE_RATE, max_seconds=self.max_seconds)
+            return load_audio(audio, **kw)
+        return load_audio(audio, source_rate=TOKENIZER_SAMPLE_RATE, **kw)
 
     # -- offline ---------------------------------------------------------------------------------------------
-    def encode(self, audios: Sequence, *, batched: bool = True,
-               batch_size: int = MAX_TOKENIZER_BATCH) -> list[list[int]]:
-        """Codes of each audio (see ``load`` for the accepted inputs); one list per input, in order."""
-        return [ids for ids, _ in self.encode_detailed(audios, batched=batched, batch_size=batch_size)]
+    def encode(self, audios: Sequence, *, batched: bool = True, batch_size: int = MAX_TOKENIZER_BATCH,
+               sort: bool = False, channel: int | str = 0, errors: str | Callable[[int, AudioError], None] = "raise",
+               progress: bool = False) -> list[list[int] | None]:
+        """Codes of each audio (see ``load`` for the accepted inputs); one list per input, in order.
+
+        batched: True = all chunks of all inputs batched together (the official call with a list of files),
+            False = one call per input (the official call with one file). See the module doc.
+        batch_size: chunks per forward (official 128); audios are loaded lazily, so memory holds one batch.
+        sort: group chunks of similar length (faster on mixed lengths; float rounding then differs from the
+            official batching by ~1e-6, which can flip a code only on a knife edge). Only with batched=True.
+        errors: "raise" (AudioError naming the input), "skip" (that input's entry is None, a warning is logged),
+            or a function ``f(index, error)`` called for each unusable input, which is then skipped.
+        """
+        return [None if r is None else r[0] for r in self._encode(audios, batched, batch_size, sort, channel,
+                                                                  errors, progress, keep_hidden=False)]
 
     def encode_detailed(self, audios: Sequence, *, batched: bool = True, batch_size: int = MAX_TOKENIZER_BATCH,
-                        ) -> list[tuple[list[int], Tensor]]:
+                        channel: int | str = 0) -> list[tuple[list[int], Tensor]]:
         """As ``encode``, with the pre-quantisation hidden states of the kept positions, (n_codes, d) float32."""
+        return self._encode(audios, batched, batch_size, False, channel, "raise", False, keep_hidden=True)
+
+    def _encode(self, audios, batched, batch_size, sort, channel, errors, progress, *, keep_hidden):
         if isinstance(audios, (str, os.PathLike)):
             audios = [audios]
-        wavs = [self.load(a) for a in audios]
-        groups = [list(range(len(wavs)))] if batched else [[i] for i in range(len(wavs))]
-        ids: list[list[int]] = [[] for _ in wavs]
-        hidden: list[list[Tensor]] = [[] for _ in wavs]
-        for group in groups:
-            chunks = [(i, c) for i in group for c in split_chunks(wavs[i])]
-            for start in range(0, len(chunks), batch_size):
-                part = chunks[start: start + batch_size]
-                for (i, _), (code, h) in zip(part, self.encode_chunks([c for _, c in part]), strict=True):
-                    ids[i].extend(code.tolist())
-                    hidden[i].append(h.float().cpu())
-        return [(ids[i], torch.cat(hidden[i])) for i in range(len(wavs))]
+        if not (errors in ("raise", "skip") or callable(errors)):
+            raise ValueError(f"errors must be 'raise', 'skip' or a function, got {errors!r}")
+        if batch_size < 1 or (sort and not batched):
+            raise ValueError(f"need batch_size >= 1 (got {batch_size}) and sort only with batched=True")
+        audios = list(audios)
+        failed: set[int] = set()
+        pieces: list[list[tuple[int, list[int], Tensor | None]]] = [[] for _ in audios]  # (chunk no, codes, h)
+        chunks = self._chunks(audios, channel, errors, failed, progress)
+        for part in _batches(chunks, batch_size, batched, sort):
+            for (i, k, _), (code, h) in zip(part, self.encode_chunks([c for _, _, c in part]), strict=True):
+                pieces[i].append((k, code.tolist(), h.float().cpu() if keep_hidden else None))
+        out = []
+        for i, chunk_results in enumerate(pieces):
+            chunk_results.sort(key=lambda r: r[0])  # sorted batching may encode an audio's chunks out of order
+            codes = [c for _, chunk_codes, _ in chunk_results for c in chunk_codes]
+            h = torch.cat([r[2] for r in chunk_results]) if keep_hidden else None
+            out.append(None if i in failed else (codes, h))
+        return out
+
+    def _chunks(self, audios: list, channel, errors, failed: set[int], progress: bool):
+        """Load the audios one at a time (memory holds one batch) and yield (audio index, chunk no, samples)."""
+        with tqdm(total=len(audios), desc="encode", unit="audio", disable=not progress) as bar:
+            for i, audio in enumerate(audios):
+                try:
+                    wav = self.load(audio, channel=channel)
+                except AudioError as e:
+                    if errors == "raise":
+                        raise
+                    failed.add(i)
+                    if callable(errors):
+                        errors(i, e)
+                    else:
+                        log.warning("skipping input %d: %s", i, e)
+                    continue
+                finally:
+                    bar.update()
+                for k, chunk in enumerate(split_chunks(wav)):
+                    yield i, k, chunk
 
     @torch.inference_mode()
     def encode_chunks(self, chunks: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
@@ -114,3 +164,22 @@ class SpeechTokenizer:
     def finish(self, state: TokenizerStreamState) -> list[int]:
         """End of speech: computes the unfinished part and returns the remaining codes."""
         return self.streaming.finish(state)
+
+
+def _batches(chunks: Iterator, batch_size: int, batched: bool, sort: bool) -> Iterator[list]:
+    """Group (audio, chunk no, samples) into forwards: in order across audios (official list call), per audio
+    (official single-file calls), or length-sorted within pools of SORT_POOL_BATCHES batches (less padding)."""
+    if not batched:
+        for _, group in itertools.groupby(chunks, key=lambda c: c[0]):
+            yield from _pieces(iter(list(group)), batch_size)
+    elif not sort:
+        yield from _pieces(chunks, batch_size)
+    else:
+        for pool in _pieces(chunks, batch_size * SORT_POOL_BATCHES):
+            pool.sort(key=lambda c: c[2].shape[-1], reverse=True)
+            yield from _pieces(iter(pool), batch_size)
+
+
+def _pieces(it: Iterator, n: int) -> Iterator[list]:
+    while part := list(itertools.islice(it, n)):
+        yield part
