@@ -1,0 +1,238 @@
+"""Where the language model runs: in this process (``LocalLM``) or behind an OpenAI-compatible HTTP server
+(``RemoteLM``, ``--lm-url``). The pipeline sees one small interface:
+
+    stream = backend.open()                      # one per conversation; holds its KV cache slot (local)
+    for token_id in stream.generate(prompt_ids, sampling): ...   # generated ids, the stop id included
+    stream.keep(history_ids)                     # what the conversation continues from (after barge-in)
+    stream.close()                               # frees the slot
+
+``generate`` reuses the cached keys/values of the longest common prefix of ``prompt_ids`` and what the slot
+already holds, so a new turn only prefills its own tokens. Closing the iterator early stops generation at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from glm4voice.errors import ContextLengthError, Glm4VoiceError
+
+
+class BusyError(Glm4VoiceError):
+    """Every session slot is in use; try again later (the server answers "busy", never queues)."""
+
+
+class BackendError(Glm4VoiceError):
+    """The LM backend failed (e.g. the remote LM server is unreachable or answered an error)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding options the pipeline passes to a backend."""
+
+    temperature: float = 0.2
+    top_p: float = 0.8
+    top_k: int = 50
+    max_new_tokens: int = 2000
+    seed: int | None = None
+    language: str | None = None  # language lock of text tokens ("en", "zh"), None: free
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+# --- remote: an OpenAI-compatible /v1/completions server (another `glm4voice serve`, or vLLM) --------------
+class RemoteLM:
+    """An LM served elsewhere. Prompts go as token ids to ``POST {url}/v1/completions`` with ``stream: true``;
+    the generated ids are read from each chunk's ``choices[0].token_ids`` (glm4voice, vLLM with
+    ``return_token_ids``) or from ``logprobs.tokens`` entries ``"token_id:N"`` (vLLM
+    ``return_tokens_as_token_ids``). The remote server keeps its own prefix cache."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None, max_seq: int = 8192,
+                 timeout: float = 60.0, max_sessions: int = 64):
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        self.api_key, self.model, self.max_seq, self.timeout = api_key, model, max_seq, timeout
+        self._slots = threading.BoundedSemaphore(max_sessions)
+        self.max_sessions = max_sessions
+
+    def open(self, hint: list[int] | None = None) -> RemoteStream:
+        if not self._slots.acquire(blocking=False):
+            raise BusyError(f"all {self.max_sessions} LM sessions are in use")
+        return RemoteStream(self)
+
+    def request(self, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
+                                     headers={"Content-Type": "application/json"})
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 - the URL is the user's --lm-url
+        except urllib.error.HTTPError as e:
+            detail = e.read(2000).decode("utf-8", "replace")
+            try:
+                detail = json.loads(detail)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            if e.code == 400 and "context" in detail:
+                raise ContextLengthError(f"remote LM: {detail}") from e
+            if e.code in (429, 503):
+                raise BusyError(f"remote LM is busy: {detail}") from e
+            raise BackendError(f"remote LM {self.url}{path} answered HTTP {e.code}: {detail}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise BackendError(f"cannot reach the remote LM at {self.url} ({e})") from e
+
+
+class RemoteStream:
+    def __init__(self, backend: RemoteLM):
+        self.backend = backend
+        self._closed = False
+
+    def generate(self, prompt: list[int], sampling: Sampling) -> Iterator[int]:
+        body = {"prompt": list(prompt), "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "top_k": sampling.top_k, "stream": True, "return_token_ids": True,
+                "skip_special_tokens": False}
+        if self.backend.model:
+            body["model"] = self.backend.model
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if sampling.language:
+            body["language"] = sampling.language  # glm4voice extension (language lock)
+        resp = self.backend.request("/completions", body)
+        try:
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise BackendError(f"remote LM error: {chunk['error'].get('message', chunk['error'])}")
+                yield from _chunk_ids(chunk)
+        finally:
+            resp.close()  # closing the connection stops generation on the server
+
+    def keep(self, ids: list[int]) -> None:
+        """Nothing to do: the remote server matches prefixes itself."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.backend._slots.release()
+
+
+def _chunk_ids(chunk: dict) -> list[int]:
+    choice = (chunk.get("choices") or [{}])[0]
+    if choice.get("token_ids") is not None:
+        return [int(t) for t in choice["token_ids"]]
+    tokens = (choice.get("logprobs") or {}).get("tokens")
+    if tokens and all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+        return [int(t.split(":", 1)[1]) for t in tokens]
+    if choice.get("text"):
+        raise BackendError("the remote LM streamed text without token ids; it must support return_token_ids "
+                           "(glm4voice serve, or vLLM with return_token_ids / return_tokens_as_token_ids)")
+    return []
+
+
+# --- local: the GLM in this process --------------------------------------------------------------------------
+class LocalLM:
+    """The GLM with a static KV cache of ``max_sessions`` slots (``lm.generate.Generator``). A slot keeps the ids
+    whose keys/values it holds after its stream closes, so a later request with the same prefix (the next turn
+    of a conversation sent by a remote pipeline) picks that slot and prefills only its new tokens. One LM step
+    runs at a time (a lock); sessions interleave token by token."""
+
+    def __init__(self, model, text_tokenizer, *, max_sessions: int = 4, max_seq: int | None = None):
+        from glm4voice.lm.generate import Generator
+
+        self.model, self.tok = model, text_tokenizer
+        self.gen = Generator(model, max_batch=max_sessions, max_seq=max_seq)
+        self.max_seq, self.max_sessions = self.gen.max_seq, max_sessions
+        self.lock = threading.Lock()
+        self._free = set(range(max_sessions))
+        self._last_used = [0.0] * max_sessions
+        self._masks: dict[str, object] = {}
+        self.stop_ids = tuple(sorted(text_tokenizer.stop_ids))
+
+    def open(self, hint: list[int] | None = None) -> LocalStream:
+        """A stream on a free slot: the one whose cached ids share the longest prefix with ``hint``, else the
+        least recently used. Raises ``BusyError`` when every slot is taken."""
+        import time
+
+        with self.lock:
+            if not self._free:
+                raise BusyError(f"all {self.max_sessions} LM slots are in use")
+            slot = max(self._free, key=lambda s: (common_prefix(self.gen.held[s], hint or []),
+                                                  -self._last_used[s]))
+            self._free.discard(slot)
+            self._last_used[slot] = time.monotonic()
+        return LocalStream(self, slot)
+
+    def allowed(self, language: str | None):
+        """The language-lock mask (cached per language), or None."""
+        if language is None:
+            return None
+        if language not in self._masks:
+            from glm4voice.lm.sampling import language_mask
+
+            self._masks[language] = language_mask(self.tok, language, self.model.cfg.padded_vocab_size,
+                                                  self.gen.device)
+        return self._masks[language]
+
+    def _release(self, slot: int) -> None:
+        with self.lock:
+            self._free.add(slot)
+
+
+class LocalStream:
+    def __init__(self, backend: LocalLM, slot: int):
+        self.backend, self.slot = backend, slot
+        self._closed = False
+        self.reused = 0  # prompt ids whose cached keys/values the last generate reused
+
+    def generate(self, prompt: list[int], sampling: Sampling) -> Iterator[int]:
+        from glm4voice.lm.sampling import SamplingParams
+
+        b = self.backend
+        if len(prompt) >= b.max_seq:
+            raise ContextLengthError(f"prompt of {len(prompt)} tokens leaves no room in the context of {b.max_seq}")
+        params = SamplingParams(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                                seed=sampling.seed)
+        allowed = b.allowed(sampling.language)
+        with b.lock:
+            self.reused = min(common_prefix(b.gen.held[self.slot], prompt), len(prompt) - 1)
+        steps = b.gen.generate(prompt, slot=self.slot, params=params, max_new_tokens=sampling.max_new_tokens,
+                               stop_ids=b.stop_ids, allowed=allowed)
+        try:
+            while True:
+                with b.lock:  # one LM step at a time; the model and cache are shared by every session
+                    token = next(steps, None)
+                if token is None:
+                    return
+                yield token
+        finally:
+            steps.close()
+
+    def keep(self, ids: list[int]) -> None:
+        """The conversation continues from ``ids``: only the cached prefix they share stays valid."""
+        b = self.backend
+        with b.lock:
+            held = b.gen.held[self.slot]
+            b.gen.held[self.slot] = held[:common_prefix(held, ids)]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.backend._release(self.slot)

@@ -1,0 +1,220 @@
+"""The voice-chat pipeline end to end with tiny models loaded through the production loaders: a scripted
+multi-turn conversation (history, cache reuse, the four modes), barge-in, errors, options."""
+
+import numpy as np
+import pytest
+import torch
+
+from glm4voice.errors import ContextLengthError, Glm4VoiceError
+from glm4voice.lm.prompt import SYSTEM_PROMPT_AUDIO, SYSTEM_PROMPT_TEXT, build_turn
+from glm4voice.pipeline.events import AudioChunk, TextDelta, Timing, TurnEnd
+from glm4voice.pipeline.lm_backend import BusyError
+from glm4voice.pipeline.session import SAMPLES_PER_CODE, ChatSettings
+from glm4voice.pipeline.voice_chat import VoiceChat
+from tests.conftest import reference_root
+from tests.test_pipeline_fixtures import ANSWER_CODES, ANSWER_TEXT, answer_chain, build_models
+
+QUESTION_WAV = reference_root() / "tokenizer" / "inputs" / "a01_16k_mono_3s.wav"
+STAGES = ("tokenize", "lm_prefill", "lm_first_audio_block", "speech_decode", "time_to_first_audio", "total")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def chat(models):
+    return VoiceChat.from_pretrained(model=models, max_sessions=3, max_seq=1024)
+
+
+@pytest.fixture(scope="module")
+def decoded_answer(chat):
+    """The offline decode of the scripted answer's codes (the stream must equal it in length)."""
+    return chat.decoder.decode(list(ANSWER_CODES)).numpy()
+
+
+def test_multiturn_conversation_history_and_cache(chat, decoded_answer):
+    tok = chat.text_tokenizer
+    chain = answer_chain(tok)
+    with chat.session() as s:
+        # turn 1, text -> speech + text
+        events = list(s.respond(user_text="What is the capital of France?"))
+        text = "".join(e.text for e in events if isinstance(e, TextDelta))
+        pcm = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+        end = events[-1]
+        assert text == ANSWER_TEXT and isinstance(end, TurnEnd) and end.reason == "stop_token"
+        assert end.audio_codes == ANSWER_CODES and end.tokens == len(chain)
+        assert all(e.sample_rate == 22050 for e in events if isinstance(e, AudioChunk))
+        assert pcm.shape == decoded_answer.shape  # low-latency stream: exactly as long as offline
+        assert end.audio_seconds == pytest.approx(pcm.size / 22050)
+        stages = [e.stage for e in events if isinstance(e, Timing)]
+        assert set(STAGES) - {"tokenize"} <= set(stages) and "tokenize" not in stages
+        assert stages.index("lm_prefill") < stages.index("time_to_first_audio") < stages.index("total")
+        first_audio = next(i for i, e in enumerate(events) if isinstance(e, AudioChunk))
+        assert isinstance(events[first_audio - 1], Timing)  # timings arrive right before the first audio
+        turn1 = build_turn(tok, text="What is the capital of France?", system=SYSTEM_PROMPT_TEXT)
+        assert s.history == turn1 + chain[:-1]  # the stop id is not part of the history
+        # turn 2, speech -> text: the cache of turn 1 is reused, only the new turn is prefilled
+        (codes,) = chat.tokenizer.encode([QUESTION_WAV], batched=False)
+        events = list(s.respond(user_audio=str(QUESTION_WAV), settings=s.settings.updated({"output": "text"})))
+        assert not any(isinstance(e, AudioChunk) for e in events)
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == ANSWER_TEXT
+        assert events[-1].audio_codes == ANSWER_CODES  # the model still speaks; we only skip decoding
+        prompt2 = build_turn(tok, audio=codes, history=turn1 + chain[:-1])
+        assert s.history == prompt2 + chain[:-1]
+        assert s._lm.reused == len(turn1) + len(chain) - 1
+        assert [e.stage for e in events if isinstance(e, Timing)][0] == "tokenize"
+        # turn 3, text -> text
+        events = list(s.respond(user_text="Thanks!", settings=s.settings.updated({"output": "text"})))
+        assert events[-1].text == ANSWER_TEXT and s.turns == 3
+        assert s.history[: len(prompt2)] == prompt2
+    assert chat.active_sessions == 0
+
+
+def test_speech_in_speech_out_first_turn_uses_audio_system_prompt(chat):
+    with chat.session(ChatSettings(output="text")) as s:
+        (codes,) = chat.tokenizer.encode([QUESTION_WAV], batched=False)
+        list(s.respond(user_audio=QUESTION_WAV.read_bytes()))  # encoded bytes are accepted too
+        assert s.history[: len(build_turn(chat.text_tokenizer, audio=codes))] == \
+            build_turn(chat.text_tokenizer, audio=codes, system=SYSTEM_PROMPT_AUDIO)
+
+
+def test_barge_in_keeps_only_what_was_spoken(chat):
+    tok = chat.text_tokenizer
+    chain = answer_chain(tok)
+    with chat.session() as s:
+        events = s.respond(user_text="Tell me a long story")
+        prompt = None
+        got = []
+        for ev in events:
+            got.append(ev)
+            if isinstance(ev, AudioChunk):
+                prompt = s.history  # unchanged while answering
+                s.cancel()  # the user starts talking after the first audio chunk arrived
+        end = got[-1]
+        assert end.reason == "cancelled"
+        heard = sum(e.pcm.size for e in got if isinstance(e, AudioChunk))
+        kept = int(heard // SAMPLES_PER_CODE)
+        assert 0 < kept < len(ANSWER_CODES)
+        assert end.audio_codes == ANSWER_CODES[:kept]
+        assert end.text == ANSWER_TEXT[:13]  # the text generated before the last spoken code
+        first_turn = build_turn(tok, text="Tell me a long story", system=SYSTEM_PROMPT_TEXT)
+        assert prompt == [] or prompt == first_turn[:0]
+        assert s.history == first_turn + chain[: 13 + kept]
+        held = chat.lm.gen.held[s._lm.slot]
+        assert held == s.history[: len(held)]  # the cache never claims ids the history dropped
+        assert not s.responding
+        # the user heard less than was delivered: played_seconds wins
+        s.reset()
+        events = s.respond(user_text="Again")
+        for ev in events:
+            if isinstance(ev, AudioChunk):
+                s.cancel(played_seconds=0.25)  # 0.25 s = 3 codes at 12.5 Hz
+        assert s.history[-3:] == tok.audio_ids(ANSWER_CODES[:3])
+        # the conversation goes on normally afterwards
+        text, _, events = s.ask(user_text="Go on", settings=s.settings.updated({"output": "text"}))
+        assert text == ANSWER_TEXT
+
+
+def test_closing_the_generator_mid_answer_frees_everything(chat):
+    s = chat.session(ChatSettings(output="text"))
+    slot = s._lm.slot
+    events = s.respond(user_text="hi")
+    next(e for e in events if isinstance(e, TextDelta))
+    events.close()  # the consumer went away (client disconnected)
+    assert not s.responding and s.history[-1] in answer_chain(chat.text_tokenizer)
+    s.close()
+    s.close()  # idempotent
+    assert chat.active_sessions == 0 and slot in chat.lm._free
+    with pytest.raises(Glm4VoiceError, match="closed"):
+        s.respond(user_text="hi")
+
+
+def test_admission_is_bounded(chat):
+    sessions = [chat.session() for _ in range(chat.max_sessions)]
+    with pytest.raises(BusyError, match="in use"):
+        chat.session()
+    sessions[0].close()
+    chat.session().close()
+    for s in sessions[1:]:
+        s.close()
+    assert chat.active_sessions == 0 and len(chat.lm._free) == chat.max_sessions
+
+
+def test_context_limit_is_a_clear_error_and_leaves_the_history(models):
+    small = VoiceChat.from_pretrained(model=models, max_sessions=1, max_seq=400, speech=False)
+    with small.session(ChatSettings(output="text")) as s:
+        s.ask(user_text="hi")
+        before = list(s.history)
+        with pytest.raises(ContextLengthError, match="context of 400"):
+            s.respond(user_text="x" * 200)
+        assert s.history == before
+        # an answer that runs into the end of the context stops there ("max_tokens")
+        s.reset()
+        room = 400 - len(build_turn(small.text_tokenizer, text="", system=SYSTEM_PROMPT_TEXT))
+        events = list(s.respond(user_text="y" * (room - 20)))
+        assert events[-1].reason == "max_tokens" and len(s.history) == 400
+
+
+def test_instruction_goes_into_the_system_prompt_and_can_change(chat):
+    tok = chat.text_tokenizer
+    with chat.session(ChatSettings(output="text", instruction="Speak slowly.")) as s:
+        s.ask(user_text="hi")
+        head = build_turn(tok, text="hi", system=SYSTEM_PROMPT_TEXT + " Speak slowly.")
+        assert s.history[: len(head)] == head
+        turn1 = s.history[len(chat.head(SYSTEM_PROMPT_TEXT + " Speak slowly.")):]
+        s.ask(user_text="again", settings=s.settings.updated({"instruction": "Sound excited!"}))
+        new_head = chat.head(SYSTEM_PROMPT_TEXT + " Sound excited!")
+        assert s.history[: len(new_head)] == new_head
+        assert s.history[len(new_head): len(new_head) + len(turn1)] == turn1  # earlier turns kept
+
+
+def test_random_model_language_lock_and_seed(tmp_path):
+    root = build_models(tmp_path, scripted=False, seed=3)
+    chat = VoiceChat.from_pretrained(model=root, max_sessions=1, max_seq=256, speech=False)
+    tok = chat.text_tokenizer
+    settings = ChatSettings(output="text", temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=60, seed=7,
+                            language="en")
+    with chat.session(settings) as s:
+        _, _, events = s.ask(user_text="hello")
+        gen = s.last_answer
+        text_ids = [t for t in gen if chat.route(t)[0] == "text"]
+        assert all(all(b in (9, 10, 13) or 32 <= b < 127 for b in tok.token_bytes(t)) for t in text_ids)
+        s.reset()
+        s.ask(user_text="hello")
+        assert s.last_answer == gen  # same seed, same answer
+    with pytest.raises(Glm4VoiceError, match="speech tokenizer"):
+        chat.session().respond(user_audio=QUESTION_WAV)
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="temperature"):
+        ChatSettings(temperature=-1)
+    with pytest.raises(ValueError, match="unknown setting"):
+        ChatSettings().updated({"temprature": 0.5})
+    with pytest.raises(ValueError, match="language"):
+        ChatSettings().updated({"language": "fr"})
+    assert ChatSettings().updated({"language": ""}).language is None
+
+
+def test_missing_embedded_model_is_a_clear_error(monkeypatch, tmp_path):
+    from glm4voice import checkpoints
+    from glm4voice.errors import CheckpointError
+
+    monkeypatch.setattr(checkpoints, "ASSETS_DIR", tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="embedded lm model"):
+        VoiceChat.from_pretrained()
+
+
+def test_bad_user_input(chat):
+    with chat.session() as s:
+        with pytest.raises(ValueError, match="exactly one"):
+            s.respond(user_text="a", user_audio=QUESTION_WAV)
+        with pytest.raises(ValueError, match="empty"):
+            s.respond(user_text="   ")
+        with pytest.raises(Glm4VoiceError):
+            s.respond(user_audio=b"not audio at all")
+        with pytest.raises(Glm4VoiceError):
+            s.respond(user_audio=torch.zeros(0))  # no samples at all
+        assert s.history == []
