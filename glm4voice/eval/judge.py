@@ -37,6 +37,10 @@ WHISPER_CACHE_NAME = "whisper-base-ct2"
 # Whisper sometimes writes Chinese in traditional characters; a simplified-Chinese prompt steers it (a common
 # practice with Whisper, not a guarantee). Our references are simplified.
 ZH_PROMPT = "以下是普通话的句子。"
+# Output budget: speech carries at most ~5 words/s (~8 Whisper tokens/s); on noise Whisper may hallucinate up to its
+# 448-token window, which costs ~10 s on a 2-core CPU. Bounding it keeps the judge's time proportional to the audio.
+MAX_TOKENS_PER_SECOND = 12
+MIN_MAX_TOKENS = 16
 VAD_MIN_SILENCE_MS = 300  # pauses shorter than this stay inside one speech segment
 VAD_PAD_MS = 30  # padding added to each side of a speech segment (faster-whisper's default 400 ms is for ASR cuts)
 SPHINX_FRAME_S = 0.01  # pocketsphinx segments count 10 ms frames
@@ -148,7 +152,8 @@ class WhisperJudge:
         x = to_judge_rate(wav, sample_rate)
         segments, info = self.model.transcribe(
             x, language=language, beam_size=self.beam_size, temperature=0.0, condition_on_previous_text=False,
-            vad_filter=False, initial_prompt=ZH_PROMPT if language == "zh" else None)
+            vad_filter=False, initial_prompt=ZH_PROMPT if language == "zh" else None,
+            max_new_tokens=min(440, MIN_MAX_TOKENS + int(MAX_TOKENS_PER_SECOND * len(x) / JUDGE_SAMPLE_RATE)))
         text = " ".join(s.text.strip() for s in segments).strip()
         return Transcript(text, language or info.language, self.name)
 

@@ -182,6 +182,27 @@ def corpus_error_rate(refs: list[str], hyps: list[str], languages: list[str]) ->
     return errors / total if total else 0.0
 
 
+_VOWEL_GROUP = re.compile(r"[aeiouy]+")
+
+
+def syllables(text: str, language: str | None = None) -> int:
+    """Syllables spoken in ``text``: one per character in Chinese; in English an estimate per word (vowel groups,
+    a silent final "e" dropped, at least one per word; a number counts one per digit). Used for speaking rate,
+    where it varies less between sentences than a word count does."""
+    if language == "zh" or is_chinese(text):
+        return len(units(text, "zh"))
+    total = 0
+    for w in normalize(text, language).split():
+        if w.isdigit():
+            total += len(w)
+            continue
+        n = len(_VOWEL_GROUP.findall(w))
+        if w.endswith("e") and not w.endswith(("le", "ee", "ye")) and n > 1:
+            n -= 1
+        total += max(1, n)
+    return total
+
+
 def numbers(text: str, language: str | None = None) -> Counter:
     """The numbers of ``text`` after normalisation (digits), with multiplicity."""
     return Counter(re.findall(r"\d+", normalize(text, language)))

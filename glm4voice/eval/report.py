@@ -12,7 +12,8 @@ from glm4voice.eval.suites import SuiteResult
 
 EXAMPLES_PER_SUITE = 8  # rows shown in the Markdown report (wrong answers first); all rows are in the JSON
 EXAMPLE_FIELDS = ("id", "question", "text", "expected", "answer", "transcript", "asr", "judge_recon", "correct",
-                  "correct_s2t", "correct_s2s", "error", "recon_error", "seconds_per_unit", "score_s2t", "score_s2s")
+                  "correct_s2t", "correct_s2s", "error", "recon_error", "seconds_per_syllable", "score_s2t",
+                  "score_s2s")
 WRONG_FIELDS = ("correct", "correct_s2t", "correct_s2s")
 
 

@@ -6,7 +6,7 @@
 - spoken_qa: the spoken question, speech + text answer. Accuracy S->T (answer text), S->S (judge transcript of the
   answer audio), intelligibility (judge error of the answer audio against the answer's own text).
 - tts: "Repeat after me: X" as text. Judge error of the answer audio against X.
-- style: "faster" / "slower" requests. Seconds of speech (VAD) per word (Chinese: per character) of the answers.
+- style: "faster" / "slower" requests. Seconds of speech (VAD) per syllable (Chinese: per character).
 - latency: ~3 s spoken questions. The pipeline's stage timings, time to first audio, real-time factor.
 - quality: spoken questions. DNSMOS (speechmos) of the answer audio, when installed.
 - judge_score: open questions. A 1-10 score by an OpenAI-compatible judge model (llm_judge.py), S->T and S->S.
@@ -35,6 +35,9 @@ log = logging.getLogger("glm4voice.eval")
 
 # --- targets of issue 7 (held-out phrasings and voices) ----------------------------------------------------------
 TTS_PROMPTS = {"en": "Repeat after me: {x}", "zh": "跟我说：{x}"}  # train/texts.py REPEAT_* train templates
+ASR_BATCH = 16  # utterances per forward of the tokenizer's ASR branch
+ASR_BYTES_PER_SECOND = 30  # transcript bytes per second of audio allowed (speech: ~15 English / ~12 UTF-8 Chinese)
+ASR_MIN_BYTES = 32
 OPEN_KINDS = ("chat", "greeting", "definition", "user")  # questions without one exact answer (judge_score)
 STYLE_MIN_RATIO = 1.2  # "faster" answers >= 20 % faster than "slower" ones
 LATENCY_QUESTION_S = (2.0, 4.0)  # the latency suite prefers questions of about 3 s
@@ -119,11 +122,9 @@ def tokenizer_suite(ctx: Context) -> SuiteResult:
     folder = resolve(ctx.spec.tokenizer, "tokenizer")
     if (folder / tt.ASR_BRANCH_CONFIG).is_file():
         model = tt.load_for_asr(folder, device=ctx.device)
-        for i in range(0, len(items), 16):
-            pcms = [(np.clip(w, -1, 1) * 32767).astype(np.int16) for w in wavs[i:i + 16]]
-            feats, mask = tt.featurize(pcms)
-            texts, _ = model.transcribe(feats.to(ctx.device), mask.to(ctx.device))
-            for r, t in zip(rows[i:i + 16], texts, strict=True):
+        for i in range(0, len(items), ASR_BATCH):
+            for r, t in zip(rows[i:i + ASR_BATCH], _asr_transcribe(model, wavs[i:i + ASR_BATCH], ctx.device),
+                            strict=True):
                 r["asr"] = t
         res.metrics["asr_error"] = M.corpus_error_rate([r["ref"] for r in rows], [r["asr"] for r in rows],
                                                        [r["language"] for r in rows])
@@ -183,6 +184,24 @@ def tokenizer_suite(ctx: Context) -> SuiteResult:
                                "labels": list(by_voice), "values": [v.get(m) for v in by_voice.values()],
                                "ylabel": "error rate", "target": 0.10 if m == "asr_error" else None})
     return res
+
+
+def _asr_transcribe(model, wavs: list[np.ndarray], device: str) -> list[str]:
+    """Greedy transcripts through the tokenizer's ASR branch (train/tokenizer_trainer.py: encoder -> VQ codes ->
+    post-VQ layers -> byte-level text decoder), with the output length bounded by the audio's duration."""
+    import torch
+
+    from glm4voice.train import tokenizer_trainer as tt
+
+    pcms = [(np.clip(w, -1, 1) * 32767).astype(np.int16) for w in wavs]
+    feats, mask = tt.featurize(pcms)
+    with torch.no_grad():
+        h, valid = model.encode(feats.to(device), mask.to(device))
+        ids = model.vq.nearest(h.reshape(-1, h.shape[-1]).float()).view(h.shape[:2])
+        memory = model.memory(model.vq.codebook(ids).to(h.dtype), valid)
+        seconds = max(len(p) for p in pcms) / TOKENIZER_SAMPLE_RATE
+        out = model.asr.greedy(memory, valid, max_len=int(ASR_MIN_BYTES + ASR_BYTES_PER_SECOND * seconds))
+    return [bytes(b for b in row if b < 256).decode("utf-8", errors="replace") for row in out]
 
 
 # --- LM text QA --------------------------------------------------------------------------------------------------
@@ -285,11 +304,11 @@ def tts_suite(ctx: Context) -> SuiteResult:
 
 # --- style adherence ----------------------------------------------------------------------------------------------
 def style_suite(ctx: Context) -> SuiteResult:
-    """Speaking rate of answers asked "faster" vs "slower": VAD speech seconds per word (Chinese: per character)."""
+    """Speaking rate of answers asked "faster" vs "slower": VAD speech seconds per syllable (metrics.syllables)."""
     from glm4voice.eval.judge import speech_seconds
 
     res = SuiteResult("style", targets=[Target("slow_over_fast", ">=", STYLE_MIN_RATIO,
-                                               "seconds per word, slow / fast answers")])
+                                               "seconds per syllable, slow / fast answers")])
     eset = ctx.eval_set().filter(styles=("fast", "slow", "normal"), kinds=("style", "user"))
     if not ctx.audio_is_output:
         eset = eset.filter(styles=("fast", "slow"))
@@ -300,16 +319,16 @@ def style_suite(ctx: Context) -> SuiteResult:
         else:
             reply = ctx.ask(it, spoken=bool(it.audio), audio_out=True)
             wav, sr, said = reply.pcm, reply.sample_rate, reply.text or it.answer
-        n = len(M.units(said, it.language))
+        n = M.syllables(said, it.language)
         if wav is None or not len(wav) or not n:
             continue
         sec = speech_seconds(wav, sr)
-        res.rows.append({"id": it.id, "style": it.style, "language": it.language, "text": said, "units": n,
-                         "speech_seconds": sec, "seconds_per_unit": sec / n})
+        res.rows.append({"id": it.id, "style": it.style, "language": it.language, "text": said, "syllables": n,
+                         "speech_seconds": sec, "seconds_per_syllable": sec / n})
     by: dict = defaultdict(list)
     for r in res.rows:
-        by[(r["style"], r["language"])].append(r["seconds_per_unit"])
-    res.breakdown["seconds per unit"] = {f"{s}/{lang}": {"mean": _mean(v), "n": len(v)}
+        by[(r["style"], r["language"])].append(r["seconds_per_syllable"])
+    res.breakdown["seconds per syllable"] = {f"{s}/{lang}": {"mean": _mean(v), "n": len(v)}
                                          for (s, lang), v in sorted(by.items())}
     ratios = []
     for lang in sorted({lang for _, lang in by}):
@@ -324,9 +343,9 @@ def style_suite(ctx: Context) -> SuiteResult:
     res.metrics["items"] = len(res.rows)
     if res.rows:
         groups = sorted(by)
-        res.charts.append({"type": "box", "title": "speech seconds per word (zh: per character)",
+        res.charts.append({"type": "box", "title": "speech seconds per syllable",
                            "labels": [f"{s}/{lang}" for s, lang in groups], "values": [by[g] for g in groups],
-                           "ylabel": "seconds per unit"})
+                           "ylabel": "seconds per syllable"})
     return res
 
 
