@@ -272,3 +272,37 @@ def test_encode_channel_mix_and_bad_inputs(ref, expected, tok, tmp_path):
     with pytest.raises(AudioError, match="broken.wav"):
         tok.encode([good, bad])
     assert tok.encode([good, bad, good], errors="skip") == [tok.encode([good])[0], None, tok.encode([good])[0]]
+
+
+def test_checkpoint_resolution_with_local_folders_only(ref, tmp_path, monkeypatch):
+    """Folders load directly; hub ids go through huggingface_hub (replaced here: nothing downloads in tests)."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(repo_id, **kw):
+        calls.append(repo_id)
+        return str(ref)  # as if the repo were in the local hub cache
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    wav = ref / "inputs" / "a04_16k_short_60ms.wav"
+    want = SpeechTokenizer.from_pretrained(ref).encode([wav])
+    assert SpeechTokenizer.from_pretrained(str(ref)).encode([wav]) == want
+    assert SpeechTokenizer.from_pretrained("official").encode([wav]) == want
+    assert SpeechTokenizer.from_pretrained("someone/my-tokenizer").encode([wav]) == want
+    assert calls == ["THUDM/glm-4-voice-tokenizer", "someone/my-tokenizer"]
+
+    def offline(repo_id, **kw):
+        raise OSError("we are offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="offline.*--local-dir"):
+        SpeechTokenizer.from_pretrained("official")
+    with pytest.raises(CheckpointError, match="no such folder"):
+        SpeechTokenizer.from_pretrained(str(tmp_path / "missing" / "deeper" / "x"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="lacks config.json"):
+        SpeechTokenizer.from_pretrained(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text((ref / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="model.safetensors not found"):
+        SpeechTokenizer.from_pretrained(tmp_path / "empty")
