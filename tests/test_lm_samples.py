@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from glm4voice.errors import ConfigError, TokenError
+from glm4voice.lm.prompt import SYSTEM_PROMPT_AUDIO, SYSTEM_PROMPT_TEXT
 from glm4voice.train import bpe
 from glm4voice.train import lm_samples as ls
 
@@ -29,36 +30,15 @@ SENTENCES = [
 # ---- toy tokenizer and corpus (shared with test_interleave / test_train_lm / test_text2token) ------------------
 
 def make_tokenizer_dir(path, codebook: int = CODEBOOK) -> str:
-    tok = bpe.train_bpe(SENTENCES * 3 + [ls.SYSTEM_AUDIO, ls.SYSTEM_TEXT], 400, min_frequency=2)
+    tok = bpe.train_bpe(SENTENCES * 3 + [SYSTEM_PROMPT_AUDIO, SYSTEM_PROMPT_TEXT], 400, min_frequency=2)
     bpe.save_glm4_tokenizer(bpe.ranks_from_tokenizer(tok), str(path), codebook_size=codebook)
     return str(path)
 
 
 def load_tokenizer(path):
-    try:
-        from glm4voice.lm import TextTokenizer
-    except ImportError:  # TEMPORARY until glm4voice.lm lands
-        return _Shim(str(path))
+    from glm4voice.lm.text_tokenizer import TextTokenizer
+
     return TextTokenizer.from_dir(str(path))
-
-
-class _Shim:  # TEMPORARY
-    def __init__(self, path):
-        self.enc = bpe.load_tiktoken(path)
-        self.specials = bpe.load_specials(os.path.join(path, bpe.TOKENIZER_CONFIG))
-
-    def encode(self, text):
-        return self.enc.encode(text, disallowed_special=())
-
-    def token_id(self, name):
-        return self.specials[name]
-
-    def decode(self, ids):
-        return self.enc.decode(ids)
-
-    @property
-    def vocab_size(self):
-        return max(self.specials.values()) + 1
 
 
 def fake_codes(text: str, style: str = "normal") -> np.ndarray:
@@ -171,7 +151,7 @@ def test_audio_dialogue_layout_and_copies(tok, sp):
     answer = "Hello! How can I help you? " * 3  # > 13 text tokens: at least two blocks
     a = fake_codes(answer)
     text_copy, speech_copy = ls.dialogue_samples(tok, sp, q, answer, a)
-    expected_prompt = ([sp.gmask, sp.sop, sp.system] + tok.encode("\n" + ls.SYSTEM_AUDIO) + [sp.user]
+    expected_prompt = ([sp.gmask, sp.sop, sp.system] + tok.encode("\n" + SYSTEM_PROMPT_AUDIO) + [sp.user]
                        + tok.encode("\n") + [sp.boa] + [sp.audio_offset + int(c) for c in q] + [sp.eoa]
                        + [sp.assistant] + tok.encode("streaming_transcription\n"))
     assert text_copy.ids == speech_copy.ids  # the two copies differ only in where the loss is
@@ -200,7 +180,7 @@ def test_audio_dialogue_layout_and_copies(tok, sp):
 
 def test_text_question_uses_the_text_system_prompt(tok, sp):
     s, _ = ls.dialogue_samples(tok, sp, "What is two plus three?", "Five.", fake_codes("Five."))
-    head = [sp.gmask, sp.sop, sp.system] + tok.encode("\n" + ls.SYSTEM_TEXT) + [sp.user]
+    head = [sp.gmask, sp.sop, sp.system] + tok.encode("\n" + SYSTEM_PROMPT_TEXT) + [sp.user]
     assert s.ids[:len(head)] == head
     rest = s.ids[len(head):]
     q = tok.encode("\nWhat is two plus three?")
@@ -239,8 +219,11 @@ def test_codes_outside_the_codebook_raise(tok, sp):
         ls.dialogue_samples(tok, sp, [-1], "Five.", [1])
 
 
-def test_count_audio_tokens(tmp_path):
-    assert ls.count_audio_tokens(make_tokenizer_dir(tmp_path / "t", codebook=37)) == 37
+def test_specials_follow_the_tokenizer(tmp_path):
+    tok = load_tokenizer(make_tokenizer_dir(tmp_path / "t", codebook=37))
+    sp = ls.Specials.from_tokenizer(tok)
+    assert sp.codebook_size == 37 and sp.audio_offset == tok.token_id("<|audio_0|>") == sp.eoa + 1
+    assert sp.user == tok.token_id("<|user|>") and sp.eot in tok.stop_ids
 
 
 # ---- data --------------------------------------------------------------------------------------------------------

@@ -23,14 +23,6 @@ def env(tmp_path_factory):
     return {"tok": make_tokenizer_dir(root / "tok"), "corpus": make_corpus(root / "corpus"), "root": root}
 
 
-@pytest.fixture(autouse=True)
-def _tokenizer_loader(monkeypatch):  # TEMPORARY until glm4voice.lm.text_tokenizer lands
-    try:
-        import glm4voice.lm.text_tokenizer  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(lt, "load_text_tokenizer", load_tokenizer)
-
-
 def _args(*argv):
     p = argparse.ArgumentParser()
     lt.add_args(p)
@@ -76,7 +68,7 @@ def test_packed_documents_score_like_single_documents(env):
 def test_tiny_lm_overfits_sft_dialogues(env, tmp_path):
     few = {"corpus": make_corpus(tmp_path / "few", voices=("v1",), broken=False, items=TOY_ITEMS[:2]),
            "tok": env["tok"]}
-    rows = _run(few, tmp_path / "run", "--stage", "sft", "--mix", "sft=1", "--seq-len", 200, steps=30)
+    rows = _run(few, tmp_path / "run", "--stage", "sft", "--mix", "sft=1", "--seq-len", 200, steps=20)
     first, last = rows[0], rows[-1]
     assert last["loss"] < 0.4 * first["loss"], (first, last)
     assert last["text_loss"] < 0.5 * first["text_loss"] and last["speech_loss"] < 0.5 * first["speech_loss"]

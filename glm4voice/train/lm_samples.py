@@ -3,7 +3,8 @@
 Every builder returns a ``Sample``: ``ids`` (token ids) and ``mask`` (``mask[i]`` is True when ``ids[i]`` is a
 prediction target, i.e. the loss is ``CE(logits[i - 1], ids[i])`` summed over the True positions). Formats:
 
-* SFT dialogue (SPEC §2.6, the prompt of ``web_demo.py``), audio question::
+* SFT dialogue (SPEC §2.6, the prompt of ``web_demo.py``, built by ``glm4voice.lm.prompt.build_turn``), audio
+  question::
 
       [gMASK] <sop> <|system|> BPE("\\n" + SYSTEM_AUDIO) <|user|> BPE("\\n") <|begin_of_audio|> q-audio
       <|end_of_audio|> <|assistant|> BPE("streaming_transcription\\n") ANSWER <|user|>
@@ -50,13 +51,8 @@ from glm4voice.constants import (
     TEXT_TOKENS_PER_BLOCK,
 )
 from glm4voice.errors import ConfigError, TokenError
+from glm4voice.lm.prompt import build_turn
 
-# SPEC §2.6, exact strings of web_demo.py (the audio one has a trailing space)
-SYSTEM_AUDIO = ("User will provide you with a speech instruction. Do it step by step. First, think about the "
-                "instruction and respond in a interleaved manner, with 13 text token followed by 26 audio tokens. ")
-SYSTEM_TEXT = ("User will provide you with a text instruction. Do it step by step. First, think about the "
-               "instruction and respond in a interleaved manner, with 13 text token followed by 26 audio tokens.")
-ASSISTANT_PREFIX = "streaming_transcription\n"
 # Our pre-training task prompts (the official pre-training formats are not released, SPEC §5).
 ASR_PROMPT = "Transcribe the speech:"
 TTS_PROMPT = "Speak the text: "
@@ -87,10 +83,14 @@ class Specials:
     codebook_size: int  # number of <|audio_N|> tokens
 
     @classmethod
-    def from_tokenizer(cls, tok, codebook_size: int) -> Specials:
+    def from_tokenizer(cls, tok, codebook_size: int | None = None) -> Specials:
+        """``codebook_size`` defaults to the tokenizer's number of ``<|audio_N|>`` tokens."""
         t = tok.token_id
+        n = tok.codebook_size if codebook_size is None else codebook_size
+        if n <= 0:
+            raise ConfigError(f"the text tokenizer has no {AUDIO_TOKEN_FORMAT.format(0)} token")
         return cls(t("[gMASK]"), t("<sop>"), t("<|system|>"), t("<|user|>"), t("<|assistant|>"), t("<|endoftext|>"),
-                   t(BEGIN_OF_AUDIO), t(END_OF_AUDIO), t(AUDIO_TOKEN_FORMAT.format(0)), codebook_size)
+                   t(BEGIN_OF_AUDIO), t(END_OF_AUDIO), t(AUDIO_TOKEN_FORMAT.format(0)), n)
 
     def audio_ids(self, codes: Sequence[int] | np.ndarray) -> list[int]:
         a = np.asarray(codes, dtype=np.int64).reshape(-1)
@@ -102,19 +102,6 @@ class Specials:
     def is_audio(self, ids):
         """Elementwise: is the id an audio token (numpy array or torch tensor)."""
         return (ids >= self.audio_offset) & (ids < self.audio_offset + self.codebook_size)
-
-
-def count_audio_tokens(tokenizer_dir: str) -> int:
-    """Number of contiguous ``<|audio_N|>`` tokens a tokenizer folder declares (its codebook size)."""
-    from glm4voice.train.bpe import TOKENIZER_CONFIG, load_specials
-
-    names = load_specials(os.path.join(tokenizer_dir, TOKENIZER_CONFIG))
-    n = 0
-    while AUDIO_TOKEN_FORMAT.format(n) in names:
-        n += 1
-    if n == 0:
-        raise ConfigError(f"{tokenizer_dir}: the tokenizer has no {AUDIO_TOKEN_FORMAT.format(0)} token")
-    return n
 
 
 @dataclass(frozen=True)
@@ -173,14 +160,12 @@ def interleave_answer(text_ids: Sequence[int], audio_ids: Sequence[int], *, text
 
 
 def dialogue_prompt(tok, sp: Specials, question: str | Sequence[int] | np.ndarray) -> list[int]:
-    """Prompt ids of a first turn (SPEC §2.6): a ``str`` question is text input, anything else speech codes."""
-    text_input = isinstance(question, str)
-    ids = [sp.gmask, sp.sop, sp.system, *tok.encode("\n" + (SYSTEM_TEXT if text_input else SYSTEM_AUDIO)), sp.user]
-    if text_input:
-        ids += tok.encode("\n" + question)
-    else:
-        ids += [*tok.encode("\n"), sp.boa, *sp.audio_ids(question), sp.eoa]
-    return ids + [sp.assistant, *tok.encode(ASSISTANT_PREFIX)]
+    """Prompt ids of a first turn, built by the inference prompt builder (``glm4voice.lm.prompt``, SPEC §2.6): a
+    ``str`` question is text input, anything else speech codes."""
+    if isinstance(question, str):
+        return build_turn(tok, text=question)
+    sp.audio_ids(question)  # the codebook check, with this module's message
+    return build_turn(tok, audio=[int(c) for c in question])
 
 
 def dialogue_samples(tok, sp: Specials, question: str | Sequence[int] | np.ndarray, answer_text: str,

@@ -60,21 +60,12 @@ class LMSpec:
         """A GLMConfig for ``tok``'s vocabulary; stop ids: the tokenizer's <|endoftext|>, <|user|>, <|observation|>."""
         from glm4voice.lm.config import GLMConfig
 
-        n_vocab = math.ceil(_vocab_size(tok) / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        n_vocab = math.ceil(tok.vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
         eos = tuple(tok.token_id(n) for n in ("<|endoftext|>", "<|user|>", "<|observation|>"))
         return GLMConfig(hidden_size=self.hidden, num_layers=self.layers, num_attention_heads=self.heads,
                          kv_channels=self.head_dim, multi_query_attention=True, multi_query_group_num=self.kv_heads,
                          ffn_hidden_size=self.ffn, padded_vocab_size=n_vocab,
                          seq_length=self.seq_length, torch_dtype=torch_dtype, eos_token_id=eos, pad_token_id=eos[0])
-
-
-def _vocab_size(tok) -> int:
-    """Ids the tokenizer can produce: its ranks and every added token."""
-    for attr in ("vocab_size", "n_vocab"):
-        n = getattr(tok, attr, None)
-        if isinstance(n, int):
-            return n
-    raise ConfigError("the text tokenizer does not report its vocabulary size")
 
 
 # ---- LoRA ----------------------------------------------------------------------------------------------------------
@@ -203,7 +194,7 @@ def build_model(args: argparse.Namespace, tok) -> nn.Module:
 
     if args.init:
         model = load_lm(args.init, device="cpu", dtype=torch.float32)
-        n_vocab = _vocab_size(tok)
+        n_vocab = tok.vocab_size
         if model.cfg.padded_vocab_size < n_vocab:
             raise ConfigError(f"{args.init}: the model has {model.cfg.padded_vocab_size} embedding rows but the "
                               f"tokenizer {n_vocab} ids")
@@ -283,7 +274,7 @@ def main(args: argparse.Namespace) -> int:
     if args.lora_rank and not args.init:
         raise ConfigError("--lora-rank adapts an existing model: give --init")
     tok = load_text_tokenizer(tok_dir)
-    sp = ls.Specials.from_tokenizer(tok, ls.count_audio_tokens(tok_dir))
+    sp = ls.Specials.from_tokenizer(tok)
     mix = args.mix or args.stage
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts)
     log.info("lm %s: train data %s", args.stage, train.summary())

@@ -27,7 +27,6 @@ from glm4voice.train import lm_samples as ls
 from glm4voice.train.lm_trainer import (
     EXPORT_DTYPES,
     LMSpec,
-    call_model,
     evaluate_batches,
     export,
     lm_loss,
@@ -87,55 +86,45 @@ class TextToToken:
         from glm4voice.lm.load import load_lm
 
         tok = load_text_tokenizer(folder)
-        return cls(load_lm(folder, device=device, dtype=dtype), tok,
-                   ls.Specials.from_tokenizer(tok, ls.count_audio_tokens(folder)))
+        return cls(load_lm(folder, device=device, dtype=dtype), tok, ls.Specials.from_tokenizer(tok))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, texts: list[str], *, temperature: float = 0.8, top_k: int = 50, seed: int = 0,
                  max_codes: int | None = None) -> list[np.ndarray]:
-        """Speech codes for each text. ``temperature`` 0 is greedy. Batched: rows are right-padded, each row reads
-        its own last position, and a row stops at ``<|end_of_audio|>`` or its budget."""
+        """Speech codes for each text (temperature 0: greedy). The texts decode together, one KV-cache slot each
+        (``glm4voice.lm.generate.Generator``); a text stops at ``<|end_of_audio|>`` or its budget of codes."""
+        from glm4voice.lm.generate import Generator
+        from glm4voice.lm.sampling import SamplingParams, make_generator, sample
+
+        if not texts:
+            return []
         sp = self.sp
-        device = next(self.model.parameters()).device
         prompts = [[sp.gmask, sp.sop, *self.tok.encode(t), sp.boa] for t in texts]
         budgets = [max_codes or MIN_CODES + CODES_PER_TEXT_TOKEN * (len(p) - 3) for p in prompts]
-        seqs = [list(p) for p in prompts]
-        done = [False] * len(texts)
-        allowed = torch.zeros(self.model.cfg.padded_vocab_size, dtype=torch.bool, device=device)
+        max_seq = min(max(len(p) + b + 1 for p, b in zip(prompts, budgets, strict=True)),
+                      self.model.cfg.seq_length)
+        gen = Generator(self.model, len(texts), max_seq)
+        allowed = torch.zeros(self.model.cfg.padded_vocab_size, dtype=torch.bool, device=gen.device)
         allowed[sp.audio_offset:sp.audio_offset + sp.codebook_size] = True
         allowed[sp.eoa] = True
-        gen = torch.Generator(device=device).manual_seed(seed)
-        while not all(done):
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), sp.eot, dtype=torch.long, device=device)
-            for i, s in enumerate(seqs):
-                ids[i, :len(s)] = torch.tensor(s, device=device)
-            pos = torch.arange(width, device=device).expand(len(seqs), width)
-            logits = call_model(self.model, ids, pos)
-            last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-            step = logits[torch.arange(len(seqs), device=device), last].float().masked_fill(~allowed, float("-inf"))
-            nxt = _sample(step, temperature, top_k, gen)
-            for i, s in enumerate(seqs):
-                if done[i]:
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=1.0, seed=seed)
+        rng = make_generator(seed, gen.device)
+        logits = torch.stack([gen.prefill(p, slot=i) for i, p in enumerate(prompts)])
+        codes: list[list[int]] = [[] for _ in texts]
+        active = list(range(len(texts)))
+        while active:
+            nxt = sample(logits, params, rng, allowed).tolist()
+            still = []
+            for slot, token in zip(active, nxt, strict=True):
+                if token == sp.eoa:
                     continue
-                s.append(int(nxt[i]))
-                n_codes = len(s) - len(prompts[i])
-                done[i] = s[-1] == sp.eoa or n_codes >= budgets[i]
-        out = []
-        for p, s in zip(prompts, seqs, strict=True):
-            codes = [i - sp.audio_offset for i in s[len(p):] if i != sp.eoa]
-            out.append(np.asarray(codes, dtype=np.int32))
-        return out
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> torch.Tensor:
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
+                codes[slot].append(token - sp.audio_offset)
+                if len(codes[slot]) < budgets[slot] and len(gen.held[slot]) + 1 < max_seq:
+                    still.append((slot, token))
+            active = [s for s, _ in still]
+            if active:
+                logits = gen.decode_step([t for _, t in still], active)
+        return [np.asarray(c, dtype=np.int32) for c in codes]
 
 
 # ---- entry point ---------------------------------------------------------------------------------------------------
@@ -181,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = config_from_args(args)
     tok = load_text_tokenizer(args.tokenizer)
-    sp = ls.Specials.from_tokenizer(tok, ls.count_audio_tokens(args.tokenizer))
+    sp = ls.Specials.from_tokenizer(tok)
     train = T2TData(tok, sp, _utterances(args.corpus, "train", args.role))
     held = _utterances(args.corpus, "heldout", args.role)
     spec = T2TSpec(**{f.name: getattr(args, f.name) for f in fields(T2TSpec)})
