@@ -141,8 +141,21 @@ def forward_logits(model: nn.Module, batch: ls.PackedBatch) -> Tensor:
     return call_model(model, batch.input_ids, batch.position_ids, packed_mask(batch.doc_ids))
 
 
+def _mean_targets_per_process(n: Tensor) -> Tensor:
+    """Targets of this process, or under DDP the mean over processes: DDP averages the processes' gradients, so
+    dividing each sum by the global mean makes the step that of one process with the whole global batch (every
+    target token weighs the same wherever it landed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return n.float()
+    total = n.detach().float().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
 def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials) -> tuple[Tensor, dict]:
-    """Mean cross-entropy over the loss-masked targets, with text and speech parts reported separately."""
+    """Mean cross-entropy over the loss-masked targets of the (global) batch; text and speech parts reported."""
     device = next(model.parameters()).device
     batch = batch.to(device)
     logits = forward_logits(model, batch)[:, :-1]
@@ -150,7 +163,7 @@ def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials) -> tuple[T
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
     ce = ce.view_as(targets)
     n = mask.sum()
-    loss = (ce * mask).sum() / n.clamp(min=1)
+    loss = (ce * mask).sum() / _mean_targets_per_process(n).clamp(min=1)
     with torch.no_grad():
         audio = sp.is_audio(targets) & mask
         text = mask & ~audio
