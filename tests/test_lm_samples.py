@@ -327,3 +327,33 @@ def test_packing_is_deterministic_and_independent_of_world_size(tok, sp, data):
     half = ls.MixtureBatches(mix, batch_size=2, seq_len=128, seed=7)
     assert half(5, 0, 2).input_ids.equal(a.input_ids[:2]) and half(5, 1, 2).input_ids.equal(a.input_ids[2:])
     assert not ls.MixtureBatches(mix, batch_size=4, seq_len=128, seed=8)(5, 0, 1).input_ids.equal(a.input_ids)
+
+
+def test_conversation_turns_follow_the_inference_prompt_builder(tok, sp):
+    from glm4voice.lm.prompt import build_turn
+
+    turns = [(fake_codes("What is two plus three?"), "Five.", fake_codes("Five.")),
+             ("What is the capital of France?", "Paris.", fake_codes("Paris.")),
+             (fake_codes("Hello!"), "Hello! How can I help you?", fake_codes("Hello! How can I help you?"))]
+    text_copy, speech_copy = ls.conversation_samples(tok, sp, turns)
+    ids, want, n_prev = text_copy.ids, [], 0
+    for q, a_text, a_codes in turns:
+        prompt = (build_turn(tok, text=q, history=want or None) if isinstance(q, str)
+                  else build_turn(tok, audio=[int(c) for c in q], history=want or None))
+        answer, is_text = ls.interleave_answer(tok.encode(a_text), [sp.audio_offset + int(c) for c in a_codes])
+        n0 = len(prompt)
+        want = prompt + answer + [sp.user]
+        assert ids[:len(want)] == want  # what inference feeds on turn k+1 is exactly the training prefix
+        assert text_copy.mask[n0:len(want)] == is_text + [False]
+        assert speech_copy.mask[n0:len(want)] == [not x for x in is_text] + [True]
+        # no loss in the prompt: nothing between the previous answer's <|user|> and this answer
+        assert not any(text_copy.mask[n_prev:n0]) and not any(speech_copy.mask[n_prev:n0])
+        n_prev = len(want)
+    assert ids == want and ids.count(sp.system) == 1 and ids.count(sp.user) == 4
+
+
+def test_multi_turn_draws(tok, sp, data):
+    mix = ls.Mixture(tok, sp, data, "multi=1")
+    rng = random.Random(1)
+    users = Counter(ds[0].ids.count(sp.user) for ds in (mix.draw(rng) for _ in range(40)))
+    assert set(users) == {3, 4}  # 2 or 3 turns: one <|user|> per turn plus the closing one

@@ -58,11 +58,13 @@ ASR_PROMPT = "Transcribe the speech:"
 TTS_PROMPT = "Speak the text: "
 
 PRETRAIN_KINDS = ("text", "speech", "asr", "tts", "interleaved")
-SFT_KINDS = ("sft", "sft_text", "style")  # audio question, text question, style-request dialogues (audio question)
+# audio question, text question, style-request dialogues (audio question), conversations of MULTI_TURNS audio turns
+SFT_KINDS = ("sft", "sft_text", "style", "multi")
+MULTI_TURNS = (2, 3)
 KINDS = PRETRAIN_KINDS + SFT_KINDS
 DEFAULT_MIX = {
     "pretrain": {"text": 0.2, "speech": 0.1, "asr": 0.2, "tts": 0.2, "interleaved": 0.3},
-    "sft": {"sft": 0.6, "sft_text": 0.15, "style": 0.15, "asr": 0.05, "tts": 0.05},
+    "sft": {"sft": 0.5, "sft_text": 0.15, "style": 0.15, "multi": 0.1, "asr": 0.05, "tts": 0.05},
 }
 SFT_LOSS = ("split", "joint")  # split: the paper's text-loss + speech-loss copies; joint: one copy, both losses
 
@@ -159,29 +161,48 @@ def interleave_answer(text_ids: Sequence[int], audio_ids: Sequence[int], *, text
     return ids, is_text
 
 
-def dialogue_prompt(tok, sp: Specials, question: str | Sequence[int] | np.ndarray) -> list[int]:
-    """Prompt ids of a first turn, built by the inference prompt builder (``glm4voice.lm.prompt``, SPEC §2.6): a
-    ``str`` question is text input, anything else speech codes."""
+def dialogue_prompt(tok, sp: Specials, question: str | Sequence[int] | np.ndarray,
+                    history: Sequence[int] | None = None) -> list[int]:
+    """Prompt ids (``history`` + a user turn) from the inference prompt builder (``glm4voice.lm.prompt``, SPEC §2.6):
+    a ``str`` question is text input, anything else speech codes."""
     if isinstance(question, str):
-        return build_turn(tok, text=question)
+        return build_turn(tok, text=question, history=history or None)
     sp.audio_ids(question)  # the codebook check, with this module's message
-    return build_turn(tok, audio=[int(c) for c in question])
+    return build_turn(tok, audio=[int(c) for c in question], history=history or None)
+
+
+Turn = tuple["str | Sequence[int] | np.ndarray", str, "Sequence[int] | np.ndarray"]  # question, answer text, codes
+
+
+def conversation_samples(tok, sp: Specials, turns: Sequence[Turn], *, loss: str = "split",
+                         kind: str = "sft") -> list[Sample]:
+    """A conversation of one or more turns as training samples: [text-loss copy, speech-loss copy] (``split``) or
+    one copy with both losses (``joint``). Every answer is trained; each later turn's prompt is what the inference
+    prompt builder makes from the history (``build_turn(history=...)``, SPEC §2.6)."""
+    if loss not in SFT_LOSS:
+        raise ConfigError(f"sft loss must be one of {SFT_LOSS}, not {loss!r}")
+    ids: list[int] = []
+    text_mask: list[bool] = []
+    speech_mask: list[bool] = []
+    for question, answer_text, answer_codes in turns:
+        prompt = dialogue_prompt(tok, sp, question, history=ids)
+        if prompt[:len(ids)] != ids:  # the builder drops the closing <|user|> and starts the new turn with it
+            raise AssertionError("the prompt builder must extend the history")
+        prompt = prompt[len(ids):]
+        answer, is_text = interleave_answer(tok.encode(answer_text), sp.audio_ids(answer_codes))
+        ids += prompt + answer + [sp.user]
+        text_mask += [False] * len(prompt) + is_text + [False]
+        speech_mask += [False] * len(prompt) + [not x for x in is_text] + [True]
+    if loss == "joint":
+        return [Sample(ids, [a or b for a, b in zip(text_mask, speech_mask, strict=True)], kind)]
+    return [Sample(ids, text_mask, kind + ":text"), Sample(ids, speech_mask, kind + ":speech")]
 
 
 def dialogue_samples(tok, sp: Specials, question: str | Sequence[int] | np.ndarray, answer_text: str,
                      answer_codes: Sequence[int] | np.ndarray, *, loss: str = "split",
                      kind: str = "sft") -> list[Sample]:
-    """One dialogue as training samples: [text-loss copy, speech-loss copy] (``split``) or one copy (``joint``)."""
-    if loss not in SFT_LOSS:
-        raise ConfigError(f"sft loss must be one of {SFT_LOSS}, not {loss!r}")
-    prompt = dialogue_prompt(tok, sp, question)
-    answer, is_text = interleave_answer(tok.encode(answer_text), sp.audio_ids(answer_codes))
-    ids = prompt + answer + [sp.user]
-    text_mask = [False] * len(prompt) + is_text + [False]
-    speech_mask = [False] * len(prompt) + [not x for x in is_text] + [True]
-    if loss == "joint":
-        return [Sample(ids, [a or b for a, b in zip(text_mask, speech_mask, strict=True)], kind)]
-    return [Sample(ids, text_mask, kind + ":text"), Sample(ids, speech_mask, kind + ":speech")]
+    """One question and its answer (see ``conversation_samples``)."""
+    return conversation_samples(tok, sp, [(question, answer_text, answer_codes)], loss=loss, kind=kind)
 
 
 # ---- pre-training documents ------------------------------------------------------------------------------------
@@ -262,7 +283,7 @@ class LMData:
             return self.utterances
         if kind == "interleaved":  # generated documents, and spoken Q/A pairs with a random modality per side
             return self.interleaved + self.dialogues
-        if kind in ("sft", "sft_text"):
+        if kind in ("sft", "sft_text", "multi"):
             return self.dialogues
         if kind == "style":
             return [d for d in self.dialogues if d.style != "normal"]
@@ -443,8 +464,13 @@ class Mixture:
             if kind == "speech":
                 return [speech_sample(tok, sp, codes)]
             return [asr_sample(tok, sp, codes, x.text) if kind == "asr" else tts_sample(tok, sp, x.text, codes)]
-        question = x.question.text if kind == "sft_text" else x.question.codes
-        copies = dialogue_samples(tok, sp, question, x.answer.text, x.answer.codes, loss=self.sft_loss, kind=kind)
+        dialogues = [x]
+        if kind == "multi":  # further turns: other dialogues of the pool, drawn by the same RNG
+            pool = self.pools[kind]
+            dialogues += [pool[rng.randrange(len(pool))] for _ in range(rng.randint(*MULTI_TURNS) - 1)]
+        turns = [(d.question.text if kind == "sft_text" else d.question.codes, d.answer.text, d.answer.codes)
+                 for d in dialogues]
+        copies = conversation_samples(tok, sp, turns, loss=self.sft_loss, kind=kind)
         rng.shuffle(copies)  # a copy cut at the end of a row is the text or the speech one alike
         return copies
 
