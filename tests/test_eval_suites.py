@@ -284,3 +284,54 @@ def test_bounded_asr_transcript_is_a_prefix_of_the_trainers(tiny_tokenizer):
     assert len(ours) == 2
     for a, b in zip(ours, full, strict=True):
         assert b.startswith(a.rstrip("\ufffd"))
+
+
+# --- the real pipeline (VoiceChat) with tiny scripted models, through the CLI ----------------------------------------
+@pytest.fixture(scope="module")
+def scripted_model(tmp_path_factory):
+    """A tiny model that always answers ANSWER_TEXT + 26 codes (tests/test_pipeline_fixtures.py), and a folder of
+    two spoken questions: one expecting that answer, one expecting something else."""
+    from tests.test_pipeline_fixtures import ANSWER_TEXT, build_models
+
+    tmp = tmp_path_factory.mktemp("scripted")
+    root = build_models(tmp / "model")
+    data = tmp / "data"
+    data.mkdir()
+    rows = [{"id": "right", "text": "Say the alphabet.", "answer": ANSWER_TEXT},
+            {"id": "wrong", "text": "What is three plus four?", "answer": "7", "key": "7", "kind": "arithmetic"}]
+    for r in rows:
+        sf.write(data / f"{r['id']}.wav", espeak(r["text"]), 16000)
+    (data / "metadata.jsonl").write_text("\n".join(json.dumps(r | {"audio": f"{r['id']}.wav"}) for r in rows))
+    return root, data, ANSWER_TEXT
+
+
+def _eval_cli(tmp_path, root, data, *args) -> dict:
+    from glm4voice.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["eval", *args, "--model", str(root), "--data", str(data), "--out", str(out), "--judge", "whisper",
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    return json.loads((out / "results.json").read_text())["suites"]
+
+
+def test_lm_suite_cli_through_the_real_pipeline(scripted_model, tmp_path):
+    root, data, answer = scripted_model
+    lm = _eval_cli(tmp_path, root, data, "lm")["lm"]
+    assert lm["metrics"]["accuracy"] == 0.5
+    assert {r["id"]: r["correct"] for r in lm["rows"]} == {"right": True, "wrong": False}
+    assert all(r["answer"] == answer for r in lm["rows"])
+
+
+@pytest.mark.slow  # the tiny decoder streams 26 codes in ~10-35 s on a busy 2-core machine, 3 answers
+def test_spoken_suites_cli_through_the_real_pipeline(scripted_model, tmp_path):
+    root, data, answer = scripted_model
+    suites = _eval_cli(tmp_path, root, data, "spoken_qa", "latency", "--limit", "1", "--latency-runs", "1")
+    sqa, lat = suites["spoken_qa"], suites["latency"]
+    (row,) = sqa["rows"]
+    assert row["answer"] == answer and row["correct_s2t"] == (row["id"] == "right")
+    assert row["audio_seconds"] == pytest.approx(26 / 12.5, rel=0.05)  # 26 codes spoken
+    m = lat["metrics"]
+    assert m["runs"] == 1 and 0 < m["tokenize_p50"] < m["total_p50"]
+    assert 0 < m["time_to_first_audio_p50"] <= m["total_p50"] and m["rtf_p50"] > 0
+    assert m["wall_first_audio_p50"] >= m["time_to_first_audio_p50"] - 0.05
