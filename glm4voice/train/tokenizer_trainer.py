@@ -236,18 +236,12 @@ def export(model: TokenizerTrainModel, folder: str | Path) -> Path:
     """Write the inference tokenizer (official layout) and the ASR branch into ``folder``."""
     from safetensors.torch import save_file
 
-    from glm4voice.tokenizer.load import CONFIG_FILE, WEIGHTS_FILE
+    from glm4voice.tokenizer.load import save_pretrained
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().float().contiguous() for k, v in model.encoder.state_dict().items()}
-    sd["codebook.weight"] = model.vq.codebook.weight.detach().float().contiguous()
-    sd["ema_count"] = model.vq.ema_count.detach().float().contiguous()
-    sd["ema_weight"] = model.vq.ema_weight.detach().float().contiguous()
-    save_file(sd, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    cfg = {**asdict(model.cfg), "architectures": ["WhisperVQEncoder"], "model_type": "whisper",
-           "torch_dtype": "float32"}
-    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    enc = model.encoder
+    enc.codebook.weight.data.copy_(model.vq.codebook.weight.detach().to(enc.codebook.weight.dtype))
+    folder = save_pretrained(enc, folder, ema_count=model.vq.ema_count.detach().float(),
+                             ema_weight=model.vq.ema_weight.detach().float())
     branch = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
               if k.split(".")[0] in ("post", "post_ln", "asr")}
     save_file(branch, str(folder / ASR_BRANCH_WEIGHTS))
