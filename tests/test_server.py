@@ -267,6 +267,13 @@ def test_openai_text_and_audio_non_streaming(client, chat):
     assert audio.transcript == ANSWER_TEXT
     pcm, sr = sf.read(io.BytesIO(base64.b64decode(audio.data)))
     assert sr == 22050 and pcm.shape == (chat.decoder.decode(list(ANSWER_CODES)).numel(),)
+    # audio and text in one message: the text is an instruction for this answer (it lands in the system prompt)
+    r1 = client.chat.completions.create(model="glm-4-voice", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Answer briefly."},
+        {"type": "input_audio", "input_audio": {"data": wav_b64, "format": "wav"}}]}])
+    assert r1.choices[0].message.content == ANSWER_TEXT
+    # the audio system prompt ends with a space; the byte-level test vocabulary has one token per character
+    assert r1.usage.prompt_tokens == r.usage.prompt_tokens + len("Answer briefly.")
     # the next request refers to that answer by id: its exact tokens go back into the history
     r2 = client.chat.completions.create(
         model="glm-4-voice", messages=[

@@ -307,13 +307,16 @@ def router(chat, config):
 
         def prepare():
             for role, item in req.turns[:-1]:
-                if role == "user":
+                if role == "user":  # an earlier turn with audio and text replays its audio
                     session.add_user_turn(audio=item["audio"], text=item["text"])
                 else:
                     session.add_answer(item)
             last = req.turns[-1][1]
             if last["audio"] is not None:
-                return session.respond(user_audio=last["audio"], user_text=last["text"])
+                if last["text"]:  # text next to the question's audio: an instruction for this answer
+                    extra = " ".join(x for x in (session.settings.instruction, last["text"]) if x)
+                    session.settings = session.settings.updated({"instruction": extra[:500]})
+                return session.respond(user_audio=last["audio"])
             if not last["text"]:
                 raise APIError(400, "the last user message has neither text nor audio", param="messages")
             return session.respond(user_text=last["text"])
