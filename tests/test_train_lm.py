@@ -149,6 +149,11 @@ def test_finetune_from_export_full_and_lora(env, tmp_path):
                                                                   init["layers.0.attn.qkv.weight"])
     rows = _run(env, tmp_path / "full", "--init", tmp_path / "pt_model", "--stage", "sft", steps=5)
     assert rows[-1]["step"] == 5
+    # LoRA under bf16 autocast: the frozen base stays bf16, the adapters train in fp32
+    _run(env, tmp_path / "lora16", "--init", tmp_path / "pt_model", "--lora-rank", 2, "--precision", "bf16", steps=2)
+    state = torch.load(tmp_path / "lora16" / "last.pt", weights_only=True)["model"]
+    assert state["layers.0.attn.qkv.base.weight"].dtype == torch.bfloat16
+    assert state["layers.0.attn.qkv.lora_a"].dtype == torch.float32
 
 
 def test_bad_options(env, tmp_path):
