@@ -147,7 +147,7 @@ def test_spoken_qa_wrong_and_mumbled_answers(qa_folder, judge, tmp_path):
 
 def test_spoken_qa_wrong_text_answers_fail_s2t(qa_folder, judge, tmp_path):
     ctx = make_ctx(qa_folder, judge, tmp_path, responder=ScriptedResponder(wrong=True), limit=2)
-    ctx._sets[True] = ctx.eval_set().filter(kinds=("arithmetic", "capital"))
+    ctx.dataset = ctx.eval_set().filter(kinds=("arithmetic", "capital"))
     bad = SUITES["spoken_qa"](ctx)
     assert bad.metrics["items"] == 2 and bad.metrics["accuracy_s2t"] == 0.0 and bad.metrics["accuracy_s2s"] == 0.0
 
@@ -198,8 +198,8 @@ def test_judge_score_suite_against_fake_endpoint(qa_folder, judge, tmp_path):
         ctx = make_ctx(qa_folder, judge, tmp_path, judge_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
                        judge_model="fake")
         # our folder's kinds are not open questions: mark the capital one as open ("user")
-        ctx._sets[True] = EvalSet("x", tuple(replace(it, kind="user") for it in ctx.eval_set().items
-                                             if it.id == "capital"))
+        ctx.dataset = EvalSet("x", tuple(replace(it, kind="user") for it in ctx.eval_set().items
+                                         if it.id == "capital"))
         res = SUITES["judge_score"](ctx)
     finally:
         server.shutdown()
@@ -207,15 +207,31 @@ def test_judge_score_suite_against_fake_endpoint(qa_folder, judge, tmp_path):
     assert res.metrics["items"] == 1 and res.metrics["score_s2t"] == 9 and res.metrics["score_s2s"] == 9
 
 
-def test_quality_suite_is_skipped_with_a_clear_message_without_speechmos(qa_folder, judge, tmp_path):
-    try:
-        import speechmos.dnsmos  # noqa: F401
-    except ImportError:
-        res = SUITES["quality"](make_ctx(qa_folder, judge, tmp_path))
-        assert res.status == "skipped" and "install_eval_deps.sh --mos" in res.notes[0]
-    else:
-        res = SUITES["quality"](make_ctx(qa_folder, judge, tmp_path, limit=2))
-        assert res.status == "ok" and 1.0 <= res.metrics["ovrl_mos"] <= 5.0
+def test_quality_suite_is_skipped_with_a_clear_message_without_speechmos(qa_folder, judge, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "speechmos", None)  # as if not installed (import raises ImportError)
+    res = SUITES["quality"](make_ctx(qa_folder, judge, tmp_path))
+    assert res.status == "skipped" and "install_eval_deps.sh --mos" in res.notes[0]
+
+
+class NoisyResponder(ScriptedResponder):
+    def events(self, answer, style, audio_out):
+        for ev in super().events(answer, style, audio_out):
+            if isinstance(ev, AudioChunk):
+                noise = np.random.default_rng(0).standard_normal(len(ev.pcm)).astype(np.float32) * 0.1
+                ev = AudioChunk(np.clip(ev.pcm + noise, -1, 1), ev.sample_rate)
+            yield ev
+
+
+@pytest.mark.slow  # DNSMOS: ~5-10 s per clip on a busy 2-core machine
+def test_quality_suite_ranks_clean_speech_above_noisy(qa_folder, judge, tmp_path):
+    pytest.importorskip("speechmos.dnsmos", reason="scripts/install_eval_deps.sh --mos")
+    clean = SUITES["quality"](make_ctx(qa_folder, judge, tmp_path, limit=1))
+    noisy = SUITES["quality"](make_ctx(qa_folder, judge, tmp_path, limit=1, responder=NoisyResponder()))
+    assert clean.status == "ok" and 1.0 <= clean.metrics["ovrl_mos"] <= 5.0
+    assert clean.metrics["ovrl_mos"] > noisy.metrics["ovrl_mos"] + 0.5
+    assert clean.metrics["bak_mos"] > noisy.metrics["bak_mos"] + 1.0
 
 
 # --- tokenizer suite through the production loaders and the CLI ----------------------------------------------------
@@ -335,3 +351,19 @@ def test_spoken_suites_cli_through_the_real_pipeline(scripted_model, tmp_path):
     assert m["runs"] == 1 and 0 < m["tokenize_p50"] < m["total_p50"]
     assert 0 < m["time_to_first_audio_p50"] <= m["total_p50"] and m["rtf_p50"] > 0
     assert m["wall_first_audio_p50"] >= m["time_to_first_audio_p50"] - 0.05
+
+
+def test_builtin_heldout_set_is_spoken_by_heldout_voices_once(tmp_path):
+    from glm4voice.eval.data import builtin_heldout
+    from glm4voice.train.voices import HELDOUT_VOICE_NAMES
+
+    first = builtin_heldout(tmp_path, per_kind=1)
+    assert len(first.items) >= 10 and all(it.audio for it in first.items)
+    assert {it.voice for it in first.items} <= HELDOUT_VOICE_NAMES and {it.language for it in first.items} == {
+        "en", "zh"}
+    assert all(sf.info(it.audio).samplerate == 16000 and sf.info(it.audio).duration > 0.5 for it in first.items)
+    stamps = {it.audio: (tmp_path / it.audio).stat().st_mtime_ns for it in first.items}
+    again = builtin_heldout(tmp_path, per_kind=1)  # read back from the cache folder, nothing re-synthesised
+    assert [(it.id, it.text, it.answer, it.key, it.voice) for it in again.items] == [
+        (it.id, it.text, it.answer, it.key, it.voice) for it in first.items]
+    assert all((tmp_path / a).stat().st_mtime_ns == t for a, t in stamps.items())

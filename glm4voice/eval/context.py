@@ -36,6 +36,7 @@ class Context:
     judge_model: str | None = None
     judge_api_key: str | None = None
     # injected or loaded on first use
+    dataset: EvalSet | None = None  # the items to use instead of loading ``data``
     responder: Responder | None = None
     judge: object | None = None
     _sets: dict = field(default_factory=dict)
@@ -54,6 +55,8 @@ class Context:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
 
     def eval_set(self, *, speak: bool = True) -> EvalSet:
+        if self.dataset is not None:
+            return self.dataset
         key = speak or self.data is not None
         if key not in self._sets:
             self._sets[key] = load_eval_set(self.data, cache_dir=self.cache() / "eval-sets", split=self.split,

@@ -231,8 +231,9 @@ def _speak(items: list[EvalItem], cache: Path) -> EvalSet:
             path = cache / f"{it.id}.flac"
             sf.write(path, wav, TOKENIZER_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
             done.append(replace(it, audio=str(path)))
+    done.sort(key=lambda it: it.id)
     write_folder(EvalSet("", tuple(done)), cache)
-    return EvalSet(f"built-in held-out set ({cache})", tuple(sorted(done, key=lambda it: it.id)))
+    return EvalSet(f"built-in held-out set ({cache})", tuple(done))
 
 
 def load_eval_set(data: str | os.PathLike | None, *, cache_dir: str | os.PathLike, split: str = "heldout",

@@ -5,7 +5,7 @@
 - lm: the question as text, text answer. QA accuracy (metrics.answer_correct).
 - spoken_qa: the spoken question, speech + text answer. Accuracy S->T (answer text), S->S (judge transcript of the
   answer audio), intelligibility (judge error of the answer audio against the answer's own text).
-- tts: "Repeat after me: X" as text. Judge error of the answer audio against X.
+- tts: a "repeat" item's request as text (user rows: "Repeat after me: X"). Judge error of the audio against X.
 - style: "faster" / "slower" requests. Seconds of speech (VAD) per syllable (Chinese: per character).
 - latency: ~3 s spoken questions. The pipeline's stage timings, time to first audio, real-time factor.
 - quality: spoken questions. DNSMOS (speechmos) of the answer audio, when installed.
@@ -34,7 +34,9 @@ from glm4voice.eval.system import load_audio16k
 log = logging.getLogger("glm4voice.eval")
 
 # --- targets of issue 7 (held-out phrasings and voices) ----------------------------------------------------------
-TTS_PROMPTS = {"en": "Repeat after me: {x}", "zh": "跟我说：{x}"}  # train/texts.py REPEAT_* train templates
+# The request for a user row's text (train/texts.py REPEAT_* training templates); the corpus's "repeat" items are asked
+# with their own phrasing instead, which for held-out items is a template the model never saw with that text.
+TTS_PROMPTS = {"en": "Repeat after me: {x}", "zh": "跟我说：{x}"}
 ASR_BATCH = 16  # utterances per forward of the tokenizer's ASR branch
 ASR_BYTES_PER_SECOND = 30  # transcript bytes per second of audio allowed (speech: ~15 English / ~12 UTF-8 Chinese)
 ASR_MIN_BYTES = 32
@@ -275,16 +277,16 @@ def tts_suite(ctx: Context) -> SuiteResult:
     res.data = eset.name
     if ctx.audio_is_output:  # files that should say their "text"
         items = [(it, it.text) for it in eset.filter(with_audio=True).sample(ctx.limit, ctx.seed).items if it.text]
-    else:  # what to say: a repeat item's answer, or a user row's text
-        kinds = ("repeat", "user")
+    else:  # what to say: a repeat item's answer (asked with its own, possibly held-out, phrasing), a user row's text
         items = [(it, it.answer if it.kind == "repeat" else it.text)
-                 for it in eset.filter(kinds=kinds).sample(ctx.limit, ctx.seed).items]
+                 for it in eset.filter(kinds=("repeat", "user")).sample(ctx.limit, ctx.seed).items]
     for it, target in items:
         row = {"id": it.id, "language": it.language, "text": target}
         if ctx.audio_is_output:
             wav, sr = load_audio16k(it.audio), TOKENIZER_SAMPLE_RATE
         else:
-            reply = ctx.ask(it, spoken=False, audio_out=True, text=TTS_PROMPTS[it.language].format(x=target))
+            request = it.text if it.kind == "repeat" else TTS_PROMPTS[it.language].format(x=target)
+            reply = ctx.ask(it, spoken=False, audio_out=True, text=request)
             wav, sr = reply.pcm, reply.sample_rate
             row.update(answer=reply.text, audio_seconds=reply.audio_seconds)
         row["transcript"] = _transcribe(ctx, wav, sr, it.language) if wav is not None and len(wav) else ""
