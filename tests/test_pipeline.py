@@ -218,3 +218,36 @@ def test_bad_user_input(chat):
         with pytest.raises(Glm4VoiceError):
             s.respond(user_audio=torch.zeros(0))  # no samples at all
         assert s.history == []
+
+
+def test_concurrent_sessions_decode_in_one_batch_and_match_alone(tmp_path):
+    """Sessions answering at the same time share batched LM steps; each gets what it would get alone."""
+    import threading
+
+    root = build_models(tmp_path, scripted=False, seed=5)
+    chat = VoiceChat.from_pretrained(model=root, max_sessions=3, max_seq=512, speech=False)
+    questions = ["hello there", "what time is it", "a third question"]
+    settings = ChatSettings(output="text", temperature=0.0, max_new_tokens=40)  # greedy: no sampling noise
+
+    def answer(q):
+        with chat.session(settings) as s:
+            s.ask(user_text=q)
+            return s.last_answer
+
+    alone = [answer(q) for q in questions]
+    steps, rows = chat.lm.steps, chat.lm.batched_rows
+    together = [None] * 3
+    barrier = threading.Barrier(3)
+
+    def worker(i):
+        barrier.wait()
+        together[i] = answer(questions[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert (chat.lm.batched_rows - rows) > (chat.lm.steps - steps)  # some steps decoded several sessions
+    assert chat.active_sessions == 0 and len(chat.lm._free) == 3

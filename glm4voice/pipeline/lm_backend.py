@@ -149,10 +149,14 @@ def _chunk_ids(chunk: dict) -> list[int]:
 
 # --- local: the GLM in this process --------------------------------------------------------------------------
 class LocalLM:
-    """The GLM with a static KV cache of ``max_sessions`` slots (``lm.generate.Generator``). A slot keeps the ids
-    whose keys/values it holds after its stream closes, so a later request with the same prefix (the next turn
-    of a conversation sent by a remote pipeline) picks that slot and prefills only its new tokens. One LM step
-    runs at a time (a lock); sessions interleave token by token."""
+    """The GLM with a static KV cache of ``max_sessions`` slots (``lm.generate.Generator``).
+
+    Concurrent sessions decode **together**: a stream that needs its next logits posts (slot, last id) and either
+    waits for the step in progress or, if none runs, becomes the stepper and runs one ``decode_step`` for every
+    posted slot at once (each at its own position), so K sessions cost about one batched step per token instead
+    of K. Prefills run one at a time between steps. Sampling stays per stream (its own parameters, seed and
+    language mask). A slot keeps the ids whose keys/values it holds after its stream closes, so a later request
+    with the same prefix (the next turn sent by a remote pipeline) picks that slot and prefills only new tokens."""
 
     def __init__(self, model, text_tokenizer, *, max_sessions: int = 4, max_seq: int | None = None):
         from glm4voice.lm.generate import Generator
@@ -161,10 +165,16 @@ class LocalLM:
         self.gen = Generator(model, max_batch=max_sessions, max_seq=max_seq)
         self.max_seq, self.max_sessions = self.gen.max_seq, max_sessions
         self.lock = threading.Lock()
+        self._turn = threading.Condition(self.lock)  # guards the model: one prefill or one batched step at a time
+        self._busy = False
+        self._posted: dict[int, int] = {}  # slot -> id waiting for the next step
+        self._results: dict[int, object] = {}  # slot -> logits (or the exception of its step)
         self._free = set(range(max_sessions))
         self._last_used = [0.0] * max_sessions
         self._masks: dict[str, object] = {}
-        self.stop_ids = tuple(sorted(text_tokenizer.stop_ids))
+        self.stop_ids = frozenset(text_tokenizer.stop_ids)
+        self.steps = 0  # decode steps run
+        self.batched_rows = 0  # rows decoded in those steps (rows / steps = mean batch)
 
     def open(self, hint: list[int] | None = None) -> LocalStream:
         """A stream on a free slot: the one whose cached ids share the longest prefix with ``hint``, else the
@@ -184,16 +194,60 @@ class LocalLM:
         """The language-lock mask (cached per language), or None."""
         if language is None:
             return None
-        if language not in self._masks:
-            from glm4voice.lm.sampling import language_mask
+        with self.lock:
+            if language not in self._masks:
+                from glm4voice.lm.sampling import language_mask
 
-            self._masks[language] = language_mask(self.tok, language, self.model.cfg.padded_vocab_size,
-                                                  self.gen.device)
-        return self._masks[language]
+                self._masks[language] = language_mask(self.tok, language, self.model.cfg.padded_vocab_size,
+                                                      self.gen.device)
+            return self._masks[language]
+
+    def prefill(self, ids: list[int], slot: int):
+        with self._turn:
+            while self._busy:
+                self._turn.wait()
+            self._busy = True
+        try:
+            return self.gen.prefill(ids, slot)
+        finally:
+            with self._turn:
+                self._busy = False
+                self._turn.notify_all()
+
+    def decode(self, slot: int, token: int):
+        """Logits (vocab,) after appending ``token`` to ``slot``, computed in a batch with the other waiting slots."""
+        with self._turn:
+            self._posted[slot] = token
+            while slot not in self._results:
+                if not self._busy:
+                    self._busy = True
+                    batch, self._posted = self._posted, {}
+                    break
+                self._turn.wait()
+            else:
+                return _unwrap(self._results.pop(slot))
+        try:
+            logits = self.gen.decode_step(list(batch.values()), list(batch))
+            out = {s: logits[i] for i, s in enumerate(batch)}
+        except BaseException as e:  # every slot of the failed step gets the error
+            out = dict.fromkeys(batch, e)
+        with self._turn:
+            self._busy = False
+            self.steps += 1
+            self.batched_rows += len(batch)
+            self._results.update(out)
+            self._turn.notify_all()
+            return _unwrap(self._results.pop(slot))
 
     def _release(self, slot: int) -> None:
         with self.lock:
             self._free.add(slot)
+
+
+def _unwrap(result):
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 class LocalStream:
@@ -203,27 +257,25 @@ class LocalStream:
         self.reused = 0  # prompt ids whose cached keys/values the last generate reused
 
     def generate(self, prompt: list[int], sampling: Sampling) -> Iterator[int]:
-        from glm4voice.lm.sampling import SamplingParams
+        """Generated ids (a stop id included, then nothing more); ends at the limit or a full context."""
+        from glm4voice.lm.sampling import SamplingParams, make_generator, sample
 
-        b = self.backend
+        b, slot = self.backend, self.slot
         if len(prompt) >= b.max_seq:
             raise ContextLengthError(f"prompt of {len(prompt)} tokens leaves no room in the context of {b.max_seq}")
         params = SamplingParams(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                                 seed=sampling.seed)
         allowed = b.allowed(sampling.language)
+        rng = make_generator(sampling.seed, b.gen.device)
         with b.lock:
-            self.reused = min(common_prefix(b.gen.held[self.slot], prompt), len(prompt) - 1)
-        steps = b.gen.generate(prompt, slot=self.slot, params=params, max_new_tokens=sampling.max_new_tokens,
-                               stop_ids=b.stop_ids, allowed=allowed)
-        try:
-            while True:
-                with b.lock:  # one LM step at a time; the model and cache are shared by every session
-                    token = next(steps, None)
-                if token is None:
-                    return
-                yield token
-        finally:
-            steps.close()
+            self.reused = min(common_prefix(b.gen.held[slot], prompt), len(prompt) - 1)
+        logits = b.prefill(prompt, slot)
+        for n in range(sampling.max_new_tokens):
+            token = int(sample(logits[None], params, rng, allowed)[0])
+            yield token
+            if token in b.stop_ids or n + 1 == sampling.max_new_tokens or len(b.gen.held[slot]) >= b.max_seq:
+                return
+            logits = b.decode(slot, token)
 
     def keep(self, ids: list[int]) -> None:
         """The conversation continues from ``ids``: only the cached prefix they share stays valid."""
