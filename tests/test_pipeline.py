@@ -251,3 +251,13 @@ def test_concurrent_sessions_decode_in_one_batch_and_match_alone(tmp_path):
     assert together == alone
     assert (chat.lm.batched_rows - rows) > (chat.lm.steps - steps)  # some steps decoded several sessions
     assert chat.active_sessions == 0 and len(chat.lm._free) == 3
+
+
+def test_one_answer_at_a_time_per_session(chat):
+    with chat.session(ChatSettings(output="text")) as s:
+        events = s.respond(user_text="hi")
+        next(events)
+        with pytest.raises(Glm4VoiceError, match="still running"):
+            s.respond(user_text="again")
+        events.close()
+        assert s.ask(user_text="again")[0] == ANSWER_TEXT

@@ -158,6 +158,8 @@ class Session:
         generated, leaving the conversation unchanged."""
         if self.closed:
             raise Glm4VoiceError("this session is closed")
+        if self.responding:
+            raise Glm4VoiceError("an answer is still running in this session; cancel() it or read it to the end")
         if (user_audio is not None) + (user_text is not None) + (user_turn is not None) != 1:
             raise ValueError("give exactly one of user_audio, user_text, user_turn")
         settings = settings or self.settings
@@ -182,7 +184,6 @@ class Session:
         settings = replace(settings, max_new_tokens=min(settings.max_new_tokens, budget))
         self._cancel.clear()
         self._played = None
-        self.responding = True
         self.last_prompt_tokens = len(prompt)
         return self._answer(prompt, settings, t_start, timings)
 
@@ -235,6 +236,7 @@ class Session:
         samples_out = 0
         reason = "max_tokens"
         stats = {"lm": 0.0, "dec": 0.0, "first_audio": False, "first_text": False}
+        self.responding = True
         tokens = self._lm.generate(prompt, settings.sampling())
         try:
             yield from timings
