@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from glm4voice.cli.chat import add_model_args
+from glm4voice.cli.chat import add_model_args, add_sampling_args
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +35,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-only", action="store_true", help="load only the LM and serve /v1/completions")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_model_args(parser)
+    add_sampling_args(parser)  # defaults of every new session (clients may change them per session/request)
 
 
 def run(args) -> int:
     import uvicorn
 
-    from glm4voice.cli.chat import load_chat
+    from glm4voice.cli.chat import load_chat, settings_from
     from glm4voice.server.app import create_app
     from glm4voice.server.config import ServerConfig
 
@@ -56,6 +57,7 @@ def run(args) -> int:
                           max_audio_seconds=args.max_audio_seconds, idle_timeout=args.idle_timeout,
                           model_name=args.model_name)
     chat = load_chat(args, max_sessions=args.max_sessions, speech=not args.lm_only)
+    chat.default_settings = settings_from(args)
     app = create_app(chat, config)
     print(f"glm4voice: serving on http://{args.host}:{args.port}/ "
           f"({'LM only' if args.lm_only else 'voice chat'}, up to {args.max_sessions} sessions)", flush=True)

@@ -71,7 +71,7 @@ class VoiceChat:
         with self._sessions_lock:
             if len(self._sessions) >= self.max_sessions:
                 raise BusyError(f"all {self.max_sessions} sessions are in use; try again later")
-            s = Session(self, settings)
+            s = Session(self, settings or self.default_settings)
             self._sessions.add(s)
             return s
 
