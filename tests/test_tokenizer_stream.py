@@ -19,6 +19,13 @@ def ref(reference_dir):
     return reference_dir / "tokenizer"
 
 
+def speech_files(ref, min_seconds=0.0, max_seconds=30.0):
+    """Reference inputs (from expected.json, not by name) whose length lies in the range, shortest first."""
+    inputs = load_expected(ref)["inputs"]
+    fits = [k for k, v in inputs.items() if min_seconds <= v["length_after_resampling_to_16k"] / 16000 <= max_seconds]
+    return [ref / k for k in sorted(fits, key=lambda k: inputs[k]["length_after_resampling_to_16k"])]
+
+
 @pytest.fixture(scope="module")
 def tok(ref):
     return SpeechTokenizer.from_pretrained(ref)
@@ -86,7 +93,7 @@ def test_block_mode_emits_during_speech_and_counts_revisions(ref, tok):
 
 def test_finish_runs_only_the_unfinished_block(ref, tok, monkeypatch):
     """With the floor fixed early (loud start), end of speech computes at most one block of positions."""
-    wav = load_audio(ref / "inputs" / "a01_16k_mono_3s.wav")
+    wav = load_audio(speech_files(ref, 2.0)[0])
     wav = torch.cat([wav.abs().max() * 1.5 * torch.sin(torch.arange(3200) * 0.3), wav])  # loudest frames first
     block = tok.cfg.quantize_causal_block_size
     state = tok.init_state()
@@ -107,7 +114,7 @@ def test_eager_refresh_absorbs_a_late_floor_rise_before_the_end(ref, tok, monkey
     stale cache is recomputed during that silence and finish runs only the unfinished block; without it,
     finish has to recompute the whole chunk. Both give the offline codes."""
     block = tok.cfg.quantize_causal_block_size
-    quiet = load_audio(ref / "inputs" / "a01_16k_mono_3s.wav")[: 5 * block * 320] * 0.05  # 5 blocks complete
+    quiet = load_audio(speech_files(ref, 2.0)[0])[: 5 * block * 320] * 0.05  # 5 blocks complete
     burst = 0.5 * torch.sin(torch.arange(1600) * 0.2)  # louder than anything before: the floor rises
     wav = torch.cat([quiet, torch.zeros(500), burst, torch.zeros(3000)])
     assert wav.shape[0] < 6 * block * 320 - 120  # ... inside block 6, which completes only at finish
@@ -128,7 +135,7 @@ def test_eager_refresh_absorbs_a_late_floor_rise_before_the_end(ref, tok, monkey
 
 
 def test_floor_rise_triggers_recompute_and_stays_exact(ref, tok):
-    wav = load_audio(ref / "inputs" / "a01_16k_mono_3s.wav")
+    wav = load_audio(speech_files(ref, 2.0)[0])
     loud_end = torch.cat([wav * 0.05, wav])  # the maximum arrives late: the floor rises after blocks ran
     early, rest, state = stream(tok, loud_end, 800)
     assert state.recomputes >= 1 and state.revised == 0
@@ -136,8 +143,7 @@ def test_floor_rise_triggers_recompute_and_stays_exact(ref, tok):
 
 
 def test_streams_are_independent(ref, tok):
-    a = load_audio(ref / "inputs" / "a01_16k_mono_3s.wav")
-    b = load_audio(ref / "inputs" / "a05_16k_exact_40960.wav")
+    a, b = (load_audio(f) for f in speech_files(ref, 1.0)[:2])
     sa, sb = tok.init_state(), tok.init_state()
     for i in range(0, max(a.shape[0], b.shape[0]), 1000):
         if i < a.shape[0]:

@@ -3,13 +3,19 @@
 Offline follows ``speech_tokenizer/utils.py: extract_speech_token`` (SPEC §1.4): each audio is cut into 30 s
 chunks; chunks are batched (at most 128 per forward), right-padded with zeros to the longest chunk rounded up to
 1280 samples; features and encoder run on the padded batch; the codes at valid positions (1280 * t < n) of each
-chunk are concatenated per audio. Two batching modes:
+chunk are concatenated per audio. Batching modes:
 
 - ``batched=True``: all chunks of all audios in one call (the official call with a list of files);
-- ``batched=False``: one call per audio (the official call with one file), as the CLI's ``--per-file``.
+- ``batched=False``: one call per audio (the official call with one file), as the CLI's ``--per-file``;
+- ``sort=True``: chunks grouped by length within pools of SORT_POOL_BATCHES batches (less padding, faster for
+  many files of mixed length; not an official mode).
 
-Padding changes only float32 rounding of valid positions (about 1e-6; SPEC §1.4 item 8), so the two modes give
-the same codes except on a knife-edge; both reproduce the reference vectors exactly.
+Padding changes only float32 rounding of valid positions (about 1e-6; SPEC §1.4 item 8), so the modes give the
+same codes except on a knife edge; both official modes reproduce the reference vectors exactly. Audios are
+loaded lazily, one batch at a time, so a list of thousands of files needs the memory of one batch.
+
+Streaming (``init_state`` / ``step`` / ``finish``) lives in ``tokenizer/stream.py``; its codes equal the
+``batched=False`` codes.
 """
 
 from __future__ import annotations

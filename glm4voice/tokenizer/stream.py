@@ -3,7 +3,8 @@
 What makes a code final (SPEC §1.4-1.5):
 
 - A log-mel frame j (window of samples 160j-200 .. 160j+199, reflect-padded at a chunk start) depends only on
-  those samples: it is computed once, as soon as they have arrived, and kept *before* the floor (``raw``).
+  those samples: it is computed once, after they have arrived, and kept *before* the floor (``raw``). Frames are
+  computed lazily, when a block needs them or at a floor check, so most small steps only copy samples.
 - The causal convolutions read frames <= 2t for 50 Hz position t; attention is block-causal in blocks of
   ``quantize_causal_block_size`` positions (200 = 4 s, 50 codes): a block's layers can run once its last
   position's frames are in (after 64000 (b+1) - 120 samples of the chunk); the keys/values of finished blocks
