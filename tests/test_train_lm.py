@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from test_lm_samples import CODEBOOK, TOY_ITEMS, load_tokenizer, make_corpus, make_tokenizer_dir
+from test_lm_samples import CODEBOOK, TOY_ITEMS, fake_codes, load_tokenizer, make_corpus, make_tokenizer_dir
 
 from glm4voice.errors import ConfigError
 from glm4voice.train import lm_samples as ls
@@ -224,3 +224,27 @@ def test_two_processes_match_one_with_the_same_global_batch(env, tmp_path):
     a, b = _final(tmp_path / "one")["model"], _final(tmp_path / "two")["model"]
     for k in a:  # equal up to float summation order, which Adam amplifies for near-zero gradients
         torch.testing.assert_close(a[k], b[k], atol=2e-4, rtol=1e-3, msg=k)
+
+
+@pytest.mark.slow
+def test_trained_answer_comes_back_through_inference_generation(env, tmp_path):
+    """Train on one dialogue, export, then the inference prompt builder + KV-cache generator reproduce the answer in
+    the streaming-thoughts layout: what SFT teaches is what inference asks for."""
+    from glm4voice.lm.generate import generate
+    from glm4voice.lm.load import load_lm
+    from glm4voice.lm.prompt import build_turn
+    from glm4voice.lm.sampling import SamplingParams
+
+    one = {"corpus": make_corpus(tmp_path / "one", voices=("v1",), broken=False, items=TOY_ITEMS[1:2]),
+           "tok": env["tok"]}
+    _run(one, tmp_path / "run", "--mix", "sft=1", "--sft-loss", "joint", "--seq-len", 200, "--batch-size", 1,
+         "--export", tmp_path / "model", "--export-dtype", "fp32", steps=60)
+    tok = lt.load_text_tokenizer(tmp_path / "model")
+    model = load_lm(tmp_path / "model", dtype=torch.float32)
+    _, _, _, question, answer, _, _ = TOY_ITEMS[1]
+    prompt = build_turn(tok, audio=fake_codes(question).tolist())
+    out = list(generate(model, prompt, params=SamplingParams(temperature=0), max_new_tokens=100,
+                        stop_ids=sorted(tok.stop_ids)))
+    sp = ls.Specials.from_tokenizer(tok)
+    want, _ = ls.interleave_answer(tok.encode(answer), sp.audio_ids(fake_codes(answer)))
+    assert out == want + [sp.user]
