@@ -250,7 +250,9 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
                     rows=[{"id": "a", "correct_s2t": True}, {"id": "b|c", "correct_s2t": False}],
                     charts=[{"type": "bar", "title": "acc", "labels": ["x", "y"], "values": [0.5, None],
                              "ylabel": "accuracy", "target": 0.9},
-                            {"type": "box", "title": "b", "labels": ["p", "q"], "values": [[1, 2], []]}],
+                            {"type": "box", "title": "b", "labels": ["p", "q"], "values": [[1, 2], []]},
+                            {"type": "bar", "title": "grouped", "labels": ["v1", "v2"], "values": [],
+                             "series": {"input_error": [0.1, 0.2], "recon_error": [0.3, None]}}],
                     notes=["something skipped"])
     js, md = write_report([r], tmp_path, meta={"model": {"lm": "embedded"}})
     doc = json.loads(js.read_text())
@@ -262,5 +264,5 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     assert "> something skipped" in text and "b\\|c" in text
     assert text.index("| b\\|c") < text.index("| a |")  # wrong answers first
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert pngs == ["spoken_qa_0.png", "spoken_qa_1.png"] and all(
+    assert pngs == ["spoken_qa_0.png", "spoken_qa_1.png", "spoken_qa_2.png"] and all(
         (tmp_path / "plots" / p).stat().st_size > 1000 for p in pngs)

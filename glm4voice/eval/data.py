@@ -68,18 +68,19 @@ class EvalSet:
         return EvalSet(self.name, tuple(keep))
 
     def sample(self, limit: int | None, seed: int = 0) -> EvalSet:
-        """At most ``limit`` items, spread over kinds and languages (round robin over shuffled groups)."""
+        """At most ``limit`` items, spread over kinds, languages and styles (round robin over shuffled groups)."""
         if limit is None or len(self.items) <= limit:
             return self
-        groups: dict[tuple[str, str], list[EvalItem]] = defaultdict(list)
+        groups: dict[tuple[str, str, str], list[EvalItem]] = defaultdict(list)
         for it in self.items:
-            groups[(it.kind, it.language)].append(it)
+            groups[(it.kind, it.language, it.style)].append(it)
         rng = random.Random(seed)
         queues = []
         for key in sorted(groups):
             g = list(groups[key])
             rng.shuffle(g)
             queues.append(g)
+        rng.shuffle(queues)  # a limit below the number of groups must not favour the alphabetically first kinds
         out: list[EvalItem] = []
         while len(out) < limit:
             for q in queues:

@@ -11,10 +11,12 @@ from pathlib import Path
 from glm4voice.eval.suites import SuiteResult
 
 EXAMPLES_PER_SUITE = 8  # rows shown in the Markdown report (wrong answers first); all rows are in the JSON
-EXAMPLE_FIELDS = ("id", "question", "text", "expected", "answer", "transcript", "asr", "judge_recon", "correct",
+EXAMPLE_FIELDS = ("id", "question", "ref", "text", "expected", "answer", "transcript", "asr", "judge_input",
+                  "judge_recon", "correct",
                   "correct_s2t", "correct_s2s", "error", "recon_error", "seconds_per_syllable", "score_s2t",
                   "score_s2s")
 WRONG_FIELDS = ("correct", "correct_s2t", "correct_s2s")
+PALETTE = ("#4878a8", "#e08a3c", "#5aa05a", "#a05aa0")
 
 
 def _clean(x):
@@ -110,10 +112,16 @@ def _plot(chart: dict, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(chart.get("labels", [])) + 2), 3.2), dpi=100)
     kind = chart["type"]
-    if kind == "bar":
-        values = [v if v is not None else 0.0 for v in chart["values"]]
-        ax.bar(range(len(values)), values, color="#4878a8")
-        ax.set_xticks(range(len(values)), chart["labels"], rotation=45, ha="right", fontsize=8)
+    if kind == "bar":  # "values": one bar per label, or "series": {name: values} as grouped bars
+        series = chart.get("series") or {"": chart["values"]}
+        width = 0.8 / len(series)
+        for k, (name, vals) in enumerate(series.items()):
+            xs = [i - 0.4 + width * (k + 0.5) for i in range(len(vals))]
+            ax.bar(xs, [v if v is not None else 0.0 for v in vals], width, label=name or None,
+                   color=PALETTE[k % len(PALETTE)])
+        ax.set_xticks(range(len(chart["labels"])), chart["labels"], rotation=45, ha="right", fontsize=8)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
     elif kind == "box":
         data = [v if v else [float("nan")] for v in chart["values"]]
         ax.boxplot(data)
