@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
+        sys.stdout.flush()  # codes before the summary line on a terminal
     done = [c for c in codes if c is not None]
     n_codes = sum(map(len, done))
     print(f"encoded {len(done)}/{len(paths)} input(s): {n_codes} codes (~{n_codes / TOKEN_RATE_HZ:.1f} s of speech) "
