@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import load_expected
@@ -248,6 +249,14 @@ def test_save_pretrained_of_a_new_model_loads_and_keeps_training_fields(tmp_path
     assert (saved["ema_count"] == 1).all() and (saved["ema_weight"] == saved["codebook.weight"]).all()
     with pytest.raises(ConfigError, match="quantise_decay"):
         save_pretrained(model, tmp_path / "bad", quantise_decay=0.9)
+    # a trainer's quantiser may hold the codebook and EMA state outside the encoder
+    book, count = torch.randn(64, 32), torch.rand(64) + 0.5
+    save_pretrained(model, tmp_path / "vq", codebook=book, ema_count=count, ema_weight=book * count[:, None])
+    saved = load_file(tmp_path / "vq" / "model.safetensors")
+    assert np.array_equal(saved["codebook.weight"], book.numpy()) and np.array_equal(saved["ema_count"], count.numpy())
+    assert torch.equal(SpeechTokenizer.from_pretrained(tmp_path / "vq").model.codebook.weight, book)
+    with pytest.raises(CheckpointError, match="codebook.weight has shape"):
+        save_pretrained(model, tmp_path / "bad", codebook=torch.zeros(3, 32))
 
 
 def test_batch_options_keep_the_reference_codes(ref, expected, tok):

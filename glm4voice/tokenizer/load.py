@@ -114,11 +114,12 @@ def official_config_dict(cfg: TokenizerConfig, **training_fields) -> dict:
     return dict(sorted(out.items()))
 
 
-def save_pretrained(model: WhisperVQEncoder, folder: str | os.PathLike, *, ema_count: Tensor | None = None,
-                    ema_weight: Tensor | None = None, **training_fields) -> Path:
+def save_pretrained(model: WhisperVQEncoder, folder: str | os.PathLike, *, codebook: Tensor | None = None,
+                    ema_count: Tensor | None = None, ema_weight: Tensor | None = None, **training_fields) -> Path:
     """Write ``folder/config.json`` + ``folder/model.safetensors`` in the official tokenizer layout; returns folder.
 
-    Tensors are float32, unprefixed, contiguous. ``ema_count`` (vocab,) / ``ema_weight`` (vocab, d) are the
+    Tensors are float32, unprefixed, contiguous. ``codebook`` (vocab, d) replaces ``model.codebook.weight`` (for
+    a trainer whose quantiser keeps its own codebook); ``ema_count`` (vocab,) / ``ema_weight`` (vocab, d) are the
     training EMA state; without them the release's neutral values are written (counts 1, weights = codebook),
     so the official loader finds every buffer it registers. The result loads with ``load_encoder`` /
     ``SpeechTokenizer.from_pretrained`` and, by construction, with the official ``WhisperVQEncoder``.
@@ -128,6 +129,8 @@ def save_pretrained(model: WhisperVQEncoder, folder: str | os.PathLike, *, ema_c
     cfg = model.cfg
     cfg.validate("save_pretrained")
     sd = {k: v for k, v in model.state_dict().items() if k not in TRAINING_ONLY_KEYS}
+    if codebook is not None:
+        sd["codebook.weight"] = codebook
     sd["ema_count"] = torch.ones(cfg.quantize_vocab_size) if ema_count is None else ema_count
     sd["ema_weight"] = sd["codebook.weight"] if ema_weight is None else ema_weight
     # float32 on CPU, each tensor its own storage (safetensors refuses shared memory)
