@@ -58,7 +58,7 @@ class ErrorEvent:
     """A problem the listener should see; the session stays usable."""
 
     message: str
-    code: str = "error"
+    code: str = "internal"  # "lm_unavailable" (remote LM failed) or "internal"
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,7 @@ class Session:
             raise
         except Glm4VoiceError as e:
             reason = "error"
-            yield ErrorEvent(str(e), "lm_unavailable" if isinstance(e, BackendError) else "error")
+            yield ErrorEvent(str(e), "lm_unavailable" if isinstance(e, BackendError) else "internal")
         finally:
             tokens.close()
             dec_state = None  # the decoder stream state dies with the turn, on every path
