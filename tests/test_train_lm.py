@@ -248,3 +248,18 @@ def test_trained_answer_comes_back_through_inference_generation(env, tmp_path):
     sp = ls.Specials.from_tokenizer(tok)
     want, _ = ls.interleave_answer(tok.encode(answer), sp.audio_ids(fake_codes(answer)))
     assert out == want + [sp.user]
+
+
+def test_train_command_dispatch(env, tmp_path, capsys, monkeypatch):
+    from glm4voice.cli import main
+    from glm4voice.cli import train as cli_train
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "lm", "--help"])
+    assert e.value.code == 0 and "--lora-rank" in capsys.readouterr().out  # the trainer's own options
+    assert main(["train", "lm", "--corpus", env["corpus"], "--tokenizer", env["tok"], "--out", str(tmp_path / "r"),
+                 "--steps", "1", "--batch-size", "1", "--seq-len", "128", "--eval-every", "0", *TINY]) == 0
+    assert (tmp_path / "r" / "last.pt").exists()
+    monkeypatch.setitem(cli_train.COMPONENTS, "decoder", ("glm4voice.train.no_such_trainer", "x"))
+    with pytest.raises(SystemExit, match="not part of this installation"):
+        cli_train.load_component("decoder")
