@@ -114,3 +114,14 @@ def test_vad_speech_seconds_follow_speaking_rate(tmp_path):
         wav, sr = sf.read(path, dtype="float32")
         secs[wpm] = J.speech_seconds(wav, sr)
     assert secs[100] / secs[300] > 2.0  # 3x the words per minute: well over 2x less speech time
+
+
+def test_auto_judge_falls_back_to_pocketsphinx_without_faster_whisper(monkeypatch):
+    import sys
+
+    pytest.importorskip("pocketsphinx", reason="run scripts/install_eval_deps.sh")
+    monkeypatch.setitem(sys.modules, "faster_whisper", None)  # as if not installed
+    judge = J.load_judge("auto")
+    assert judge.name == "pocketsphinx" and judge.languages == frozenset({"en"})
+    with pytest.raises(J.JudgeUnavailable, match="install_eval_deps"):
+        J.load_judge("whisper")

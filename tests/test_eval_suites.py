@@ -161,6 +161,18 @@ def test_style_suite_measures_speaking_rate(qa_folder, judge, tmp_path):
     assert not flat.targets[0].met(flat.metrics["slow_over_fast"])
 
 
+class SilentResponder(ScriptedResponder):
+    def events(self, answer, style, audio_out):
+        for ev in super().events(answer, style, audio_out):
+            yield AudioChunk(np.zeros_like(ev.pcm), ev.sample_rate) if isinstance(ev, AudioChunk) else ev
+
+
+def test_style_suite_reports_answers_without_speech(qa_folder, judge, tmp_path):
+    res = SUITES["style"](make_ctx(qa_folder, judge, tmp_path, responder=SilentResponder()))
+    assert "slow_over_fast" not in res.metrics and res.metrics["items"] == 2
+    assert "2 answer(s) held no speech" in res.notes[0]
+
+
 def test_tts_lm_and_latency_suites(qa_folder, judge, tmp_path):
     ctx = make_ctx(qa_folder, judge, tmp_path, latency_runs=2)
     tts = SUITES["tts"](ctx)

@@ -143,6 +143,7 @@ class WhisperJudge:
             from faster_whisper import WhisperModel
         except ImportError as e:
             raise JudgeUnavailable("the Whisper judge needs faster-whisper: run scripts/install_eval_deps.sh") from e
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every call at INFO
         folder = whisper_model_dir(cache_dir)
         # a str path that exists is loaded as a folder; faster-whisper would treat anything else as a hub id
         self.model = WhisperModel(str(folder), device=device, compute_type=compute_type, cpu_threads=threads)

@@ -14,7 +14,7 @@ EXAMPLES_PER_SUITE = 8  # rows shown in the Markdown report (wrong answers first
 EXAMPLE_FIELDS = ("id", "question", "ref", "text", "expected", "answer", "transcript", "asr", "judge_input",
                   "judge_recon", "correct",
                   "correct_s2t", "correct_s2s", "error", "recon_error", "seconds_per_syllable", "score_s2t",
-                  "score_s2s")
+                  "score_s2s", "question_seconds", "time_to_first_audio", "total", "rtf", "source", "ovrl_mos")
 WRONG_FIELDS = ("correct", "correct_s2t", "correct_s2s")
 PALETTE = ("#4878a8", "#e08a3c", "#5aa05a", "#a05aa0")
 

@@ -327,16 +327,20 @@ def style_suite(ctx: Context) -> SuiteResult:
             continue
         sec = speech_seconds(wav, sr)
         res.rows.append({"id": it.id, "style": it.style, "language": it.language, "text": said, "syllables": n,
-                         "speech_seconds": sec, "seconds_per_syllable": sec / n})
+                         "speech_seconds": sec, "seconds_per_syllable": sec / n if sec > 0 else None})
+    silent = sum(1 for r in res.rows if r["seconds_per_syllable"] is None)
+    if silent:
+        res.notes.append(f"{silent} answer(s) held no speech the VAD could find; left out of the rates")
     by: dict = defaultdict(list)
     for r in res.rows:
-        by[(r["style"], r["language"])].append(r["seconds_per_syllable"])
+        if r["seconds_per_syllable"] is not None:
+            by[(r["style"], r["language"])].append(r["seconds_per_syllable"])
     res.breakdown["seconds per syllable"] = {f"{s}/{lang}": {"mean": _mean(v), "n": len(v)}
                                          for (s, lang), v in sorted(by.items())}
     ratios = []
     for lang in sorted({lang for _, lang in by}):
         fast, slow = _mean(by.get(("fast", lang), [])), _mean(by.get(("slow", lang), []))
-        if fast and slow:
+        if fast is not None and slow is not None:
             res.metrics[f"slow_over_fast_{lang}"] = slow / fast
             ratios.append((slow / fast, len(by[("fast", lang)]) + len(by[("slow", lang)])))
     if ratios:  # items-weighted over languages
