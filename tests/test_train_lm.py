@@ -168,8 +168,11 @@ def test_bad_options(env, tmp_path):
 def test_eval_reports_heldout_metrics(env, tmp_path):
     _run(env, tmp_path / "run", "--stage", "sft", "--eval-every", 5, "--eval-batches", 1, "--seq-len", 512, steps=5)
     evals = [r for r in read_metrics(str(tmp_path / "run")) if r["kind"] == "eval"]
-    assert evals and {"eval_text_loss", "eval_speech_loss", "eval_text_acc", "eval_speech_acc"} <= set(evals[-1])
+    keys = {"eval_text_loss", "eval_speech_loss", "eval_text_acc", "eval_speech_acc", "eval_answer_acc",
+            "eval_layout_acc"}
+    assert evals and keys <= set(evals[-1])
     assert 0 <= evals[-1]["eval_text_acc"] <= 1
+    assert evals[-1]["eval_answer_acc"] == 0  # 5 steps: no exact answer yet
 
 
 # ---- process-level: SIGKILL and torchrun (slow: several interpreter starts) ------------------------------------
@@ -248,6 +251,8 @@ def test_trained_answer_comes_back_through_inference_generation(env, tmp_path):
     sp = ls.Specials.from_tokenizer(tok)
     want, _ = ls.interleave_answer(tok.encode(answer), sp.audio_ids(fake_codes(answer)))
     assert out == want + [sp.user]
+    (dialogue,) = ls.load_lm_data(one["corpus"]).dialogues
+    assert lt.answer_accuracy(model, tok, sp, [dialogue]) == {"eval_answer_acc": 1.0, "eval_layout_acc": 1.0}
 
 
 def test_train_command_dispatch(env, tmp_path, capsys, monkeypatch):

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -262,6 +263,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
+    parser.add_argument("--eval-answers", type=int, default=32,
+                        help="SFT: held-out spoken questions answered greedily per evaluation (0: off)")
     parser.add_argument("--export", default=None, help="write the final model here (official format)")
     parser.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="bf16")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
@@ -320,13 +323,66 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
-    """Held-out batches (split ``heldout``: held-out phrasings and voices) of the kinds that have held-out data."""
+    """Held-out batches (split ``heldout``: held-out phrasings and voices) of the kinds that have held-out data, and
+    for SFT mixtures the spoken-question answer accuracy on ``--eval-answers`` held-out dialogues."""
     held = ls.load_lm_data(args.corpus, split="heldout", with_item_texts=True)
     ratios = {k: v for k, v in ls.parse_mix(mix).items() if held.pool(k)}
-    if not ratios or not args.eval_batches:
+    fixed = []
+    if ratios and args.eval_batches:
+        m = ls.Mixture(tok, sp, held, ratios, sft_loss=args.sft_loss, max_audio=args.max_audio)
+        fixed = [ls.pack_batch(m.draw, seed=10_000 + cfg.seed, step=i, rank=0, batch_size=cfg.batch_size,
+                               seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
+    dialogues = []
+    if args.eval_answers and set(ratios) & set(ls.SFT_KINDS):
+        dialogues = random.Random(cfg.seed).sample(held.dialogues, min(args.eval_answers, len(held.dialogues)))
+    if not fixed and not dialogues:
         log.info("no held-out data for the mixture: evaluation off")
         return None
-    m = ls.Mixture(tok, sp, held, ratios, sft_loss=args.sft_loss, max_audio=args.max_audio)
-    fixed = [ls.pack_batch(m.draw, seed=10_000 + cfg.seed, step=i, rank=0, batch_size=cfg.batch_size,
-                           seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
-    return lambda model: evaluate_batches(model, fixed, sp)
+
+    def evaluate(model: nn.Module) -> dict:
+        out = evaluate_batches(model, fixed, sp) if fixed else {}
+        if dialogues:
+            out.update(answer_accuracy(model, tok, sp, dialogues))
+        return out
+
+    return evaluate
+
+
+@torch.no_grad()
+def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.Dialogue]) -> dict:
+    """Greedy answers to spoken questions, through the inference prompt and KV-cache generator: the share whose
+    text tokens equal the reference answer's exactly (``eval_answer_acc``), and the share that also starts the
+    audio of its first block in the streaming-thoughts layout (``eval_layout_acc``). Generation stops per question
+    once the reference text could be complete (its text plus the audio blocks between), so this costs a few dozen
+    decode steps."""
+    from glm4voice.constants import AUDIO_TOKENS_PER_BLOCK, TEXT_TOKENS_PER_BLOCK
+    from glm4voice.lm.generate import Generator
+
+    prompts = [ls.dialogue_prompt(tok, sp, d.question.codes) for d in dialogues]
+    refs = [tok.encode(d.answer.text) for d in dialogues]
+    budgets = [len(r) + AUDIO_TOKENS_PER_BLOCK * ((len(r) - 1) // TEXT_TOKENS_PER_BLOCK) + 1 for r in refs]
+    gen = Generator(model, len(dialogues), min(max(len(p) + b for p, b in zip(prompts, budgets, strict=True)) + 1,
+                                               model.cfg.seq_length))
+    logits = torch.stack([gen.prefill(p, slot=i) for i, p in enumerate(prompts)])
+    outs: list[list[int]] = [[] for _ in dialogues]
+    active = list(range(len(dialogues)))
+    stops = {sp.user, sp.eot}
+    while active:
+        nxt = logits.argmax(-1).tolist()
+        still = []
+        for slot, token in zip(active, nxt, strict=True):
+            outs[slot].append(token)
+            if token not in stops and len(outs[slot]) < budgets[slot]:
+                still.append((slot, token))
+        active = [s for s, _ in still]
+        if active:
+            logits = gen.decode_step([t for _, t in still], active)
+    text_ok = layout_ok = 0
+    for ref, out in zip(refs, outs, strict=True):
+        audio = [bool(sp.is_audio(t)) for t in out]
+        text = [t for t, a in zip(out, audio, strict=True) if not a and t not in stops]
+        good = text == ref
+        text_ok += good
+        first_audio = audio.index(True) if True in audio else -1
+        layout_ok += good and first_audio == min(len(ref), TEXT_TOKENS_PER_BLOCK)
+    return {"eval_answer_acc": text_ok / len(dialogues), "eval_layout_acc": layout_ok / len(dialogues)}
