@@ -63,9 +63,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv_write=None) -> Tensor:
         B, T, _ = x.shape
         hd = self.head_dim
-        q, k, v = self.qkv(x).split([self.n_head * hd, self.n_kv * hd, self.n_kv * hd], dim=-1)
-        q = apply_rope(q.view(B, T, self.n_head, hd), cos, sin).transpose(1, 2)
-        k = apply_rope(k.view(B, T, self.n_kv, hd), cos, sin).transpose(1, 2)
+        qk, v = self.qkv(x).split([(self.n_head + self.n_kv) * hd, self.n_kv * hd], dim=-1)
+        qk = apply_rope(qk.view(B, T, self.n_head + self.n_kv, hd), cos, sin).transpose(1, 2)  # q and k at once
+        q, k = qk[:, : self.n_head], qk[:, self.n_head:]
         v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
         if kv_write is not None:
             k, v = kv_write(k, v)  # this chunk written into the cache; returns all cached keys/values
