@@ -1,13 +1,15 @@
 """Int8 weight-only quantisation of the GLM (per-output-channel symmetric scales).
 
 Every linear layer and the two vocabulary matrices keep int8 weights and one scale per output row (embedding:
-per token row); activations, norms and the KV cache stay in the model dtype. The 9B model drops from
-19.1 GB (bf16) to about 9.6 GB of weights (computed in docs/lm.md), so it fits a 12 GB GPU with a few thousand
-tokens of KV cache, or a 24 GB CPU box. The matmul dequantises the weight to the activation dtype (as gpt-fast
-does): the memory and bandwidth win is in storage and reading; no int8 kernels are needed.
+per token row); activations, norms and the KV cache stay in the model dtype. The 9B model drops from 19.09 GB
+(bf16) to 9.55 GB of weights (embedding included, scales in bf16), so it fits a 12 GB GPU with a few thousand
+tokens of KV cache (40 KiB per token), or a 24 GB CPU box. On CPU the matmul is torch's int8-weight kernel
+(``_weight_int8pack_mm``); elsewhere the weight is converted to the activation dtype inside the matmul (as
+gpt-fast does; torch.compile fuses the conversion into the weight read).
 
 Int4 (not implemented): group-wise 4-bit weights (groups of 32-128 input channels, a bf16 scale per group) would
-take about 5.3 GB and need a packed-int4 matmul kernel (e.g. torch's ``_weight_int4pack_mm`` on CUDA) to be fast.
+take about 5.3 GB (with an int8 embedding) and need a packed-int4 matmul kernel (e.g. torch's
+``_weight_int4pack_mm``) to be fast; its logit error would have to be measured like int8's.
 """
 
 from __future__ import annotations
