@@ -261,3 +261,33 @@ def test_one_answer_at_a_time_per_session(chat):
             s.respond(user_text="again")
         events.close()
         assert s.ask(user_text="again")[0] == ANSWER_TEXT
+
+
+def test_concurrent_spoken_answers_share_decoder_blocks(chat, decoded_answer):
+    """Two sessions answering at once: their decoder blocks run as batches; the audio equals decoding alone."""
+    import threading
+
+    pool = chat.decoders()
+    alone = chat.session()
+    try:
+        _, solo, _ = alone.ask(user_text="hi")
+    finally:
+        alone.close()
+    steps, blocks = pool.steps, pool.blocks
+    out = [None, None]
+    barrier = threading.Barrier(2)
+
+    def worker(i):
+        with chat.session() as s:
+            barrier.wait()
+            out[i] = s.ask(user_text="hi")[1]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for pcm in out:
+        assert pcm.shape == solo.shape == decoded_answer.shape
+        np.testing.assert_allclose(pcm, solo, atol=1e-4)
+    assert pool.blocks - blocks > pool.steps - steps  # at least one step decoded both sessions' blocks

@@ -226,8 +226,8 @@ class Session:
     def _answer(self, prompt: list[int], settings: ChatSettings, t_start: float, timings: list[Timing]):
         chat = self.chat
         audio_out = settings.output == "audio"
-        stream_dec = chat.streaming_decoder(settings.decoder_mode) if audio_out else None
-        dec_state = stream_dec.init_state() if audio_out else None
+        mode = settings.decoder_mode
+        dec_state = chat.decoders().init_state(mode) if audio_out else None
         gen: list[int] = []  # generated ids except the stop id
         text = chat.text_tokenizer.stream_decoder()
         audio_codes: list[int] = []
@@ -275,15 +275,13 @@ class Session:
                     audio_pos.append(len(gen) - 1)
                     if audio_out:
                         t = time.perf_counter()
-                        with chat.decoder_lock:
-                            pcm, dec_state = stream_dec.step([value], dec_state)
+                        pcm, dec_state = chat.decoders().step(mode, [value], dec_state)
                         if pcm.numel():
                             samples_out += pcm.numel()  # counted as delivered once handed to the caller
                             yield from self._audio_events(pcm, time.perf_counter() - t, stats, t_start)
             if audio_out and reason != "cancelled":
                 t = time.perf_counter()
-                with chat.decoder_lock:
-                    pcm = stream_dec.finish(dec_state)
+                pcm = chat.decoders().finish(mode, dec_state)
                 if pcm.numel():
                     samples_out += pcm.numel()
                     yield from self._audio_events(pcm, time.perf_counter() - t, stats, t_start)

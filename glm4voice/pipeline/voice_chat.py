@@ -5,8 +5,9 @@ every conversation, and the factory of ``Session`` objects.
     with chat.session() as s:
         text, pcm, events = s.ask(user_text="What is the capital of France?")
 
-Components are thread-safe to share: each runs under its own lock, so several sessions (server connections)
-interleave at the granularity of one LM step / one decoder block while different components overlap.
+Components are thread-safe to share. Sessions answering at the same time run their LM steps as one batch
+(``LocalLM``) and their decoder blocks as one batch when they fall due together (``decoding.DecoderPool``); the
+speech tokenizer runs under a lock. Different components overlap.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class VoiceChat:
         self.lm, self.text_tokenizer, self.tokenizer, self.decoder = lm, text_tokenizer, tokenizer, decoder
         self.max_seq, self.max_sessions, self.name, self.device = max_seq, max_sessions, name, torch.device(device)
         self.tokenizer_lock = threading.Lock()
-        self.decoder_lock = threading.Lock()
+        self._decoders = None
         self._sessions: set[Session] = set()
         self._sessions_lock = threading.Lock()
         self._vad = None
@@ -102,10 +103,13 @@ class VoiceChat:
             raise Glm4VoiceError("the audio is too short to hold speech")
         return codes
 
-    def streaming_decoder(self, mode: str):
-        from glm4voice.decoder.stream import StreamingDecoder
+    def decoders(self):
+        """The shared streaming decoders (blocks of concurrent sessions are decoded in one batch)."""
+        if self._decoders is None:
+            from glm4voice.pipeline.decoding import DecoderPool
 
-        return StreamingDecoder(self.require_decoder(), mode=mode)
+            self._decoders = DecoderPool(self.require_decoder())
+        return self._decoders
 
     def turn_detector(self, silence_ms: float | None = None):
         from glm4voice.pipeline.vad import SileroVAD, TurnDetector, TurnSettings
