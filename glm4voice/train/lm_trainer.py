@@ -353,8 +353,8 @@ def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.D
     """Greedy answers to spoken questions, through the inference prompt and KV-cache generator: the share whose
     text tokens equal the reference answer's exactly (``eval_answer_acc``), and the share that also starts the
     audio of its first block in the streaming-thoughts layout (``eval_layout_acc``). Generation stops per question
-    once the reference text could be complete (its text plus the audio blocks between), so this costs a few dozen
-    decode steps."""
+    at the first wrong text token, or once the reference text could be complete (its text plus the audio blocks
+    between), so this costs at most a few dozen decode steps."""
     from glm4voice.constants import AUDIO_TOKENS_PER_BLOCK, TEXT_TOKENS_PER_BLOCK
     from glm4voice.lm.generate import Generator
 
@@ -367,11 +367,17 @@ def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.D
     outs: list[list[int]] = [[] for _ in dialogues]
     active = list(range(len(dialogues)))
     stops = {sp.user, sp.eot}
+    n_text = [0] * len(dialogues)
     while active:
         nxt = logits.argmax(-1).tolist()
         still = []
         for slot, token in zip(active, nxt, strict=True):
             outs[slot].append(token)
+            if not sp.is_audio(token) and token not in stops:  # a text token: stop at the first wrong one
+                k = n_text[slot]
+                n_text[slot] += 1
+                if k >= len(refs[slot]) or refs[slot][k] != token:
+                    continue
             if token not in stops and len(outs[slot]) < budgets[slot]:
                 still.append((slot, token))
         active = [s for s, _ in still]
