@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -548,12 +547,3 @@ class MixtureBatches:
     def __call__(self, step: int, rank: int, world: int) -> PackedBatch:
         return pack_batch(self.mixture.draw, seed=self.seed, step=step, rank=rank, batch_size=self.batch_size,
                           seq_len=self.seq_len, pad_id=self.mixture.sp.eot)
-
-
-def describe(tok, sample: Sample, *, audio_offset: int | None = None) -> str:
-    """A readable rendering of a sample for debugging: loss spans in [brackets], audio as <aN>."""
-    out = []
-    for i, m in zip(sample.ids, sample.mask, strict=True):
-        piece = f"<a{i - audio_offset}>" if audio_offset is not None and i >= audio_offset else tok.decode([i])
-        out.append(f"[{piece}]" if m else piece)
-    return re.sub(r"\]\[", "", "".join(out))
