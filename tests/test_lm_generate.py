@@ -51,6 +51,17 @@ def test_cached_prefill_and_decode_equal_full_forward(tiny):
     assert gen.held[1] == ids and gen.held[0] == []
 
 
+def test_static_shapes_decode_equals_dynamic(tiny):
+    ids = list(range(30, 50))
+    logits = []
+    for static in (False, True):
+        gen = Generator(tiny, 2, 32, static_shapes=static)
+        gen.prefill(ids[:4], 0)
+        gen.prefill(ids[:9], 1)
+        logits.append(torch.stack([gen.decode_step([ids[4 + t], ids[9 + t]], [0, 1]) for t in range(8)]))
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
 def test_reference_greedy_through_the_cache(reference_dir):
     lm = reference_dir / "lm"
     exp, arrays = load_expected(lm), load_np(str(lm / "expected" / "outputs.safetensors"))
@@ -164,3 +175,16 @@ def test_sample_greedy_seeded_and_masked():
     assert set(torch.stack([sample(logits, p, None, allowed) for _ in range(50)]).flatten().tolist()) <= {3, 9}
     one = SamplingParams(temperature=0.7, top_k=1, top_p=1.0)
     assert torch.equal(sample(logits, one), logits.argmax(-1))
+
+
+def test_grouped_attention_equals_repeated_kv_heads():
+    from glm4voice.lm.model import grouped_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(2, 6, 5, 8, generator=g), torch.randn(2, 3, 9, 8, generator=g), torch.randn(2, 3, 9, 8,
+                                                                                                       generator=g)
+    mask = torch.rand(2, 1, 5, 9, generator=g) > 0.4
+    mask[..., 0] = True  # every query sees something
+    want = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                                            attn_mask=mask)
+    assert torch.allclose(grouped_attention(q, k, v, mask), want, atol=1e-6)

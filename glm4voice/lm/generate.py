@@ -56,7 +56,11 @@ class KVCache:
 class Generator:
     """Prefill / decode over a static cache of ``max_batch`` slots (one per conversation)."""
 
-    def __init__(self, model: GLM, max_batch: int = 1, max_seq: int | None = None, *, device=None, dtype=None):
+    def __init__(self, model: GLM, max_batch: int = 1, max_seq: int | None = None, *, device=None, dtype=None,
+                 static_shapes: bool = False):
+        """``static_shapes``: decode steps attend over the whole cache (masked) instead of its used part, so every
+        step of a given batch size has the same shapes (what CUDA graphs / torch.compile need); slower in eager
+        mode for short contexts."""
         max_seq = max_seq or model.cfg.seq_length
         if max_seq > model.cfg.seq_length:
             raise ContextLengthError(f"max_seq {max_seq} exceeds the model's context {model.cfg.seq_length}")
@@ -64,6 +68,7 @@ class Generator:
         self.cache = KVCache(model, max_batch, max_seq, device=device, dtype=dtype)
         self.device = self.cache.k.device
         self.held: list[list[int]] = [[] for _ in range(max_batch)]  # ids whose keys/values each slot holds
+        self.static_shapes = static_shapes
 
     @property
     def max_seq(self) -> int:
@@ -111,7 +116,7 @@ class Generator:
         positions = torch.tensor(lengths, device=self.device)[:, None]
         slot_t = None if list(slots) == list(range(len(slots))) else torch.tensor(list(slots), device=self.device)
         logits = self.model(torch.tensor(ids, device=self.device)[:, None], positions, cache=self.cache,
-                            slots=slot_t, kv_len=max(lengths) + 1)
+                            slots=slot_t, kv_len=None if self.static_shapes else max(lengths) + 1)
         for s, i in zip(slots, ids, strict=True):
             self.held[s].append(i)
         return logits[:, -1]
