@@ -31,7 +31,7 @@ from glm4voice.lm.quant import quantize_model
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_layers=2, num_attention_heads=4, kv_channels=16, multi_query_group_num=2,
-                 ffn_hidden_size=172, padded_vocab_size=512, seq_length=2048),
+                 ffn_hidden_size=172, padded_vocab_size=512, seq_length=8192),
     "slice": dict(seq_length=8192),  # the release's width and vocabulary; --layers sets the depth
 }
 
@@ -103,6 +103,40 @@ def ours_cases(model: GLM, ids: list[list[int]], prompt: int, steps: int, batche
     return cases
 
 
+def ours_long_context(model: GLM, context: int, steps: int, device) -> dict:
+    """Decode at batch 1 after ``context`` cached positions (random keys/values: timing does not depend on them)."""
+    gen = Generator(model, 1, context + steps + 1, device=device)
+    gen.cache.k.normal_()
+    gen.cache.v.normal_()
+
+    def decode():
+        gen.held[0] = [1] * context
+        for _ in range(steps):
+            gen.decode_step([1], [0])
+
+    return {"long": (decode, steps)}
+
+
+def hf_long_context(hf, model: GLM, context: int, steps: int, device) -> dict:
+    from transformers import DynamicCache
+
+    c = model.cfg
+    cache = DynamicCache(config=hf.config)
+    for i in range(c.num_layers):
+        shape = (1, c.num_kv_heads, context, c.head_dim)
+        cache.update(torch.randn(shape, device=device, dtype=model.dtype),
+                     torch.randn(shape, device=device, dtype=model.dtype), i)
+    x = torch.ones(1, 1, dtype=torch.long, device=device)
+
+    @torch.inference_mode()
+    def decode():
+        for _ in range(steps):
+            hf(x, past_key_values=cache, use_cache=True)
+        cache.crop(-steps)
+
+    return {"long": (decode, steps)}
+
+
 def hf_cases(hf, ids: list[list[int]], prompt: int, steps: int, batches, device) -> dict:
     x = torch.tensor(ids, device=device)
     with torch.inference_mode():
@@ -162,6 +196,8 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--context", type=int, default=2048, help="cached positions of the long-context decode row "
+                    "(0: skip)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     args = ap.parse_args(argv)
@@ -181,6 +217,8 @@ def main(argv=None) -> None:
         model.init_weights(0.02)
         ids = torch.randint(0, cfg.padded_vocab_size, (max(batches), args.prompt + args.steps + 1)).tolist()
         cases = {"ours": ours_cases(model, ids, args.prompt, args.steps, batches, args.device)}
+        if args.context:
+            cases["ours"] |= ours_long_context(model, args.context, args.steps, args.device)
         diff = None
         if not args.no_hf:
             try:
@@ -192,6 +230,8 @@ def main(argv=None) -> None:
                     x = torch.tensor(ids[:1], device=args.device)
                     diff = (hf(x).logits.float() - model(x).float()).abs().max().item()
                 cases["hf"] = hf_cases(hf, ids, args.prompt, args.steps, batches, args.device)
+                if args.context:
+                    cases["hf"] |= hf_long_context(hf, model, args.context, args.steps, args.device)
         res = measure(cases, args.repeats, args.device)
         ours, hf_res = res["ours"], res.get("hf", {})
         bound = {b: b * bw / decode_bytes(model, b, args.prompt + args.steps) for b in batches}
@@ -199,6 +239,9 @@ def main(argv=None) -> None:
         rows.append((name, "prefill tok/s", ours["prefill"], None, hf_res.get("prefill")))
         for b in batches:
             rows.append((name, f"decode b{b} tok/s", ours[f"decode_b{b}"], bound[b], hf_res.get(f"decode_b{b}")))
+        if args.context:
+            rows.append((name, f"decode b1 @ctx {args.context} tok/s", ours["long"],
+                         bw / decode_bytes(model, 1, args.context), hf_res.get("long")))
         rows.append((name, "uncached decode b1 tok/s", ours["uncached_b1"], None, None))
         rows.append((name, "cached / uncached (b1)", ours["decode_b1"] / ours["uncached_b1"], None, None))
         if diff is not None:
