@@ -69,10 +69,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
         if kv_write is not None:
             k, v = kv_write(k, v)  # this chunk written into the cache; returns all cached keys/values
+        if mask is not None:  # cache or packed sequences
             y = grouped_attention(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                               enable_gqa=self.n_kv != self.n_head)
+        else:  # plain causal: flash kernels take GQA directly
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_head)
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_head * hd))
 
 
