@@ -36,6 +36,9 @@ SHAPES = {
 }
 
 
+PREFILL_REPEATS = 4  # prompts per timed prefill call: one short call is easily distorted by a scheduler hiccup
+
+
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -81,8 +84,9 @@ def ours_cases(model: GLM, ids: list[list[int]], prompt: int, steps: int, batche
         gen.prefill(ids[s][:prompt], s)
 
     def prefill():
-        gen.reset(0)
-        gen.prefill(ids[0][:prompt], 0)
+        for _ in range(PREFILL_REPEATS):
+            gen.reset(0)
+            gen.prefill(ids[0][:prompt], 0)
 
     def decode(b):
         slots = list(range(b))
@@ -96,7 +100,7 @@ def ours_cases(model: GLM, ids: list[list[int]], prompt: int, steps: int, batche
         for t in range(steps):
             model(torch.tensor([ids[0][: prompt + t + 1]], device=device), last_only=True)
 
-    cases = {"prefill": (prefill, prompt)}
+    cases = {"prefill": (prefill, PREFILL_REPEATS * prompt)}
     cases |= {f"decode_b{b}": (lambda b=b: decode(b), b * steps) for b in batches}
     if uncached:
         cases["uncached_b1"] = (recompute, steps)
@@ -144,7 +148,8 @@ def hf_cases(hf, ids: list[list[int]], prompt: int, steps: int, batches, device)
 
     @torch.inference_mode()
     def prefill():
-        hf(x[:1, :prompt], use_cache=True, logits_to_keep=1)
+        for _ in range(PREFILL_REPEATS):
+            hf(x[:1, :prompt], use_cache=True, logits_to_keep=1)
 
     @torch.inference_mode()
     def decode(b):
@@ -152,7 +157,8 @@ def hf_cases(hf, ids: list[list[int]], prompt: int, steps: int, batches, device)
             hf(x[:b, prompt + t: prompt + t + 1], past_key_values=pasts[b], use_cache=True)
         pasts[b].crop(-steps)
 
-    return {"prefill": (prefill, prompt)} | {f"decode_b{b}": (lambda b=b: decode(b), b * steps) for b in batches}
+    cases = {"prefill": (prefill, PREFILL_REPEATS * prompt)}
+    return cases | {f"decode_b{b}": (lambda b=b: decode(b), b * steps) for b in batches}
 
 
 def hf_twin(model: GLM):
