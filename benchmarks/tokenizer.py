@@ -3,6 +3,7 @@
     python benchmarks/tokenizer.py                          # tiny + full size, CPU, 3 s and 10 s utterances
     python benchmarks/tokenizer.py --sizes full --layers 4  # fewer encoder layers where time or memory is short
     python benchmarks/tokenizer.py --device cuda --sizes full --batch-files 64
+    python benchmarks/tokenizer.py --threads 1               # a CPU shared with other jobs
 
 End-of-speech latency = compute time from the last audio sample to the last code of the utterance:
 - offline: the whole utterance is tokenized at end of speech (what the official web demo does);
@@ -95,7 +96,7 @@ def stream_latency(tok: SpeechTokenizer, wav: torch.Tensor, step: int) -> dict:
         step_times.append(dt)
     positions = []
     run_layers = tok.model.run_layers
-    tok.model.run_layers = lambda x, *a: positions.append(x.shape[1]) or run_layers(x, *a)
+    tok.model.run_layers = lambda x, *a, **k: positions.append(x.shape[1]) or run_layers(x, *a, **k)
     recomputes = state.recomputes
     try:
         _, finish = timed(tok, lambda: tok.finish(state))
@@ -149,11 +150,15 @@ def main() -> None:
     ap.add_argument("--lengths", default="3,10", help="utterance lengths in seconds")
     ap.add_argument("--layers", type=int, default=None, help="encoder layers to build (default: the config's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (on a loaded machine 1 avoids waiting for descheduled OpenMP threads)")
     ap.add_argument("--step-ms", type=float, default=80.0, help="audio per streaming step")
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement (the best is reported)")
     ap.add_argument("--batch-files", type=int, default=16, help="utterances in the throughput test (0: skip)")
     ap.add_argument("--batch-size", type=int, default=8, help="30 s chunks per forward in the throughput test")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"step {args.step_ms:g} ms, layers {args.layers or 'as configured'}")
     lat, thr = [], []

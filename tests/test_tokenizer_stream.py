@@ -115,7 +115,7 @@ def test_finish_runs_only_the_unfinished_block(ref, tok, monkeypatch):
     assert state.blocks >= 4
     lengths = []
     original = tok.model.run_layers
-    monkeypatch.setattr(tok.model, "run_layers", lambda x, *a: lengths.append(x.shape[1]) or original(x, *a))
+    monkeypatch.setattr(tok.model, "run_layers", lambda x, *a, **k: lengths.append(x.shape[1]) or original(x, *a, **k))
     codes = tok.finish(state)
     assert state.recomputes == 0 and lengths and max(lengths) <= block
     assert tok.encode([wav], batched=False)[0] == codes  # emit="final": every code comes at the end
@@ -137,7 +137,7 @@ def test_eager_refresh_absorbs_a_late_floor_rise_before_the_end(ref, tok, monkey
     recomputes_before = state.recomputes
     lengths = []
     original = tok.model.run_layers
-    monkeypatch.setattr(tok.model, "run_layers", lambda x, *a: lengths.append(x.shape[1]) or original(x, *a))
+    monkeypatch.setattr(tok.model, "run_layers", lambda x, *a, **k: lengths.append(x.shape[1]) or original(x, *a, **k))
     codes = tok.finish(state)
     monkeypatch.undo()
     assert codes == tok.encode([wav], batched=False)[0]

@@ -8,8 +8,9 @@ Module and parameter names equal the official ``WhisperVQEncoder`` state-dict ke
 without a key table. The Whisper decoder, layers after quantisation, and the final layer norm do not exist in
 the released encoder-only checkpoint and are not built.
 
-Every layer can also run on one block at a time with the keys/values of earlier blocks given (``past``): this
-is how ``tokenizer/stream.py`` computes only what is new.
+Every layer can also run on one block at a time over a preallocated key/value cache holding the earlier blocks
+(``cache``, ``start``): this is how ``tokenizer/stream.py`` computes only what is new. The cache is written in
+place (no concatenation: ``torch.cat`` of growing caches cost more than the block's matmuls on CPU).
 """
 
 from __future__ import annotations
@@ -46,19 +47,25 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
-    def forward(self, x: Tensor, mask: Tensor, past: KV | None = None) -> tuple[Tensor, KV]:
-        """x (B, T, d); mask additive (B, 1, T, T_past + T); returns output and the keys/values of x."""
+    def forward(self, x: Tensor, mask: Tensor, cache: KV | None = None, start: int = 0) -> tuple[Tensor, KV]:
+        """x (B, T, d) at positions start..start+T-1; mask additive (B, 1, T, start + T).
+
+        cache: this layer's (keys, values) buffers (B, heads, capacity, head_dim) holding positions 0..start-1;
+        the new keys/values are written at start..start+T-1 and attention reads 0..start+T-1.
+        Returns the output and the keys/values attended to.
+        """
         b, t, d = x.shape
 
         def split(y: Tensor) -> Tensor:
             return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        kv = (k, v)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if cache is not None:
+            cache[0][:, :, start: start + t] = k
+            cache[1][:, :, start: start + t] = v
+            k, v = cache[0][:, :, : start + t], cache[1][:, :, : start + t]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale head_dim^-0.5, as the official SDPA
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), kv
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), (k, v)
 
 
 class EncoderLayer(nn.Module):
@@ -72,8 +79,8 @@ class EncoderLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.encoder_ffn_dim, cfg.d_model)
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, x: Tensor, mask: Tensor, past: KV | None = None) -> tuple[Tensor, KV]:
-        h, kv = self.self_attn(self.self_attn_layer_norm(x), mask, past)
+    def forward(self, x: Tensor, mask: Tensor, cache: KV | None = None, start: int = 0) -> tuple[Tensor, KV]:
+        h, kv = self.self_attn(self.self_attn_layer_norm(x), mask, cache, start)
         x = x + h
         x = x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
         return x, kv
@@ -116,12 +123,21 @@ class WhisperVQEncoder(nn.Module):
     def add_positions(self, x: Tensor, start: int) -> Tensor:
         return x + self.embed_positions.weight[start: start + x.shape[1]]
 
-    def run_layers(self, x: Tensor, mask: Tensor, past: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
+    def run_layers(self, x: Tensor, mask: Tensor, cache: list[KV] | None = None, start: int = 0,
+                   ) -> tuple[Tensor, list[KV]]:
+        """All layers over x (B, T, d) at positions start..; ``cache``: per-layer buffers (see Attention)."""
         kvs = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, mask, None if past is None else past[i])
+            x, kv = layer(x, mask, None if cache is None else cache[i], start)
             kvs.append(kv)
         return x, kvs
+
+    def new_cache(self, batch: int, capacity: int, *, device=None, dtype=None) -> list[KV]:
+        """Empty per-layer (keys, values) buffers (batch, heads, capacity, head_dim)."""
+        w = self.codebook.weight
+        shape = (batch, self.cfg.encoder_attention_heads, capacity, self.cfg.head_dim)
+        return [(torch.empty(shape, device=device or w.device, dtype=dtype or w.dtype),
+                 torch.empty(shape, device=device or w.device, dtype=dtype or w.dtype)) for _ in self.layers]
 
     def pool(self, x: Tensor) -> Tensor:
         """Average-pool 4 along time, zero-padding T up to a multiple of 4 as the official code; (B, T/4, d)."""

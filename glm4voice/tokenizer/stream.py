@@ -62,7 +62,7 @@ class TokenizerStreamState:
     frames: int = 0  # final frames in ``raw``
     peak: float = -math.inf  # max of raw[:, :frames]
     blocks: int = 0  # finished attention blocks of the current chunk
-    kv: list[KV] | None = None  # per layer (keys, values) of the finished blocks
+    kv: list[KV] | None = None  # per layer (keys, values) buffers; positions < blocks * block are the finished ones
     kv_peak: float = -math.inf  # the maximum the cached blocks were computed with
     chunk_codes: list[int] = field(default_factory=list)  # codes computed for the current chunk so far
     chunk_returned: list[int] = field(default_factory=list)  # what step() returned for this chunk (emit="block")
@@ -202,8 +202,7 @@ class StreamingEncoder:
         state.chunks_done += 1
         state.samples.zero_()
         state.filled = state.frames = state.blocks = state.checked_at = 0
-        state.peak = state.kv_peak = -math.inf
-        state.kv = None
+        state.peak = state.kv_peak = -math.inf  # the key/value buffers are kept for the next chunk
         state.chunk_codes, state.chunk_returned = [], []
         return out
 
@@ -226,17 +225,28 @@ class StreamingEncoder:
         if valid_samples is not None:  # last block of a closed chunk: positions past the samples are padding
             key_valid[0] = torch.arange(t1, device=self.device) * POSITION_HOP < valid_samples
         mask = block_causal_mask(key_valid, t0, t1 - t0, self.block, x.dtype)
-        past = None if t0 == 0 else state.kv
-        x, kv = self.model.run_layers(x, mask, past)
-        if past is not None:
-            kv = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(past, kv, strict=True)]
-        state.kv, state.kv_peak = kv, state.peak
+        self._reserve(state, t1)
+        x, _ = self.model.run_layers(x, mask, state.kv, start=t0)
+        state.kv_peak = state.peak
         state.blocks = math.ceil(t1 / self.block)
         codes = self.model.quantize(self.model.pool(x))[0].tolist()
         if valid_samples is not None:
             codes = codes[: math.ceil(valid_samples / TOKEN_HOP_SAMPLES) - t0 // self.cfg.pooling_kernel_size]
         state.recomputes += recompute
         state.chunk_codes = codes if recompute else state.chunk_codes + codes
+
+    def _reserve(self, state: TokenizerStreamState, positions: int) -> None:
+        """Make the key/value buffers hold ``positions``: allocated on first use, doubled when full (at most a
+        30 s chunk), kept across chunks; the finished blocks are copied over when they grow."""
+        capacity = 0 if state.kv is None else state.kv[0][0].shape[2]
+        if positions <= capacity:
+            return
+        new = self.model.new_cache(1, min(self.positions_per_chunk, max(positions, 2 * capacity, 2 * self.block)))
+        keep = state.blocks * self.block
+        for (k, v), (old_k, old_v) in zip(new, state.kv or [], strict=False):
+            k[:, :, :keep] = old_k[:, :, :keep]
+            v[:, :, :keep] = old_v[:, :, :keep]
+        state.kv = new
 
     def _features(self, state: TokenizerStreamState, t0: int, t1: int) -> Tensor:
         """Floored features of the frames positions t0..t1-1 read: 2*t0 - 4 .. 2*t1 - 2 (from 0 at t0 = 0)."""
