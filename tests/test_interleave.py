@@ -98,6 +98,9 @@ def test_pair_segments_from_real_tokens():
         for (k, v), u in zip(segs, (q, a), strict=True):
             assert (np.array_equal(v, u.codes) if k == "audio" else v.strip() == u.text)
     assert seen == {("audio", "text"), ("text", "audio"), ("audio", "audio")}
+    zq = Utt("zq", "二加三等于几？", "zh", np.array([1], np.int32))
+    texts = {v for seed in range(20) for k, v in il.pair_segments(zq, a, random.Random(seed)) if k == "text"}
+    assert "二加三等于几？" in texts  # no space after a Chinese question
 
 
 def test_config_validation():

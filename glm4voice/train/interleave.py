@@ -150,7 +150,8 @@ def pair_segments(question, answer, rng: random.Random) -> list[Segment]:
     """A spoken Q/A pair as an interleaved document from real tokens: question then answer, each side text or speech
     (never both text: that is text-only data). ``question`` / ``answer``: objects with ``text`` and ``codes``."""
     q_speech, a_speech = rng.choice(((True, False), (False, True), (True, True)))
-    return [("audio", question.codes) if q_speech else ("text", question.text + " "),
+    gap = "" if getattr(question, "language", "") == "zh" else " "  # Chinese text runs on without spaces
+    return [("audio", question.codes) if q_speech else ("text", question.text + gap),
             ("audio", answer.codes) if a_speech else ("text", answer.text)]
 
 
