@@ -188,3 +188,19 @@ def test_grouped_attention_equals_repeated_kv_heads():
     want = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                                                             attn_mask=mask)
     assert torch.allclose(grouped_attention(q, k, v, mask), want, atol=1e-6)
+
+
+def test_sampling_fast_path_has_the_official_distribution():
+    """top-k then top-p on the k best (fast path) and on the whole vocabulary (with a tie: full path) must give
+    the distribution of transformers' filters: softmax of the kept logits."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.tensor([[3.0, 2.5, 2.2, 2.0, 1.0, 0.5, -1.0, 2.0]])  # a tie at the 4th value
+    for k, tie in ((3, False), (4, True)):
+        logits = base if tie else base[:, :-1]
+        params = SamplingParams(temperature=0.7, top_k=k, top_p=0.9)
+        kept = top_p_filter(top_k_filter(logits / 0.7, k), 0.9)
+        want = kept.softmax(-1)[0]
+        draws = torch.stack([sample(logits.expand(4000, -1), params, g)]).flatten()
+        freq = torch.bincount(draws, minlength=logits.shape[-1]).float() / draws.numel()
+        assert torch.allclose(freq, want, atol=0.03), (k, freq, want)
+        assert set(draws.tolist()) == set(want.nonzero().flatten().tolist())

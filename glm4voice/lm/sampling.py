@@ -76,7 +76,17 @@ def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | 
         logits = logits.masked_fill(~allowed[: logits.shape[-1]], float("-inf"))
     if params.greedy:
         return logits.argmax(-1)
-    logits = top_p_filter(top_k_filter(apply_temperature(logits, params.temperature), params.top_k), params.top_p)
+    logits = apply_temperature(logits, params.temperature)
+    k = params.top_k
+    if 0 < k < logits.shape[-1]:
+        # Same distribution, without sorting the whole vocabulary (15 ms per token on CPU for 168,960 ids): when
+        # exactly k logits reach the k-th value, top-p and the draw run on those k alone. Ties at the k-th value
+        # (frequent with bf16 logits) are kept by transformers' top-k, so they take the full path below.
+        values, index = torch.topk(logits, k, dim=-1)
+        if bool(((logits >= values[:, -1:]).sum(-1) == k).all()):
+            probs = top_p_filter(values, params.top_p).softmax(-1)
+            return index.gather(-1, torch.multinomial(probs, 1, generator=generator))[:, 0]
+    logits = top_p_filter(top_k_filter(logits, k), params.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
