@@ -49,6 +49,10 @@ def test_cached_prefill_and_decode_equal_full_forward(tiny):
     for t in range(9, 20):
         assert torch.allclose(gen.decode_step([ids[t]], [1])[0], want[t], atol=1e-5)
     assert gen.held[1] == ids and gen.held[0] == []
+    # a long chunk (repeated-K/V path) after a reused prefix
+    longer = ids + torch.randint(0, 96, (10,), generator=torch.Generator().manual_seed(9)).tolist()
+    assert torch.allclose(gen.prefill(ids[:3], 0), want[2], atol=1e-5)
+    assert torch.allclose(gen.prefill(longer, 0), full_logits(tiny, longer)[-1], atol=1e-5)
 
 
 def test_static_shapes_decode_equals_dynamic(tiny):

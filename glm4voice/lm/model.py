@@ -53,6 +53,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([rotated, x[..., r:]], -1)
 
 
+# Masked chunks up to this many tokens use grouped_attention, whose mask grows with heads-per-group x tokens;
+# longer ones repeat K/V per head instead (a transient the size of the chunk's keys, not a (R*T, S) mask).
+GROUPED_MAX_QUERIES = 16
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GLMConfig):
         super().__init__()
@@ -69,10 +74,13 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
         if kv_write is not None:
             k, v = kv_write(k, v)  # this chunk written into the cache; returns all cached keys/values
-        if mask is not None:  # cache or packed sequences
-            y = grouped_attention(q, k, v, mask)
-        else:  # plain causal: flash kernels take GQA directly
+        if mask is None:  # plain causal: flash kernels take GQA directly
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_head)
+        elif T <= GROUPED_MAX_QUERIES:  # decode steps: fold the query heads of a group into the query length
+            y = grouped_attention(q, k, v, mask)
+        else:  # long masked chunks (prefill after a reused prefix, packed sequences): one mask for all heads
+            r = self.n_head // self.n_kv
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1), attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_head * hd))
 
 
