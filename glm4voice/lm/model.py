@@ -142,15 +142,16 @@ class GLM(nn.Module):
 
         With ``cache`` (``generate.KVCache``): row b of the batch is cache slot ``slots[b]`` (default: slot b);
         its keys/values are written at ``position_ids[b]`` and each query attends to that slot's entries
-        ``0..position``. ``kv_len`` (> every position) limits attention to the first ``kv_len`` cache entries.
+        ``0..position``. ``kv_len`` (> every position) limits attention to the first ``kv_len`` cache entries;
+        ``kv_len == T`` means the chunk is positions 0..T-1 (a fresh prompt), attended causally without a mask.
         ``last_only`` computes logits of the last position only (B, 1, vocab).
         """
         B, T = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         cos, sin = rope(position_ids, self.cfg, self.dtype)
-        if cache is not None:
-            mask = cache.mask(position_ids, kv_len)
+        if cache is not None:  # a chunk filling entries 0..T-1 of empty slots is plain causal: no mask needed
+            mask = None if kv_len == T and T > 1 else cache.mask(position_ids, kv_len)
         x = self.embed(input_ids)
         for i, layer in enumerate(self.layers):
             write = None if cache is None else _writer(cache, i, slots, position_ids, kv_len)
