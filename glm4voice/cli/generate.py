@@ -48,7 +48,8 @@ def pick_dtype(name: str, config_dtype: str):
 def generate_answer(*, lm=None, text: str | None = None, audio: list[int] | None = None, system: str | None = None,
                     temperature: float = 0.2, top_p: float = 0.8, top_k: int = 50, seed: int | None = None,
                     max_new_tokens: int = 2000, max_seq: int | None = None, language: str | None = None,
-                    quantize: str | None = None, device: str = "cpu", dtype: str = "auto", on_text=None):
+                    quantize: str | None = None, device: str = "cpu", dtype: str = "auto", on_text=None,
+                    progress: bool = False):
     """Run one turn; returns (text, codes, ids, stop event). ``on_text(piece)`` is called as text arrives."""
     from glm4voice.checkpoints import resolve
     from glm4voice.lm import prompt
@@ -62,7 +63,8 @@ def generate_answer(*, lm=None, text: str | None = None, audio: list[int] | None
     folder = resolve(lm, "lm")
     tok = TextTokenizer.from_dir(folder)
     cfg = GLMConfig.from_json(folder)
-    model = load_lm(folder, device=device, dtype=pick_dtype(dtype, cfg.torch_dtype), quantize=quantize)
+    model = load_lm(folder, device=device, dtype=pick_dtype(dtype, cfg.torch_dtype), quantize=quantize,
+                    progress=progress)
     ids = prompt.build_turn(tok, text=text, audio=audio, system=system)
     gen = Generator(model, 1, min(max_seq or len(ids) + max_new_tokens, cfg.seq_length))
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         lm=args.lm, text=args.text, audio=audio, system=args.system, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens,
         max_seq=args.max_seq, language=args.language, quantize=args.quantize, device=args.device, dtype=args.dtype,
-        on_text=lambda piece: print(piece, end="", flush=True))
+        on_text=lambda piece: print(piece, end="", flush=True), progress=True)
     print()
     line = " ".join(map(str, codes))
     if args.codes_out:

@@ -142,11 +142,12 @@ def iter_checkpoint(folder: str | os.PathLike, cfg: GLMConfig) -> Iterator[tuple
 
 
 def load_lm(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-            seq_length: int | None = None, quantize: str | None = None) -> GLM:
+            seq_length: int | None = None, quantize: str | None = None, progress: bool = False) -> GLM:
     """Load the GLM in ``path`` (a local folder; see ``glm4voice.checkpoints.resolve``) in eval mode.
 
     ``dtype`` defaults to the config's ``torch_dtype`` (bfloat16 for the release). ``quantize="int8"`` stores
     the linear weights as int8 with per-channel scales (``quant.py``), converting one tensor at a time.
+    ``progress`` shows a progress bar (the 9B release is 284 tensors, 19 GB).
     """
     folder = Path(path)
     cfg = GLMConfig.from_json(folder / CONFIG_FILE, seq_length=seq_length)
@@ -158,7 +159,12 @@ def load_lm(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtyp
         quantize_meta(model, quantize)
     state = {}
     params = dict(model.named_parameters())
-    for name, tensor in iter_checkpoint(folder, cfg):
+    tensors = iter_checkpoint(folder, cfg)
+    if progress:
+        from tqdm import tqdm
+
+        tensors = tqdm(tensors, total=len(official_shapes(cfg)) - 1, desc="loading LM", unit="tensor")  # no inv_freq
+    for name, tensor in tensors:
         state.update(_convert(model, params, name, tensor, device, dtype))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
