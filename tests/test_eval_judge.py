@@ -83,6 +83,12 @@ def test_sphinx_judge_on_flite(tmp_path):
         judge.transcribe(wav, sr, "zh")
 
 
+def test_prompt_echo_is_removed():
+    assert J.strip_prompt_echo("普通话的句子。", J.ZH_PROMPT) == ""
+    assert J.strip_prompt_echo("你好普通话的句子", J.ZH_PROMPT) == "你好"
+    assert J.strip_prompt_echo("这个句子很好", J.ZH_PROMPT) == "这个句子很好"  # short pieces stay
+
+
 def test_judge_refuses_bad_audio():
     from glm4voice.errors import AudioError
 
