@@ -163,16 +163,32 @@ def test_corpus_heldout_rows(tmp_path):
     (tmp_path / "audio16k").mkdir()
     rows = []
     for uid, it, split, role in (("a.q0", items[0], "heldout", "question"), ("a.a", items[0], "heldout", "answer"),
-                                 ("g.q0", items[1], "train", "question")):
+                                 ("g.q0", items[1], "train", "question"), ("g.q1", items[1], "heldout", "question"),
+                                 ("a.q1", items[0], "heldout", "question")):
         _wav(tmp_path / "audio16k" / f"{uid}.flac")
         rows.append({"id": uid, "item_id": it.id, "kind": it.kind, "role": role, "text": it.question,
                      "language": "en", "voice": "flite:awb", "style": "rate=1.00,pitch=+0.0", "split": split,
                      "duration": 0.5, "path": f"audio16k/{uid}.flac"})
     (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     s = from_corpus(tmp_path)
-    (it,) = s.items
-    assert (it.id, it.answer, it.key, it.voice) == ("a.q0", "1 plus 2 is 3.", "3", "flite:awb")
-    assert it.answer_audio.endswith("a.a.flac")
+    it, greet, it2 = s.items  # the held-out rows: two voices of the held-out phrasing, a train phrasing by a
+    assert (it.id, it.answer, it.key, it.voice) == ("a.q0", "1 plus 2 is 3.", "3", "flite:awb")  # held-out voice
+    assert it.answer_audio.endswith("a.a.flac") and it.text_split == "heldout" and it2.id == "a.q1"
+    assert greet.id == "g.q1" and greet.text_split == "train"
+    # the text QA suite asks only held-out phrasings, each once (whatever the number of voices)
+    from glm4voice.eval.context import Context
+    from glm4voice.eval.suites import SUITES
+    from glm4voice.eval.system import Reply
+
+    class Echo:
+        asked: list = []
+
+        def reply(self, *, audio=None, text=None, audio_out=True, instruction=""):
+            Echo.asked.append(text)
+            return Reply("1 plus 2 is three")
+
+    res = SUITES["lm"](Context(data=str(tmp_path), responder=Echo()))
+    assert Echo.asked == [items[0].question] and res.metrics["accuracy"] == 1.0
 
 
 # --- judge-model client against a local fake server ----------------------------------------------------------------

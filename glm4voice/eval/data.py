@@ -53,6 +53,7 @@ class EvalItem:
     key: str | None = None
     voice: str = ""
     answer_audio: str | None = None  # a reference recording of the answer (corpus target voice), if any
+    text_split: str = ""  # our corpus: split of the item's phrasing ("heldout" = a template never trained on)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def from_corpus(corpus_dir: str | os.PathLike, *, split: str = "heldout") -> Eva
         a = answers.get(it.id)
         out.append(EvalItem(r["id"], it.question, it.answer, str(corpus_dir / r["path"]), it.language, it.kind,
                             it.style, answer_key(it.kind, it.answer, it.language), r["voice"],
-                            str(corpus_dir / a["path"]) if a else None))
+                            str(corpus_dir / a["path"]) if a else None, it.split))
     return EvalSet(f"corpus {corpus_dir} ({split})", tuple(out))
 
 
@@ -206,7 +207,8 @@ def builtin_heldout(cache_dir: str | os.PathLike, *, per_kind: int = 6, seed: in
     for k, it in enumerate(chosen):
         voices = heldout_voices(it.language)
         items.append(EvalItem(it.id, it.question, it.answer, None, it.language, it.kind, it.style,
-                              answer_key(it.kind, it.answer, it.language), voices[k % len(voices)].name))
+                              answer_key(it.kind, it.answer, it.language), voices[k % len(voices)].name,
+                              text_split=it.split))
     if not speak:
         return EvalSet("built-in held-out set (text)", tuple(items))
     return _speak(items, cache)

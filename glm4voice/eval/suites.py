@@ -29,6 +29,7 @@ import numpy as np
 from glm4voice.constants import TOKENIZER_SAMPLE_RATE
 from glm4voice.eval import metrics as M
 from glm4voice.eval.context import Context
+from glm4voice.eval.data import EvalSet
 from glm4voice.eval.system import load_audio16k
 
 log = logging.getLogger("glm4voice.eval")
@@ -199,7 +200,12 @@ def lm_suite(ctx: Context) -> SuiteResult:
     res = SuiteResult("lm", targets=[])
     eset = ctx.eval_set(speak=False).filter(with_answer=True)
     res.data = eset.name
-    items = eset.sample(ctx.limit, ctx.seed).items
+    unique: dict = {}
+    for it in eset.items:  # a corpus speaks one question in several voices: as text it is one question
+        if ctx.split == "heldout" and it.text_split == "train":
+            continue  # held out only by its voice: as text it is a training question
+        unique.setdefault((it.text, it.language), it)
+    items = EvalSet(eset.name, tuple(unique.values())).sample(ctx.limit, ctx.seed).items
     for it in items:
         reply = ctx.ask(it, spoken=False, audio_out=False)
         res.rows.append({"id": it.id, "kind": it.kind, "language": it.language, "question": it.text,
