@@ -200,12 +200,7 @@ def lm_suite(ctx: Context) -> SuiteResult:
     res = SuiteResult("lm", targets=[])
     eset = ctx.eval_set(speak=False).filter(with_answer=True)
     res.data = eset.name
-    unique: dict = {}
-    for it in eset.items:  # a corpus speaks one question in several voices: as text it is one question
-        if ctx.split == "heldout" and it.text_split == "train":
-            continue  # held out only by its voice: as text it is a training question
-        unique.setdefault((it.text, it.language), it)
-    items = EvalSet(eset.name, tuple(unique.values())).sample(ctx.limit, ctx.seed).items
+    items = _as_text_questions(ctx, eset).sample(ctx.limit, ctx.seed).items
     for it in items:
         reply = ctx.ask(it, spoken=False, audio_out=False)
         res.rows.append({"id": it.id, "kind": it.kind, "language": it.language, "question": it.text,
@@ -213,6 +208,17 @@ def lm_suite(ctx: Context) -> SuiteResult:
                          "correct": M.answer_correct(reply.text, it.answer, it.language, it.key)})
     _finish_accuracy(res, "correct", "text QA accuracy by kind")
     return res
+
+
+def _as_text_questions(ctx: Context, eset: EvalSet) -> EvalSet:
+    """Items to ask as text: each question once (a corpus speaks it in several voices), and for held-out
+    evaluation only held-out phrasings (a corpus row held out only by its voice is a training text)."""
+    unique: dict = {}
+    for it in eset.items:
+        if ctx.split == "heldout" and it.text_split == "train":
+            continue
+        unique.setdefault((it.text, it.language), it)
+    return EvalSet(eset.name, tuple(unique.values()))
 
 
 def _finish_accuracy(res: SuiteResult, field_name: str, title: str, target: float | None = None) -> None:
@@ -286,8 +292,8 @@ def tts_suite(ctx: Context) -> SuiteResult:
     if ctx.audio_is_output:  # files that should say their "text"
         items = [(it, it.text) for it in eset.filter(with_audio=True).sample(ctx.limit, ctx.seed).items if it.text]
     else:  # what to say: a repeat item's answer (asked with its own, possibly held-out, phrasing), a user row's text
-        items = [(it, it.answer if it.kind == "repeat" else it.text)
-                 for it in eset.filter(kinds=("repeat", "user")).sample(ctx.limit, ctx.seed).items]
+        items = [(it, it.answer if it.kind == "repeat" else it.text) for it in
+                 _as_text_questions(ctx, eset.filter(kinds=("repeat", "user"))).sample(ctx.limit, ctx.seed).items]
     for it, target in items:
         row = {"id": it.id, "language": it.language, "text": target}
         if ctx.audio_is_output:
