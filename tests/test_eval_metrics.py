@@ -282,3 +282,17 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == ["spoken_qa_0.png", "spoken_qa_1.png", "spoken_qa_2.png"] and all(
         (tmp_path / "plots" / p).stat().st_size > 1000 for p in pngs)
+
+
+def test_model_spec_from_args(tmp_path):
+    from glm4voice.eval.system import ModelSpec
+
+    assert ModelSpec.from_args().describe() == {"tokenizer": "embedded", "lm": "embedded", "decoder": "embedded"}
+    assert ModelSpec.from_args("official", decoder="d/x") == ModelSpec("official", "official", "d/x")
+    for c in ("tokenizer", "lm", "decoder"):
+        (tmp_path / c).mkdir()
+    spec = ModelSpec.from_args(str(tmp_path), lm="other")
+    assert spec == ModelSpec(str(tmp_path / "tokenizer"), "other", str(tmp_path / "decoder"))
+    (tmp_path / "lm").rmdir()
+    with pytest.raises(ConfigError, match="missing lm"):
+        ModelSpec.from_args(str(tmp_path))

@@ -266,6 +266,9 @@ def spoken_qa_suite(ctx: Context) -> SuiteResult:
         if judged:
             _error_metrics(res, "intelligibility_error", judged, "answer", "transcript")
     _finish_accuracy(res, "correct_s2s", "spoken QA accuracy S->S by kind", 0.80)
+    failed = sum(1 for r in res.rows if r.get("errors"))
+    if failed:
+        res.notes.append(f"{failed} turn(s) reported errors (see the rows' 'errors' in results.json)")
     skipped = sum(1 for r in res.rows if "correct_s2s" not in r)
     if skipped:
         res.notes.append(f"S->S: {skipped} item(s) in a language the judge {ctx.get_judge().name} cannot transcribe")
