@@ -296,3 +296,12 @@ def test_model_spec_from_args(tmp_path):
     (tmp_path / "lm").rmdir()
     with pytest.raises(ConfigError, match="missing lm"):
         ModelSpec.from_args(str(tmp_path))
+
+
+def test_audio_is_output_skips_suites_that_need_a_model(tmp_path):
+    from glm4voice.eval.context import Context
+    from glm4voice.eval.suites import NEEDS_MODEL, run_suites
+
+    res = run_suites(list(NEEDS_MODEL), Context(data=str(tmp_path), audio_is_output=True))
+    assert [r.status for r in res] == ["skipped"] * len(NEEDS_MODEL)
+    assert all("--audio-is-output" in r.notes[0] for r in res)

@@ -509,11 +509,18 @@ SUITES: dict[str, Callable[[Context], SuiteResult]] = {
 ALL = ("tokenizer", "lm", "spoken_qa", "tts", "style", "latency", "quality")  # judge_score only when asked
 
 
+NEEDS_MODEL = ("tokenizer", "lm", "latency")  # suites that cannot score a folder of outputs alone
+
+
 def run_suites(names: list[str], ctx: Context) -> list[SuiteResult]:
     out = []
     for name in names:
         log.info("suite %s ...", name)
         t = time.perf_counter()
+        if ctx.audio_is_output and name in NEEDS_MODEL:
+            out.append(SuiteResult(name, status="skipped", notes=[
+                f"{name} measures a model; with --audio-is-output only the given audio files are scored"]))
+            continue
         res = SUITES[name](ctx)
         res.seconds = time.perf_counter() - t
         log.info("suite %s: %s (%.1f s)", name, {k: v for k, v in res.metrics.items() if not isinstance(v, str)},
