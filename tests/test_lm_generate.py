@@ -90,17 +90,19 @@ def test_batched_slots_at_different_positions_equal_each_alone(tiny):
     for p in prompts:
         gen = Generator(tiny, 1, 40)
         alone.append(list(gen.generate(p, params=GREEDY, max_new_tokens=8)))
-    gen = Generator(tiny, max_batch=4, max_seq=40)
-    slots = [3, 0, 2]  # not in order, one slot unused
-    nxt = [int(gen.prefill(p, s).argmax()) for p, s in zip(prompts, slots, strict=True)]
-    together = [[t] for t in nxt]
-    for _ in range(7):
-        logits = gen.decode_step(nxt, slots)
-        nxt = logits.argmax(-1).tolist()
-        for seq, t in zip(together, nxt, strict=True):
-            seq.append(t)
-    assert together == alone
-    assert len({len(gen.held[s]) for s in slots}) == 3  # really at different positions
+    for slots in ([3, 0, 2], [2, 0, 1]):  # a gathered subset of slots; the first three, permuted (cache views)
+        gen = Generator(tiny, max_batch=4, max_seq=40)
+        nxt = [int(gen.prefill(p, s).argmax()) for p, s in zip(prompts, slots, strict=True)]
+        together = [[t] for t in nxt]
+        for _ in range(7):
+            logits = gen.decode_step(nxt, slots)
+            nxt = logits.argmax(-1).tolist()
+            for seq, t in zip(together, nxt, strict=True):
+                seq.append(t)
+        assert together == alone
+        assert len({len(gen.held[s]) for s in slots}) == 3  # really at different positions
+    with pytest.raises(ValueError, match="twice"):
+        gen.decode_step([1, 2], [0, 0])
 
 
 def test_kv_reuse_across_turns_computes_only_new_tokens(tiny, monkeypatch):

@@ -108,18 +108,26 @@ class Generator:
     @torch.inference_mode()
     def decode_step(self, ids: Sequence[int] | Tensor, slots: Sequence[int]) -> Tensor:
         """Append one id to each slot (every slot at its own position); logits (len(slots), vocab)."""
-        ids = [int(i) for i in ids]
+        ids, slots = [int(i) for i in ids], [int(s) for s in slots]
         self._check(ids)
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"a slot appears twice in one decode step: {slots}")
         lengths = [len(self.held[s]) for s in slots]
         if max(lengths) >= self.max_seq:
             raise ContextLengthError(f"slot {slots[lengths.index(max(lengths))]} is full ({self.max_seq} tokens)")
-        positions = torch.tensor(lengths, device=self.device)[:, None]
-        slot_t = None if list(slots) == list(range(len(slots))) else torch.tensor(list(slots), device=self.device)
-        logits = self.model(torch.tensor(ids, device=self.device)[:, None], positions, cache=self.cache,
-                            slots=slot_t, kv_len=None if self.static_shapes else max(lengths) + 1)
+        # slots 0..B-1 in any order run in slot order on views of the cache (no gather of the slots' keys/values)
+        order = sorted(range(len(slots)), key=slots.__getitem__)
+        first = [slots[i] for i in order] == list(range(len(slots)))
+        if not first:
+            order = list(range(len(slots)))
+        pick = lambda xs: torch.tensor([xs[i] for i in order], device=self.device)[:, None]  # noqa: E731
+        logits = self.model(pick(ids), pick(lengths), cache=self.cache, slots=None if first else pick(slots)[:, 0],
+                            kv_len=None if self.static_shapes else max(lengths) + 1)[:, -1]
         for s, i in zip(slots, ids, strict=True):
             self.held[s].append(i)
-        return logits[:, -1]
+        if order == sorted(order):
+            return logits
+        return logits[torch.tensor(order, device=self.device).argsort()]
 
     def generate(self, prompt: Sequence[int], *, slot: int = 0, params: SamplingParams = DEFAULT_SAMPLING,
                  max_new_tokens: int = 2000, stop_ids: Sequence[int] = (), allowed: Tensor | None = None
