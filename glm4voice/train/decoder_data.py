@@ -105,24 +105,27 @@ def f0_track(wav: torch.Tensor, frames: int) -> torch.Tensor:
 # --- corpus ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DecoderUtterance:
-    """One answer of the target voice: its 22.05 kHz file and its speech tokens."""
+    """One answer of the target voice: its 22.05 kHz file and its speech tokens (None: vocoder-only use)."""
 
     id: str
     path: str  # absolute path of the 22.05 kHz audio
-    tokens: np.ndarray  # (T,) int64
+    tokens: np.ndarray | None  # (T,) int64
+    n_tokens: int  # len(tokens), or the 12.5 Hz token count of the audio when there are no tokens
 
     @property
     def frames(self) -> int:
-        return feat_len(len(self.tokens))
+        return feat_len(self.n_tokens)
 
 
 def load_decoder_corpus(corpus_dir: str, *, split: str = "train", vocab_size: int, voice: str | None = None,
-                        max_token_mismatch: float = 2.0) -> tuple[list[DecoderUtterance], Counter]:
+                        max_token_mismatch: float = 2.0, need_tokens: bool = True,
+                        ) -> tuple[list[DecoderUtterance], Counter]:
     """Answer rows (the target voices; ``voice`` picks one) with a 22.05 kHz file and a token file.
 
     A row is skipped, and counted by reason, when its tokens are missing, empty, out of ``[0, vocab_size)``, or
     their count disagrees with the audio duration by more than ``max_token_mismatch`` tokens (a stale token file).
-    Returns (utterances, skipped reasons).
+    ``need_tokens=False`` (the vocoder alone, which can train before the tokenizer exists) keeps rows without a
+    token file, framed on ceil(duration · 12.5) tokens. Returns (utterances, skipped reasons).
     """
     from glm4voice.train.corpus import load_manifest, token_path
 
@@ -132,9 +135,12 @@ def load_decoder_corpus(corpus_dir: str, *, split: str = "train", vocab_size: in
     for r in check.rows:
         if "path_22k" not in r or (voice is not None and r["voice"] != voice):
             continue
-        tp = token_path(corpus_dir, r["id"])
+        path, tp = os.path.join(corpus_dir, r["path_22k"]), token_path(corpus_dir, r["id"])
         if not os.path.exists(tp):
-            skipped["no tokens"] += 1
+            if need_tokens:
+                skipped["no tokens"] += 1
+            else:
+                out.append(DecoderUtterance(r["id"], path, None, max(1, math.ceil(r["duration"] * TOKEN_RATE_HZ))))
             continue
         tokens = np.load(tp, allow_pickle=False).astype(np.int64).reshape(-1)
         if tokens.size == 0:
@@ -144,7 +150,7 @@ def load_decoder_corpus(corpus_dir: str, *, split: str = "train", vocab_size: in
         elif abs(tokens.size - r["duration"] * TOKEN_RATE_HZ) > max_token_mismatch:
             skipped["token count != duration"] += 1
         else:
-            out.append(DecoderUtterance(r["id"], os.path.join(corpus_dir, r["path_22k"]), tokens))
+            out.append(DecoderUtterance(r["id"], path, tokens, tokens.size))
     if skipped:
         log.warning("decoder corpus %s (%s): skipped %s", corpus_dir, split, dict(skipped))
     return out, skipped
@@ -175,7 +181,7 @@ class FeatureCache:
         peak = float(np.abs(wav).max()) if wav.size else 0.0
         if peak > 1.0:  # as CosyVoice's processor: only audio that would clip is normalised
             wav = wav / peak
-        audio = aligned_audio(wav, len(u.tokens))
+        audio = aligned_audio(wav, u.n_tokens)
         return decoder_mel(audio), audio, f0_track(audio, u.frames)
 
 
@@ -220,8 +226,8 @@ class FlowBatches:
     def __init__(self, utts: list[DecoderUtterance], features: FeatureCache, batch_size: int, seed: int, *,
                  min_tokens: int = 10, max_tokens: int = 100, p_prefix: float = 0.5, p_prompt: float = 0.5,
                  max_prompt: float = 0.8, p_drop: float = 0.2):
-        if not utts:
-            raise ValueError("no utterances to train the flow on")
+        if not utts or any(u.tokens is None for u in utts):
+            raise ValueError("the flow trains on utterances with speech tokens")
         self.utts, self.features, self.batch_size, self.seed = utts, features, batch_size, seed
         self.order = sorted(range(len(utts)), key=lambda i: len(utts[i].tokens))
         self.lengths = np.array([len(utts[i].tokens) for i in self.order])

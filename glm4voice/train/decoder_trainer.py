@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm4voice.constants import TOKEN_RATE_HZ
 from glm4voice.decoder.config import DecoderConfig
 from glm4voice.decoder.flow import Flow
 from glm4voice.decoder.hift import HiFT
@@ -371,12 +372,14 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not args.corpus:
         raise SystemExit("glm4voice train decoder: error: --corpus is required")
-    train, _ = load_decoder_corpus(args.corpus, split="train", vocab_size=cfg.flow.vocab_size, voice=args.voice)
-    held, _ = load_decoder_corpus(args.corpus, split="heldout", vocab_size=cfg.flow.vocab_size, voice=args.voice)
+    parts = PARTS if args.part == "both" else (args.part,)
+    load = dict(vocab_size=cfg.flow.vocab_size, voice=args.voice, need_tokens="flow" in parts)
+    train, _ = load_decoder_corpus(args.corpus, split="train", **load)
+    held, _ = load_decoder_corpus(args.corpus, split="heldout", **load)
     if not train:
-        raise SystemExit(f"glm4voice train decoder: error: no usable answer rows with tokens in {args.corpus}")
+        raise SystemExit(f"glm4voice train decoder: error: no usable answer rows in {args.corpus} (see skip counts)")
     log.info("decoder: %d train / %d held-out utterances (%.2f h)", len(train), len(held),
-             sum(len(u.tokens) for u in train) / 12.5 / 3600)
+             sum(u.n_tokens for u in train) / TOKEN_RATE_HZ / 3600)
     feats, held_feats = FeatureCache(train), FeatureCache(held)
     loss_w = VocoderLoss(**{f.name: getattr(args, "loss_" + f.name) for f in dataclasses.fields(VocoderLoss)})
     discs = None
@@ -385,7 +388,6 @@ def main(args: argparse.Namespace) -> int:
 
         discs = Discriminators(channels=args.disc_channels)
     flow_m, voc_m = new_models(cfg, args.init, seed=args.seed, discs=discs, loss=loss_w)
-    parts = PARTS if args.part == "both" else (args.part,)
     done = {}
     for part in parts:
         tcfg = part_config(args, part)
