@@ -54,6 +54,24 @@ def test_export_loads_and_gives_training_codes(tmp_path):
     assert codes2 == codes and len(texts) == 4
 
 
+def test_attention_head_variant_trains_a_step():
+    spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "ctc": 0})
+    model = tt.TokenizerTrainModel(spec)
+    loss, stats = model(*tt.Batches(_utts(4), 4, seed=0)(0, 0, 1))
+    loss.backward()
+    assert torch.isfinite(loss) and model.asr.embed.weight.grad is not None
+
+
+def test_ctc_greedy_collapses_repeats_and_blanks():
+    head = tt.CTCHead(4, 2)
+    with torch.no_grad():
+        head.conv.weight.zero_(); head.conv.bias.zero_(); head.out.weight.zero_()
+        head.out.bias.fill_(-10.0)
+    best = torch.tensor([104, 104, 256, 105, 105, 256, 105, 256])
+    head.logits = lambda m: torch.nn.functional.one_hot(best, 257).float()[None]
+    assert head.greedy(torch.zeros(1, 4, 4), torch.ones(1, 4, dtype=torch.bool)) == [[104, 105, 105]]
+
+
 def test_load_for_asr_needs_branch(tmp_path):
     from glm4voice.errors import CheckpointError
 
