@@ -320,6 +320,18 @@ def test_resumed_run_equals_uninterrupted_and_export_decodes(corpus, tmp_path):
         assert torch.equal(v, dec2.hift.state_dict()[k]), k
 
 
+    # fine-tuning: --init gives the architecture and the starting weights; a part not trained comes from it
+    dt.main(_args("--out", str(tmp_path / "ft"), "--init", str(tmp_path / "dec"), "--corpus", str(corpus),
+                  "--part", "flow", "--steps", "2", "--batch-size", "2", "--max-tokens", "15", "--eval-every", "0",
+                  "--lr", "1e-3", "--warmup", "1", "--export", str(tmp_path / "dec_ft"), "--d-model", "48"))
+    ft = SpeechDecoder.from_pretrained(str(tmp_path / "dec_ft"))
+    assert ft.cfg == dec.cfg
+    for k, v in dec.hift.state_dict().items():  # weight norm g, v re-stored in fp16: equal up to its rounding
+        torch.testing.assert_close(ft.hift.state_dict()[k], v, rtol=2e-3, atol=1e-5, msg=k)
+    moved = [(ft.flow.state_dict()[k] - v).abs().max().item() for k, v in dec.flow.state_dict().items()]
+    assert 0 < max(moved) < 0.05  # started from the init weights and trained a little
+
+
 def a_flow_state(run):
     return _final_state(run / "flow")
 

@@ -231,6 +231,11 @@ def _write_sample(path: str, audio: torch.Tensor) -> None:
 
 # --- models, runs, export ----------------------------------------------------------------------------------------
 def build_config(args: argparse.Namespace) -> DecoderConfig:
+    """The architecture: ``--init``'s config.yaml when fine-tuning, else the size options (embedded defaults)."""
+    if getattr(args, "init", None):
+        from glm4voice import checkpoints
+
+        return DecoderConfig.from_yaml(checkpoints.resolve(args.init, "decoder") / "config.yaml")
     sizes = {k: getattr(args, k) for k in EMBEDDED_SIZES}
     return DecoderConfig.small(vocab_size=args.vocab_size, **sizes)
 
@@ -260,7 +265,7 @@ def new_models(cfg: DecoderConfig, init: str | None, seed: int, discs: nn.Module
 
         pre = SpeechDecoder.from_pretrained(init)
         if pre.cfg != cfg:
-            raise ConfigError(f"--init {init}: its config.yaml differs from the sizes asked for (use the same sizes)")
+            raise ConfigError(f"--init {init}: its config.yaml differs from this run's {CONFIG_FILE}")
         flow.load_state_dict(pre.flow.state_dict())
         hift.load_state_dict(pre.hift.state_dict())
     return FlowTrainModel(flow.train().requires_grad_(True)), VocoderTrainModel(
@@ -321,7 +326,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", default=None, help="write the decoder folder here when the run(s) finish")
     parser.add_argument("--export-only", action="store_true", help="only export OUT/flow + OUT/hift to --export")
     parser.add_argument("--export-dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
-    parser.add_argument("--init", default=None, help="decoder folder to start from (fine-tuning, same sizes)")
+    parser.add_argument("--init", default=None, help="decoder folder (or 'official') to fine-tune; its config.yaml "
+                        "replaces the size options")
     parser.add_argument("--voice", default=None, help="train on this voice's answers only (default: every "
                         "target voice of the corpus, one per language)")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
