@@ -253,3 +253,37 @@ def test_stream_rejects_bad_codes_and_reuse(dec):
     sd.finish(state)
     with pytest.raises(RuntimeError, match="finished"):
         sd.step([1], state)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage, match", [
+    (_truncate, "cannot read"),
+    (lambda p: p.write_bytes(b"not a checkpoint" * 8), "cannot read"),
+    (lambda p: p.write_bytes(b""), "cannot read"),
+    (lambda p: torch.save([torch.zeros(1)], p), "state dict"),
+    (lambda p: torch.save({"a": {"b": torch.zeros(1)}}, p), "state dict"),
+    (lambda p: p.unlink(), "neither hift.safetensors nor hift.pt"),
+], ids=["truncated", "garbage", "empty", "list", "nested", "missing"])
+def test_broken_checkpoint_files_raise_checkpoint_error(ref, tmp_path, damage, match):
+    folder = _copy_ref(ref[0], tmp_path / "dec")
+    damage(folder / "hift.pt")
+    with pytest.raises(CheckpointError, match=match):
+        SpeechDecoder.from_pretrained(folder)
+
+
+def test_broken_safetensors_and_non_finite_weights(ref, tmp_path):
+    from glm4voice.cli.convert import convert_decoder
+    out = convert_decoder(ref[0], tmp_path / "st")
+    _truncate(out / "flow.safetensors")
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        SpeechDecoder.from_pretrained(out)
+    folder = _copy_ref(ref[0], tmp_path / "dec")
+    sd = torch.load(folder / "flow.pt", weights_only=True)
+    sd["encoder_proj.bias"][3] = float("nan")
+    torch.save(sd, folder / "flow.pt")
+    with pytest.raises(CheckpointError, match=r"encoder_proj\.bias.*NaN"):
+        SpeechDecoder.from_pretrained(folder)

@@ -39,11 +39,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors (pickled "
-                                  f"code is never executed; only plain state dicts are accepted). {first}") from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({e})") from e
+            # torch's message advises weights_only=False; we never do that, so only its diagnosis is kept
+            detail = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+            if any("GLOBAL" in ln for ln in detail):
+                raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors "
+                                      f"(pickled code is never executed; only plain state dicts are accepted). "
+                                      f"{detail[0]}") from e
+            raise CheckpointError(f"{path}: cannot read as a torch checkpoint (corrupt or not a state dict: "
+                                  f"{'; '.join(detail) or 'unpickling failed'})") from e
+        except Exception as e:  # truncated zip, legacy-format garbage (KeyError), empty file (EOFError), ...
+            raise CheckpointError(f"{path}: cannot read as a torch checkpoint (corrupt or not a state dict: "
+                                  f"{type(e).__name__}: {e})") from e
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise CheckpointError(f"{path}: expected a flat mapping of names to tensors (a state dict)")
     return dict(sd)
@@ -93,6 +99,9 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], name: str, *, de
                                   f"{tuple(ref.shape)}")
         if not sd[key].is_floating_point():
             raise CheckpointError(f"{name}: tensor {key} has dtype {sd[key].dtype}, expected a floating type")
+        if not sd[key].is_meta and not torch.isfinite(sd[key]).all():
+            raise CheckpointError(f"{name}: tensor {key} holds NaN or infinite values (a diverged or corrupt "
+                                  "checkpoint)")
     sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
     module.load_state_dict(sd, strict=True, assign=True)
     return module.eval().requires_grad_(False)
