@@ -107,3 +107,20 @@ def test_step_many_batches_streams_like_separate_calls(dec, long_tokens, mode):
     together = [pcm for pcm, _ in sd.step_many(list(zip(streams, states, strict=True)))]
     for a, b in zip(alone, together, strict=True):
         assert a.shape == b.shape and (a - b).abs().max().item() < 1e-4  # speech tolerance (batched matmuls)
+
+
+def test_frame_noise_is_anchored_to_the_frame_grid():
+    from glm4voice.decoder.model import frame_noise
+    whole = frame_noise(0, 300)
+    for start, stop in ((0, 68), (51, 172), (63, 65), (130, 300)):
+        assert torch.equal(frame_noise(start, stop), whole[:, :, start:stop])
+    assert frame_noise(5, 5).shape == (1, 80, 0)
+    assert not torch.equal(whole[:, :, :64], whole[:, :, 64:128])  # segments are independently seeded
+
+
+def test_normalised_fade_is_a_convex_combination():
+    from glm4voice.decoder.stream import hamming_fade
+    x = torch.full((1, 80, 40), -6.0)
+    assert torch.allclose(hamming_fade(x, x[:, :, :17], normalized=True), x, atol=1e-6)
+    official = hamming_fade(x, x[:, :, :17])  # the official weights sum to 1.04..1.08
+    assert official[:, :, :17].min() < -6.2 and torch.equal(official[:, :, 17:], x[:, :, 17:])
