@@ -1,0 +1,87 @@
+"""Assemble the embedded default model (glm4voice/assets/embedded/) from training runs.
+
+    python3 scripts/build_embedded.py --tokenizer runs/tokenizer_v1/export --lm-run runs/lm_v1 \
+        --decoder-run runs/decoder_v1 [--out glm4voice/assets/embedded]
+
+- tokenizer: the trainer's export (official layout), weights stored in bf16 without the training-only EMA buffers
+  (the loader upcasts to the requested dtype; the ASR branch stays with the run, it is only for evaluation);
+- lm: the run's last.pt (finished or not) exported in bf16 with its text tokenizer (``lm_trainer.export``);
+- decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``).
+Writes ``MANIFEST.json`` with the provenance (run folders, steps reached) and the file sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def build_tokenizer(src: Path, out: Path) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    from glm4voice.tokenizer.load import CONFIG_FILE, TRAINING_ONLY_KEYS, WEIGHTS_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / WEIGHTS_FILE)).items()
+          if k not in TRAINING_ONLY_KEYS}
+    save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt", "producer": "glm4voice"})
+    cfg = json.loads((src / CONFIG_FILE).read_text())
+    cfg["torch_dtype"] = "bfloat16"
+    (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    return {"source": str(src)}
+
+
+def build_lm(run: Path, out: Path) -> dict:
+    from glm4voice.lm.config import GLMConfig
+    from glm4voice.lm.model import GLM
+    from glm4voice.train.lm_trainer import export
+
+    info = json.loads((run / "run.json").read_text())
+    cfg = GLMConfig.from_dict(info["config"], source=str(run / "run.json"))
+    model = GLM(cfg)
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    if out.exists():
+        shutil.rmtree(out)
+    export(model, out, info["tokenizer"], dtype="bf16")
+    return {"source": str(run), "step": int(state["step"]), "steps": int(state["config"]["steps"])}
+
+
+def build_decoder(run: Path, out: Path) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    subprocess.run([sys.executable, "-m", "glm4voice", "train", "decoder", "--out", str(run), "--export-only",
+                    "--export", str(out), "--export-dtype", "fp16"], check=True)
+    steps = {}
+    for part in ("flow", "hift"):
+        ck = torch.load(run / part / "last.pt", map_location="cpu", weights_only=True)
+        steps[part] = [int(ck["step"]), int(ck["config"]["steps"])]
+    return {"source": str(run), "steps": steps}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--lm-run", type=Path, required=True)
+    p.add_argument("--decoder-run", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
+    a = p.parse_args()
+    manifest = {"tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer"),
+                "lm": build_lm(a.lm_run, a.out / "lm"),
+                "decoder": build_decoder(a.decoder_run, a.out / "decoder")}
+    manifest["files"] = {str(f.relative_to(a.out)): f.stat().st_size for f in sorted(a.out.rglob("*")) if f.is_file()
+                         and f.name != "MANIFEST.json"}
+    manifest["total_bytes"] = sum(manifest["files"].values())
+    (a.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
