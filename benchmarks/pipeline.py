@@ -144,7 +144,12 @@ def main(argv=None):
     p.add_argument("--max-seq", type=int, default=2048)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--sessions", default="1,2,4", help="concurrent session counts to try")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (on a shared, oversubscribed machine 1 avoids OpenMP spin-wait "
+                        "thrash that made the decoder 50-100x slower in our runs)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     latency_table(args)
     capacity_table(args)
 
