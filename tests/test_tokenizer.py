@@ -199,7 +199,10 @@ def test_loader_errors_for_missing_or_corrupt_weights(ref, tmp_path):
         load_encoder(tmp_path)
 
 
-def test_default_embedded_model_missing_is_a_clear_error():
+def test_default_embedded_model_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import glm4voice.checkpoints as checkpoints
+
+    monkeypatch.setattr(checkpoints, "ASSETS_DIR", tmp_path)  # an installation without the embedded model
     with pytest.raises(CheckpointError, match="tokenizer"):
         SpeechTokenizer.from_pretrained(None)
 
