@@ -273,21 +273,28 @@ def test_concurrent_spoken_answers_share_decoder_blocks(chat, decoded_answer):
         _, solo, _ = alone.ask(user_text="hi")
     finally:
         alone.close()
-    steps, blocks = pool.steps, pool.blocks
-    out = [None, None]
-    barrier = threading.Barrier(2)
+    shared = False
+    # Sharing is opportunistic: it needs both sessions' LM steps in phase, which the scheduler does not guarantee
+    # (about 1 run in 3 was out of phase on an idle machine). Equality must hold every time; sharing in some run.
+    for _ in range(8):
+        steps, blocks = pool.steps, pool.blocks
+        out = [None, None]
+        barrier = threading.Barrier(2)
 
-    def worker(i):
-        with chat.session() as s:
-            barrier.wait()
-            out[i] = s.ask(user_text="hi")[1]
+        def worker(i, barrier=barrier, out=out):
+            with chat.session() as s:
+                barrier.wait()
+                out[i] = s.ask(user_text="hi")[1]
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for pcm in out:
-        assert pcm.shape == solo.shape == decoded_answer.shape
-        np.testing.assert_allclose(pcm, solo, atol=1e-4)
-    assert pool.blocks - blocks > pool.steps - steps  # at least one step decoded both sessions' blocks
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for pcm in out:
+            assert pcm.shape == solo.shape == decoded_answer.shape
+            np.testing.assert_allclose(pcm, solo, atol=1e-4)
+        if pool.blocks - blocks > pool.steps - steps:  # a step decoded both sessions' blocks
+            shared = True
+            break
+    assert shared
