@@ -9,7 +9,6 @@ from glm4voice.lm.config import GLMConfig
 from glm4voice.lm.load import save_pretrained
 from glm4voice.lm.model import GLM
 from glm4voice.lm.text_tokenizer import TextTokenizer
-from tests.test_lm import _one_thread  # noqa: F401 (fixture)
 from tests.test_lm_tokenizer import write_tokenizer
 
 
@@ -25,6 +24,9 @@ def folder(tmp_path_factory):
     model.init_weights(0.3)
     save_pretrained(model, out)
     return out
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_generate_command_prints_routed_output(folder, capsys):

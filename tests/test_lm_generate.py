@@ -18,15 +18,7 @@ TINY = GLMConfig(hidden_size=32, num_layers=2, num_attention_heads=4, kv_channel
                  eos_token_id=(93, 94, 95), pad_token_id=93)
 GREEDY = SamplingParams(temperature=0)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~100x faster on one thread than on two oversubscribed ones (measured on the CI box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny():

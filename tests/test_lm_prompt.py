@@ -11,7 +11,7 @@ from glm4voice.lm.model import GLM
 from glm4voice.lm.routing import AudioCode, Other, Router, Stop, TextPiece, route_stream
 from glm4voice.lm.sampling import SamplingParams, language_mask, token_in_language
 from glm4voice.lm.text_tokenizer import TextTokenizer
-from tests.test_lm_tokenizer import MERGES, _one_thread, write_tokenizer  # noqa: F401 (fixture)
+from tests.test_lm_tokenizer import MERGES, write_tokenizer
 
 # typed from SPEC §2.6 (web_demo.py)
 AUDIO_SYSTEM = ("User will provide you with a speech instruction. Do it step by step. First, think about the "
@@ -24,6 +24,9 @@ CJK_MERGES = ["你".encode(), "好".encode(), "你".encode() + "好".encode(), "
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     return TextTokenizer.from_dir(write_tokenizer(tmp_path_factory.mktemp("tok"), merges=MERGES + CJK_MERGES))
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def official_ids(tok, text):

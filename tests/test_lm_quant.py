@@ -9,13 +9,15 @@ from glm4voice.lm.generate import Generator
 from glm4voice.lm.load import load_lm, save_pretrained
 from glm4voice.lm.quant import Int8Linear, quantize_model, quantize_rows, weight_bytes
 from tests.conftest import load_expected
-from tests.test_lm import _one_thread  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def ref(reference_dir):
     lm = reference_dir / "lm"
     return lm, load_expected(lm), load_np(str(lm / "expected" / "outputs.safetensors"))
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quantize_rows_error_is_half_a_step():

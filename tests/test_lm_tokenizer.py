@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from glm4voice.constants import AUDIO_TOKEN_FORMAT, SPECIAL_TOKENS
 from glm4voice.errors import CheckpointError, TokenError
@@ -17,15 +16,7 @@ N = 256 + len(MERGES)
 GAP = 5  # other added tokens between <|end_of_audio|> and <|audio_0|>, as in the release
 CODEBOOK = 20
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~100x faster on one thread than on two oversubscribed ones (measured on the CI box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def write_tokenizer(folder, *, merges=MERGES, added=None, lines=None):
     ranks = [bytes([b]) for b in range(256)] + list(merges)

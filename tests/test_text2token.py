@@ -27,7 +27,7 @@ def _random_model(tok, seed=0):
     from glm4voice.lm.model import GLM
 
     torch.manual_seed(seed)
-    m = GLM(t2t.T2TSpec(hidden=32, layers=1, heads=2, kv_heads=1, head_dim=16, ffn=64).lm_spec().glm_config(tok))
+    m = GLM(t2t.LMSpec(hidden=32, layers=1, heads=2, kv_heads=1, head_dim=16, ffn=64, seq_length=1024).glm_config(tok))
     m.init_weights(0.5)  # large weights: confident, varied predictions
     return m
 

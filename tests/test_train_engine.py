@@ -1,11 +1,10 @@
-import json
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from glm4voice.train.engine import Trainer, TrainConfig, add_train_args, config_from_args, lr_at, read_metrics
+from glm4voice.train.engine import TrainConfig, Trainer, add_train_args, config_from_args, lr_at, read_metrics
 
 
 def _task():
@@ -53,7 +52,7 @@ def test_resume_is_exact(tmp_path):
     cfg_rows_before = len(read_metrics(str(tmp_path / "b")))
     resumed = _fit(tmp_path / "b", 20)
     assert len(read_metrics(str(tmp_path / "b"))) > cfg_rows_before
-    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

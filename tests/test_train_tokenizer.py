@@ -4,7 +4,7 @@ import torch
 
 from glm4voice.tokenizer.speech_tokenizer import SpeechTokenizer
 from glm4voice.train import tokenizer_trainer as tt
-from glm4voice.train.engine import Trainer, TrainConfig
+from glm4voice.train.engine import TrainConfig, Trainer
 
 SPEC = tt.TokenizerTrainSpec(d_model=32, heads=2, ffn=64, layers=2, post_layers=1, codebook=16, block=20,
                              asr_dim=32, asr_layers=1, asr_heads=2, vq_warmup=10)
@@ -48,7 +48,7 @@ def test_export_loads_and_gives_training_codes(tmp_path):
     tok = SpeechTokenizer.from_pretrained(str(folder))
     got = tok.encode([torch.from_numpy(u.pcm.astype(np.float32) / 32768) for u in utts])
     assert got == codes
-    assert all(len(c) == int(np.ceil(len(u.pcm) / 1280)) for c, u in zip(got, utts))
+    assert all(len(c) == int(np.ceil(len(u.pcm) / 1280)) for c, u in zip(got, utts, strict=True))
     again = tt.load_for_asr(folder)
     texts, codes2 = again.transcribe(*tt.featurize([u.pcm for u in utts]))
     assert codes2 == codes and len(texts) == 4
@@ -65,7 +65,9 @@ def test_attention_head_variant_trains_a_step():
 def test_ctc_greedy_collapses_repeats_and_blanks():
     head = tt.CTCHead(4, 2)
     with torch.no_grad():
-        head.conv.weight.zero_(); head.conv.bias.zero_(); head.out.weight.zero_()
+        head.conv.weight.zero_()
+        head.conv.bias.zero_()
+        head.out.weight.zero_()
         head.out.bias.fill_(-10.0)
     best = torch.tensor([104, 104, 256, 105, 105, 256, 105, 256])
     head.logits = lambda m: torch.nn.functional.one_hot(best, 257).float()[None]

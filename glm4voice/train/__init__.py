@@ -1,1 +1,2 @@
-"""Training: corpus synthesis, datasets and one trainer per component (uses the models; inference never imports this)."""
+"""Training: corpus synthesis, datasets and one trainer per component (uses the models; inference never imports
+this)."""

@@ -291,12 +291,12 @@ def plot_metrics(out_dir: str) -> str | None:
     fig, axes = plt.subplots(1, 2 if ekeys else 1, figsize=(12 if ekeys else 6, 4), squeeze=False)
     for k in keys:
         pts = [(r["step"], r[k]) for r in train if k in r]
-        axes[0][0].plot(*zip(*pts), label=k)
+        axes[0][0].plot(*zip(*pts, strict=True), label=k)
     axes[0][0].set(xlabel="step", title="training losses", yscale="log")
     axes[0][0].legend(fontsize=7)
     for k in ekeys:
         pts = [(r["step"], r[k]) for r in evals if k in r]
-        axes[0][1].plot(*zip(*pts), marker="o", label=k)
+        axes[0][1].plot(*zip(*pts, strict=True), marker="o", label=k)
     if ekeys:
         axes[0][1].set(xlabel="step", title="evaluation")
         axes[0][1].legend(fontsize=7)

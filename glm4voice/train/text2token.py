@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +39,9 @@ CODES_PER_TEXT_TOKEN = 12  # generation budget: at most this many codes per text
 MIN_CODES = 25  # 2 s at 12.5 Hz
 
 
-@dataclass(frozen=True)
-class T2TSpec:
-    """Size of the text-to-token model (defaults: a few million parameters, enough for our narrow domain)."""
-
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 2
-    head_dim: int = 64
-    ffn: int = 768
-    seq_length: int = 1024
-
-    def lm_spec(self) -> LMSpec:
-        return LMSpec(**asdict(self))
+# Size of the text-to-token model: a few million parameters, enough for our narrow domain (an LMSpec, since the
+# model is a GLM like the LM; only the defaults differ).
+T2T_DEFAULTS = LMSpec(hidden=256, layers=4, heads=4, kv_heads=2, head_dim=64, ffn=768, seq_length=1024)
 
 
 def t2t_sample(tok, sp: ls.Specials, text: str, codes) -> ls.Sample:
@@ -141,8 +130,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", default=None, help="write the final model here (official format)")
     parser.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="bf16")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
-    for f in fields(T2TSpec):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default, help="model size")
+    for f in fields(LMSpec):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=getattr(T2T_DEFAULTS, f.name),
+                            help="model size")
     add_train_args(parser, lr=1e-3, steps=2000, batch_size=16, warmup=100, eval_every=200, save_every=100)
 
 
@@ -173,9 +163,9 @@ def main(args: argparse.Namespace) -> int:
     sp = ls.Specials.from_tokenizer(tok)
     train = T2TData(tok, sp, _utterances(args.corpus, "train", args.role))
     held = _utterances(args.corpus, "heldout", args.role)
-    spec = T2TSpec(**{f.name: getattr(args, f.name) for f in fields(T2TSpec)})
+    spec = LMSpec(**{f.name: getattr(args, f.name) for f in fields(LMSpec)})
     torch.manual_seed(cfg.seed)
-    model = GLM(spec.lm_spec().glm_config(tok))
+    model = GLM(spec.glm_config(tok))
     model.init_weights()
     log.info("text2token: %d train / %d held-out utterances, %.2fM parameters", len(train.utts), len(held),
              sum(p.numel() for p in model.parameters()) / 1e6)

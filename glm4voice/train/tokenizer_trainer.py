@@ -165,7 +165,7 @@ class CTCHead(nn.Module):
     def greedy(self, memory: Tensor, valid: Tensor) -> list[list[int]]:
         best = self.logits(memory).argmax(-1)
         out = []
-        for row, n in zip(best.tolist(), (valid.sum(1) * self.up).tolist()):
+        for row, n in zip(best.tolist(), (valid.sum(1) * self.up).tolist(), strict=True):
             seq, prev = [], None
             for c in row[:n]:
                 if c != prev and c != self.BLANK:
@@ -238,21 +238,15 @@ class Batches:
 
 
 def error_rates(refs: list[str], hyps: list[str], languages: list[str]) -> dict:
-    """Word error rate over English references, character error rate over the others (Chinese)."""
-    import jiwer
+    """Word error rate over English references, character error rate over the others (Chinese), with the
+    evaluation harness's normalisation (``glm4voice.eval.metrics``), so training and ``glm4voice eval`` agree."""
+    from glm4voice.eval.metrics import corpus_error_rate
 
     out = {}
-    en = [(r, h) for r, h, lang in zip(refs, hyps, languages) if lang == "en"]
-    zh = [(r, h) for r, h, lang in zip(refs, hyps, languages) if lang != "en"]
-
-    def norm(s: str) -> str:
-        return " ".join("".join(c.lower() if c.isalnum() or c.isspace() else " " for c in s).split())
-
-    if en:
-        out["wer_en"] = jiwer.wer([norm(r) or "-" for r, _ in en], [norm(h) for _, h in en])
-    if zh:
-        out["cer_zh"] = jiwer.cer([norm(r).replace(" ", "") or "-" for r, _ in zh],
-                                  [norm(h).replace(" ", "") for _, h in zh])
+    for key, is_en in (("wer_en", True), ("cer_zh", False)):
+        rows = [(r, h, lang) for r, h, lang in zip(refs, hyps, languages, strict=True) if (lang == "en") == is_en]
+        if rows:
+            out[key] = corpus_error_rate(*map(list, zip(*rows, strict=True)))
     return out
 
 
@@ -269,7 +263,7 @@ def make_eval(utts: list[Utterance], batch_size: int = 16):
         p = p[p > 0] / p.sum()
         res = error_rates([u.text for u in utts], hyps, [u.language for u in utts])
         res.update(code_perplexity=float(torch.exp(-(p * p.log()).sum())), codes_used=int(p.numel()))
-        for u, h in list(zip(utts, hyps))[:3]:
+        for u, h in list(zip(utts, hyps, strict=True))[:3]:
             log.info("ref: %s | hyp: %s", u.text, h)
         return res
 
