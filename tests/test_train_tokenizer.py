@@ -54,6 +54,22 @@ def test_export_loads_and_gives_training_codes(tmp_path):
     assert codes2 == codes and len(texts) == 4
 
 
+def test_evaluation_during_vq_warmup_scores_the_unquantised_branch():
+    torch.manual_seed(0)
+    model = tt.TokenizerTrainModel(SPEC).eval()
+    utts = _utts(4)
+    feats = tt.featurize([u.pcm for u in utts])
+    with torch.no_grad():
+        model.vq.codebook.weight.zero_()  # a codebook that fits nothing: every position maps to code 0
+    quantised, codes = model.transcribe(*feats)
+    plain, codes_plain = model.transcribe(*feats, quantize=False)
+    assert codes == codes_plain and quantised != plain  # same codes reported, different ASR input
+    evaluate = tt.make_eval(utts)
+    assert not model.quantizing and evaluate(model)["quantized"] == 0
+    model.steps_seen.fill_(SPEC.vq_warmup)
+    assert model.quantizing and evaluate(model)["quantized"] == 1
+
+
 def test_attention_head_variant_trains_a_step():
     spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "ctc": 0})
     model = tt.TokenizerTrainModel(spec)

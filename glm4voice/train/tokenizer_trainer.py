@@ -129,11 +129,19 @@ class TokenizerTrainModel(nn.Module):
         stats.update(asr_loss=float(asr_loss.detach()))
         return asr_loss + vq_loss, stats
 
+    @property
+    def quantizing(self) -> bool:
+        """Whether training has passed the VQ warm-up (before it, the codebook is not fitted to the states)."""
+        return int(self.steps_seen) >= self.spec.vq_warmup
+
     @torch.no_grad()
-    def transcribe(self, feats: Tensor, frame_mask: Tensor) -> tuple[list[str], list[list[int]]]:
+    def transcribe(self, feats: Tensor, frame_mask: Tensor, *, quantize: bool = True
+                   ) -> tuple[list[str], list[list[int]]]:
+        """Transcripts through the codes (``quantize``, what inference sees), or through the unquantised states
+        (what the ASR branch was trained on during the VQ warm-up); the codes are returned either way."""
         h, valid = self.encode(feats, frame_mask)
         ids = self.vq.nearest(h.reshape(-1, h.shape[-1]).float()).view(h.shape[:2])
-        q = self.vq.codebook(ids).to(h.dtype)
+        q = self.vq.codebook(ids).to(h.dtype) if quantize else h
         out = self.asr.greedy(self.memory(q, valid), valid)
         texts = [bytes(b for b in row if b < 256).decode("utf-8", errors="replace") for row in out]
         return texts, [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
@@ -252,17 +260,21 @@ def error_rates(refs: list[str], hyps: list[str], languages: list[str]) -> dict:
 
 def make_eval(utts: list[Utterance], batch_size: int = 16):
     def evaluate(model: TokenizerTrainModel) -> dict:
+        # During the VQ warm-up the codebook does not fit the states yet (on a resumed run it may hold codes of
+        # older states): score the ASR branch on what it is trained on, and say so (``quantized`` 0).
+        quantize = model.quantizing
         hyps, codes = [], []
         for i in range(0, len(utts), batch_size):
             part = utts[i: i + batch_size]
-            texts, ids = model.transcribe(*featurize([u.pcm for u in part]))
+            texts, ids = model.transcribe(*featurize([u.pcm for u in part]), quantize=quantize)
             hyps += texts
             codes += ids
         flat = torch.tensor([c for row in codes for c in row])
         p = torch.bincount(flat, minlength=model.spec.codebook).float()
         p = p[p > 0] / p.sum()
         res = error_rates([u.text for u in utts], hyps, [u.language for u in utts])
-        res.update(code_perplexity=float(torch.exp(-(p * p.log()).sum())), codes_used=int(p.numel()))
+        res.update(code_perplexity=float(torch.exp(-(p * p.log()).sum())), codes_used=int(p.numel()),
+                   quantized=int(quantize))
         for u, h in list(zip(utts, hyps, strict=True))[:3]:
             log.info("ref: %s | hyp: %s", u.text, h)
         return res
