@@ -4,7 +4,7 @@
         --decoder-run runs/decoder_v1 [--out glm4voice/assets/embedded]
 
 - tokenizer: the trainer's export (official layout), weights stored in bf16 without the training-only EMA buffers
-  (the loader upcasts to the requested dtype; the ASR branch stays with the run, it is only for evaluation);
+  (the loader upcasts to the requested dtype), plus its ASR branch in bf16 (only the evaluation reads it);
 - lm: the run's last.pt (finished or not) exported in bf16 with its text tokenizer (``lm_trainer.export``);
 - decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``).
 Writes ``MANIFEST.json`` with the provenance (run folders, steps reached) and the file sizes.
@@ -34,7 +34,15 @@ def build_tokenizer(src: Path, out: Path) -> dict:
     cfg = json.loads((src / CONFIG_FILE).read_text())
     cfg["torch_dtype"] = "bfloat16"
     (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
-    return {"source": str(src)}
+    # The ASR branch (post-VQ layers + CTC head, ~4 MB in bf16) ships too, so `glm4voice eval tokenizer` can
+    # measure ASR error through the shipped codes; inference ignores it.
+    from glm4voice.train.tokenizer_trainer import ASR_BRANCH_CONFIG, ASR_BRANCH_WEIGHTS
+
+    if (src / ASR_BRANCH_WEIGHTS).is_file():
+        branch = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / ASR_BRANCH_WEIGHTS)).items()}
+        save_file(branch, str(out / ASR_BRANCH_WEIGHTS), metadata={"format": "pt", "producer": "glm4voice"})
+        shutil.copyfile(src / ASR_BRANCH_CONFIG, out / ASR_BRANCH_CONFIG)
+    return {"source": str(src), "asr_branch": (src / ASR_BRANCH_WEIGHTS).is_file()}
 
 
 def build_lm(run: Path, out: Path) -> dict:

@@ -300,6 +300,16 @@ def test_pack_batch_layout(tok, sp, data):
         assert (docs[1:] >= docs[:-1]).all() or (docs == -1).any()
 
 
+def test_more_fill_tries_pack_rows_tighter(tok, sp, data):
+    mix = ls.Mixture(tok, sp, data, "sft=0.5,text=0.3,asr=0.2")
+    one, four = (ls.pack_batch(mix.draw, seed=1, step=0, rank=0, batch_size=16, seq_len=300, pad_id=sp.eot,
+                               fill_tries=k) for k in (1, 4))
+    assert four.stats["pad_share"] < one.stats["pad_share"]
+    assert one.stats["unfit"] <= 16 < four.stats["unfit"]  # one try: a row ends at its first misfit
+    pad = four.doc_ids == -1
+    assert not four.loss_mask[pad].any() and four.stats["pad_share"] == pytest.approx(pad.float().mean().item())
+
+
 def test_long_documents_are_cut(tok, sp, data):
     mix = ls.Mixture(tok, sp, data, "sft=1")
     b = ls.pack_batch(mix.draw, seed=0, step=0, rank=0, batch_size=2, seq_len=40, pad_id=sp.eot)

@@ -493,20 +493,28 @@ class PackedBatch:
 
 
 def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, seq_len: int, pad_id: int,
-             stats: Counter) -> tuple[list[int], list[bool], list[int], list[int]]:
+             stats: Counter, fill_tries: int = 1) -> tuple[list[int], list[bool], list[int], list[int]]:
     """Fill one row with whole draws (a draw's documents, e.g. the two copies of a dialogue, go in together).
 
-    The first draw that does not fit ends the row with padding and is dropped, unless the row is still empty: then
-    its documents go in order and the one crossing the row end is cut (counted in ``stats["cut"]``).
+    A draw that does not fit is dropped (counted in ``stats["unfit"]``); the ``fill_tries``-th such draw ends the
+    row with padding. With ``fill_tries`` 1 (the default) the first misfit ends the row; more tries fill rows
+    tighter (less padding, so more tokens per step) at the cost of favouring short documents at row ends. A draw
+    that does not fit an empty row goes in anyway: its documents in order, the one crossing the row end cut
+    (counted in ``stats["cut"]``).
     """
     ids: list[int] = []
     mask: list[bool] = []
     pos: list[int] = []
     doc: list[int] = []
     n = 0
+    misses = 0
     while len(ids) < seq_len:
         samples = draw(rng)
         if ids and len(ids) + sum(map(len, samples)) > seq_len:
+            misses += 1
+            stats["unfit"] += 1
+            if misses < fill_tries:
+                continue
             fill = seq_len - len(ids)
             stats["pad_tokens"] += fill
             return ids + [pad_id] * fill, mask + [False] * fill, pos + [0] * fill, doc + [-1] * fill
@@ -527,12 +535,12 @@ def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, 
 
 
 def pack_batch(draw: Callable[[random.Random], list[Sample]], *, seed: int, step: int, rank: int, batch_size: int,
-               seq_len: int, pad_id: int) -> PackedBatch:
+               seq_len: int, pad_id: int, fill_tries: int = 1) -> PackedBatch:
     """Rows ``rank * batch_size .. + batch_size - 1`` of step ``step``'s global batch; row r uses its own RNG seeded
     by (seed, step, r), so the batch does not depend on the number of processes or on what ran before."""
     stats: Counter = Counter()
-    rows = [pack_row(draw, random.Random(f"lm:{seed}:{step}:{rank * batch_size + i}"), seq_len, pad_id, stats)
-            for i in range(batch_size)]
+    rows = [pack_row(draw, random.Random(f"lm:{seed}:{step}:{rank * batch_size + i}"), seq_len, pad_id, stats,
+                     fill_tries) for i in range(batch_size)]
     cols = [torch.tensor([r[j] for r in rows]) for j in range(4)]
     stats["pad_share"] = stats.pop("pad_tokens", 0) / (batch_size * seq_len)
     return PackedBatch(cols[0].long(), cols[1].bool(), cols[2].long(), cols[3].long(), dict(stats))
@@ -541,9 +549,10 @@ def pack_batch(draw: Callable[[random.Random], list[Sample]], *, seed: int, step
 class MixtureBatches:
     """``batch_fn(step, rank, world)`` for the training engine."""
 
-    def __init__(self, mixture: Mixture, *, batch_size: int, seq_len: int, seed: int):
+    def __init__(self, mixture: Mixture, *, batch_size: int, seq_len: int, seed: int, fill_tries: int = 1):
         self.mixture, self.batch_size, self.seq_len, self.seed = mixture, batch_size, seq_len, seed
+        self.fill_tries = fill_tries
 
     def __call__(self, step: int, rank: int, world: int) -> PackedBatch:
         return pack_batch(self.mixture.draw, seed=self.seed, step=step, rank=rank, batch_size=self.batch_size,
-                          seq_len=self.seq_len, pad_id=self.mixture.sp.eot)
+                          seq_len=self.seq_len, pad_id=self.mixture.sp.eot, fill_tries=self.fill_tries)

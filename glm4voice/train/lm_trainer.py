@@ -260,6 +260,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="split: the paper's text-loss and speech-loss copies; joint: one copy, both losses")
     parser.add_argument("--seq-len", type=int, default=1024, help="packed row length (tokens)")
     parser.add_argument("--max-audio", type=int, default=None, help="cut pre-training utterances to this many codes")
+    parser.add_argument("--pack-tries", type=int, default=1,
+                        help="draws that may miss the room left in a row before it is padded (more: less padding)")
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
@@ -298,7 +300,8 @@ def main(args: argparse.Namespace) -> int:
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts)
     log.info("lm %s: train data %s", args.stage, train.summary())
     batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio),
-                                batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed)
+                                batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed,
+                                fill_tries=args.pack_tries)
     eval_fn = _make_eval(args, tok, sp, mix, cfg)
 
     model = build_model(args, tok)
