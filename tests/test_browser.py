@@ -36,9 +36,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mic_wav(tmp_path_factory):
-    """What the fake microphone plays (in a loop): 0.5 s silence, ~3 s of speech, 3 s silence."""
+    """What the fake microphone plays (in a loop): 0.5 s silence, ~3 s of speech, 30 s silence. The long pause keeps
+    the loop's next question from barging in on the answer when a loaded machine makes the answer slow."""
     speech = load_audio(reference_root() / "tokenizer" / "inputs" / "a01_16k_mono_3s.wav").numpy()
-    x = np.concatenate([np.zeros(8000), speech, np.zeros(48000)]).astype(np.float32)
+    x = np.concatenate([np.zeros(8000), speech, np.zeros(30 * 16000)]).astype(np.float32)
     path = tmp_path_factory.mktemp("mic") / "question.wav"
     sf.write(path, x, 16000, subtype="PCM_16")
     return path
