@@ -55,9 +55,15 @@ def build_lm(run: Path, out: Path) -> dict:
     model = GLM(cfg)
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
+    # Export next to `out` first: the run's tokenizer may be the folder being replaced (runs started with
+    # `--init glm4voice/assets/embedded/lm` read their tokenizer from there).
+    tmp = out.with_name(out.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    export(model, tmp, info["tokenizer"], dtype="bf16")
     if out.exists():
         shutil.rmtree(out)
-    export(model, out, info["tokenizer"], dtype="bf16")
+    tmp.rename(out)
     return {"source": str(run), "step": int(state["step"]), "steps": int(state["config"]["steps"])}
 
 
