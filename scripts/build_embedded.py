@@ -38,11 +38,12 @@ def build_tokenizer(src: Path, out: Path) -> dict:
     # measure ASR error through the shipped codes; inference ignores it.
     from glm4voice.train.tokenizer_trainer import ASR_BRANCH_CONFIG, ASR_BRANCH_WEIGHTS
 
-    if (src / ASR_BRANCH_WEIGHTS).is_file():
+    has_branch = (src / ASR_BRANCH_WEIGHTS).is_file()
+    if has_branch:
         branch = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / ASR_BRANCH_WEIGHTS)).items()}
         save_file(branch, str(out / ASR_BRANCH_WEIGHTS), metadata={"format": "pt", "producer": "glm4voice"})
         shutil.copyfile(src / ASR_BRANCH_CONFIG, out / ASR_BRANCH_CONFIG)
-    return {"source": str(src), "asr_branch": (src / ASR_BRANCH_WEIGHTS).is_file()}
+    return {"source": str(src), "asr_branch": has_branch}
 
 
 def build_lm(run: Path, out: Path) -> dict:

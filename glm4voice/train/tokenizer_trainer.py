@@ -117,10 +117,11 @@ class TokenizerTrainModel(nn.Module):
 
     def forward(self, feats: Tensor, frame_mask: Tensor, targets: list[list[int]]) -> tuple[Tensor, dict]:
         h, valid = self.encode(feats, frame_mask)
+        warm_up = self.training and not self.quantizing  # warm-up: no bottleneck yet
         if self.training:
             self.steps_seen += 1
-        if self.training and int(self.steps_seen) <= self.spec.vq_warmup:  # warm-up: no bottleneck yet
-            if int(self.steps_seen) == self.spec.vq_warmup:
+        if warm_up:
+            if self.quantizing:  # the last warm-up step: fit the codebook to these states
                 self.vq.init_from(h.detach().float()[valid])
             q, vq_loss, stats = h, h.new_zeros(()), {"vq_loss": 0.0, "codes_used": 0}
         else:
