@@ -70,6 +70,23 @@ def test_evaluation_during_vq_warmup_scores_the_unquantised_branch():
     assert model.quantizing and evaluate(model)["quantized"] == 1
 
 
+def test_vq_loss_scale_sets_the_commitment_weight():
+    utts = _utts(4)
+    batch = tt.Batches(utts, 4, seed=0)(0, 0, 1)
+    stats = {}
+    for scale in (10.0, 1.0):
+        torch.manual_seed(0)
+        model = tt.TokenizerTrainModel(tt.TokenizerTrainSpec(**{**SPEC.__dict__, "vq_warmup": 0,
+                                                                "vq_loss_scale": scale})).eval()
+        with torch.no_grad():
+            model.vq.codebook.weight.normal_()
+        loss, stats[scale] = model(*batch)
+        assert loss.item() == pytest.approx(stats[scale]["asr_loss"] + stats[scale]["vq_loss"], rel=1e-4)
+    assert stats[10.0]["vq_loss"] > 0
+    assert stats[10.0]["vq_loss"] == pytest.approx(10 * stats[1.0]["vq_loss"], rel=1e-4)
+    assert stats[10.0]["asr_loss"] == pytest.approx(stats[1.0]["asr_loss"], rel=1e-4)
+
+
 def test_attention_head_variant_trains_a_step():
     spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "ctc": 0})
     model = tt.TokenizerTrainModel(spec)

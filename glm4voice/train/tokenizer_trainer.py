@@ -67,6 +67,10 @@ class TokenizerTrainSpec:
     asr_heads: int = 4
     ctc: int = 1  # 1: CTC head over bytes (default); 0: attention text decoder
     vq_warmup: int = 200  # training steps without quantisation before the codebook is initialised from data
+    # Weight of the commitment loss is vq_loss_scale x 0.25. The official 10 (weight 2.5) let the commitment term
+    # (~1.0) outweigh the CTC loss of this small model after the VQ came on, and the ASR branch lost what it had
+    # learned (CTC 1.2 -> 2.4 per byte, docs/model_card.md); 1.0 gives the usual VQ-VAE weight 0.25.
+    vq_loss_scale: float = 10.0
 
     def tokenizer_config(self) -> TokenizerConfig:
         cfg = TokenizerConfig(d_model=self.d_model, encoder_attention_heads=self.heads, encoder_ffn_dim=self.ffn,
@@ -91,6 +95,7 @@ class TokenizerTrainModel(nn.Module):
         self.encoder = WhisperVQEncoder(self.cfg)
         self.encoder.codebook.weight.requires_grad_(False)  # the VQ's codebook is the one that trains (EMA)
         self.vq = EMAVectorQuantizer(vq or VQConfig(codebook_size=spec.codebook, dim=spec.d_model,
+                                                    loss_scale=spec.vq_loss_scale,
                                                     restart_interval=20, restart_threshold=0.03))
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         self.post = nn.ModuleList(EncoderLayer(self.cfg) for _ in range(spec.post_layers))
