@@ -87,6 +87,30 @@ def test_vq_loss_scale_sets_the_commitment_weight():
     assert stats[10.0]["asr_loss"] == pytest.approx(stats[1.0]["asr_loss"], rel=1e-4)
 
 
+def test_augmentation_is_seeded_and_off_by_default():
+    utts = _utts(6)
+    plain = tt.Batches(utts, 3, seed=0)(5, 0, 1)
+    ordered = [u.pcm for u in sorted(utts, key=lambda u: len(u.pcm))]
+    assert any(torch.equal(plain[0], tt.featurize(ordered[i:i + 3])[0]) for i in range(4))  # no augmentation
+    aug = tt.Batches(utts, 3, seed=0, speed=0.2, spec_masks=2)
+    a, b = aug(5, 0, 1), aug(5, 0, 1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]  # same step, same batch (resume)
+    assert a[2] == plain[2]  # same utterances and transcripts, only the audio changed
+    assert not torch.equal(a[1].sum(1), plain[1].sum(1))  # resampled: other lengths
+    assert torch.isfinite(a[0]).all()
+    with pytest.raises(ValueError, match="speed perturbation"):
+        tt.Batches(utts, 3, seed=0, speed=0.7)
+
+
+def test_spec_masks_touch_only_valid_frames():
+    utts = _utts(4)
+    plain = tt.Batches(utts, 4, seed=0)(1, 0, 1)
+    masked = tt.Batches(utts, 4, seed=0, spec_masks=3)(1, 0, 1)
+    changed = (plain[0] != masked[0])
+    assert changed.any()
+    assert not (changed & ~plain[1][:, None, :]).any()  # padding frames untouched
+
+
 def test_attention_head_variant_trains_a_step():
     spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "ctc": 0})
     model = tt.TokenizerTrainModel(spec)

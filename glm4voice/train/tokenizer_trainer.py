@@ -237,18 +237,49 @@ def text_ids(text: str) -> list[int]:
 
 
 class Batches:
-    """batch(step, rank, world): ``batch_size`` duration-neighbours starting at a seeded random position."""
+    """batch(step, rank, world): ``batch_size`` duration-neighbours starting at a seeded random position.
 
-    def __init__(self, utts: list[Utterance], batch_size: int, seed: int):
+    Augmentation for unseen speakers (off by default; every draw comes from the step's RNG, so a resumed run sees
+    the same batches): ``speed`` resamples each utterance by a factor in [1 - speed, 1 + speed] (tempo and pitch
+    change together, Kaldi-style speed perturbation); ``spec_masks`` masks that many frequency bands (up to 12 mel
+    bins) and time spans (up to 0.25 s) of each utterance's features with its mean (SpecAugment)."""
+
+    def __init__(self, utts: list[Utterance], batch_size: int, seed: int, *, speed: float = 0.0,
+                 spec_masks: int = 0):
+        if not 0.0 <= speed < 0.5 or spec_masks < 0:
+            raise ValueError(f"speed perturbation must be in [0, 0.5) and spec masks >= 0, not {speed}, {spec_masks}")
         self.utts = sorted(utts, key=lambda u: len(u.pcm))
         self.batch_size, self.seed = batch_size, seed
+        self.speed, self.spec_masks = speed, spec_masks
 
     def __call__(self, step: int, rank: int, world: int):
         rng = random.Random((self.seed * 1_000_003 + step) * 997 + rank)
         start = rng.randrange(max(1, len(self.utts) - self.batch_size + 1))
         part = self.utts[start: start + self.batch_size]
-        feats, mask = featurize([u.pcm for u in part])
+        pcms = [self._perturb(u.pcm, rng) for u in part]
+        feats, mask = featurize(pcms)
+        if self.spec_masks:
+            self._mask(feats, mask, rng)
         return feats, mask, [text_ids(u.text) for u in part]
+
+    def _perturb(self, pcm: np.ndarray, rng: random.Random) -> np.ndarray:
+        if not self.speed or len(pcm) < 2:
+            return pcm
+        n = max(2, round(len(pcm) / rng.uniform(1 - self.speed, 1 + self.speed)))
+        return np.interp(np.linspace(0, len(pcm) - 1, n), np.arange(len(pcm)), pcm.astype(np.float32))
+
+    def _mask(self, feats: Tensor, mask: Tensor, rng: random.Random) -> None:
+        n_mels = feats.shape[1]
+        for b in range(feats.shape[0]):
+            frames = int(mask[b].sum())
+            fill = feats[b, :, :frames].mean()
+            for _ in range(self.spec_masks):
+                w = rng.randint(0, min(12, n_mels // 4))
+                f0 = rng.randint(0, n_mels - w)
+                feats[b, f0:f0 + w, :frames] = fill
+                t = rng.randint(0, min(25, frames // 5))
+                t0 = rng.randint(0, max(0, frames - t))
+                feats[b, :, t0:t0 + t] = fill
 
 
 def error_rates(refs: list[str], hyps: list[str], languages: list[str]) -> dict:
@@ -339,6 +370,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seconds", type=float, default=10.0, help="skip longer utterances")
     parser.add_argument("--eval-size", type=int, default=96, help="held-out utterances evaluated")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
+    parser.add_argument("--speed-perturb", type=float, default=0.0,
+                        help="resample each training utterance by a random factor in [1-x, 1+x] (e.g. 0.1)")
+    parser.add_argument("--spec-masks", type=int, default=0,
+                        help="SpecAugment: frequency and time masks per training utterance (e.g. 2)")
     for f in TokenizerTrainSpec.__dataclass_fields__.values():
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     add_train_args(parser, lr=1e-3, steps=3000, batch_size=24, warmup=200, eval_every=250, save_every=100)
@@ -358,7 +393,8 @@ def main(args: argparse.Namespace) -> int:
              sum(p.numel() for p in model.parameters()) / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    trainer = Trainer(cfg, model, batch_fn=Batches(train, cfg.batch_size, cfg.seed),
+    trainer = Trainer(cfg, model, batch_fn=Batches(train, cfg.batch_size, cfg.seed, speed=args.speed_perturb,
+                                                       spec_masks=args.spec_masks),
                       loss_fn=lambda m, b: m(*b), eval_fn=make_eval(held) if held else None)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= cfg.steps:
