@@ -90,3 +90,18 @@ def test_nan_loss_stops(tmp_path):
     t = Trainer(TrainConfig(out_dir=str(tmp_path), steps=3), _model(), batch_fn=_task()[0], loss_fn=loss_fn)
     with pytest.raises(FloatingPointError, match="step 0"):
         t.fit()
+
+
+def test_plot_groups_keep_rates_apart_from_counts():
+    from glm4voice.train.engine import plot_groups
+
+    train = [{"kind": "train", "step": 10, "loss": 2.0, "asr_loss": 1.5, "codes_used": 300.0, "lr": 1e-3}]
+    evals = [{"kind": "eval", "step": 10, "wer_en": 0.9, "cer_zh": 1.2, "codes_used": 700, "code_perplexity": 500.0,
+              "eval_text_loss": 2.5, "quantized": 1},
+             {"kind": "eval", "step": 20, "wer_en": 0.8, "cer_zh": 0.7, "codes_used": 710, "code_perplexity": 510.0,
+              "eval_text_loss": 2.1, "quantized": 1}]
+    groups = plot_groups(train, evals)
+    assert groups["losses"] == [("train", "loss"), ("train", "asr_loss"), ("eval", "eval_text_loss")]
+    assert groups["rates"] == [("eval", "cer_zh"), ("eval", "wer_en")]
+    assert set(groups["other"]) == {("train", "codes_used"), ("eval", "codes_used"), ("eval", "code_perplexity")}
+    assert "rates" not in plot_groups(train, [])  # empty panels are left out

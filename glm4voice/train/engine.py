@@ -269,8 +269,28 @@ def read_metrics(out_dir: str) -> list[dict]:
     return rows
 
 
+def plot_groups(train: list[dict], evals: list[dict]) -> dict[str, list[tuple[str, str]]]:
+    """Which (kind, key) series go on which panel of ``loss.png``: losses (train and held-out together, log scale),
+    held-out rates (accuracies and error rates, values within [0, 1.5]) and everything else (counts, perplexities,
+    shares; log scale), so that a WER of 0.8 is not drawn on the scale of 700 codes in use."""
+    skip = {"kind", "step", "lr", "sec_per_step", "grad_norm", "quantized"}
+    groups: dict[str, list[tuple[str, str]]] = {"losses": [], "rates": [], "other": []}
+    for k in (k for k in train[-1] if k not in skip) if train else ():
+        groups["losses" if "loss" in k else "other"].append(("train", k))
+    for k in sorted({k for r in evals for k in r if k not in skip}):
+        vals = [r[k] for r in evals if isinstance(r.get(k), int | float)]
+        if "loss" in k:
+            groups["losses"].append(("eval", k))
+        elif vals and all(0 <= v <= 1.5 for v in vals):
+            groups["rates"].append(("eval", k))
+        else:
+            groups["other"].append(("eval", k))
+    return {name: keys for name, keys in groups.items() if keys}
+
+
 def plot_metrics(out_dir: str) -> str | None:
-    """Write ``loss.png`` (train losses and eval metrics over steps); None when matplotlib is missing."""
+    """Write ``loss.png`` (train and held-out metrics over steps, panels by scale: ``plot_groups``); None when
+    matplotlib is missing."""
     if not (dist_info()[0] == 0):
         return None
     try:
@@ -281,25 +301,25 @@ def plot_metrics(out_dir: str) -> str | None:
     except ImportError:
         return None
     rows = read_metrics(out_dir)
-    train = [r for r in rows if r.get("kind") == "train"]
-    evals = [r for r in rows if r.get("kind") == "eval"]
-    if not train:
+    series = {"train": [r for r in rows if r.get("kind") == "train"],
+              "eval": [r for r in rows if r.get("kind") == "eval"]}
+    if not series["train"]:
         return None
-    skip = {"kind", "step", "lr", "sec_per_step", "grad_norm"}
-    keys = [k for k in train[-1] if k not in skip]
-    ekeys = sorted({k for r in evals for k in r if k not in skip})
-    fig, axes = plt.subplots(1, 2 if ekeys else 1, figsize=(12 if ekeys else 6, 4), squeeze=False)
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in train if k in r]
-        axes[0][0].plot(*zip(*pts, strict=True), label=k)
-    axes[0][0].set(xlabel="step", title="training losses", yscale="log")
-    axes[0][0].legend(fontsize=7)
-    for k in ekeys:
-        pts = [(r["step"], r[k]) for r in evals if k in r]
-        axes[0][1].plot(*zip(*pts, strict=True), marker="o", label=k)
-    if ekeys:
-        axes[0][1].set(xlabel="step", title="evaluation")
-        axes[0][1].legend(fontsize=7)
+    groups = plot_groups(series["train"], series["eval"])
+    titles = {"losses": "losses (lines: train, dots: held-out)", "rates": "held-out rates",
+              "other": "other metrics"}
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    for ax, (name, keys) in zip(axes[0], groups.items(), strict=True):
+        for kind, k in keys:
+            pts = [(r["step"], r[k]) for r in series[kind] if isinstance(r.get(k), int | float)]
+            if name != "rates":
+                pts = [(x, y) for x, y in pts if y > 0]  # log scale
+            if pts:
+                style = {"marker": "o", "markersize": 3} if kind == "eval" else {"linewidth": 1}
+                ax.plot(*zip(*pts, strict=True), label=f"{k} (held-out)" if kind == "eval" and name != "rates"
+                        else k, **style)
+        ax.set(xlabel="step", title=titles[name], yscale="linear" if name == "rates" else "log")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, PLOT)
     fig.savefig(path, dpi=90)
