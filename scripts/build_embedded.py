@@ -47,25 +47,19 @@ def build_tokenizer(src: Path, out: Path) -> dict:
 
 
 def build_lm(run: Path, out: Path) -> dict:
-    from glm4voice.lm.config import GLMConfig
-    from glm4voice.lm.model import GLM
-    from glm4voice.train.lm_trainer import export
+    from glm4voice.train.lm_trainer import export_run
 
-    info = json.loads((run / "run.json").read_text())
-    cfg = GLMConfig.from_dict(info["config"], source=str(run / "run.json"))
-    model = GLM(cfg)
-    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
     # Export next to `out` first: the run's tokenizer may be the folder being replaced (runs started with
     # `--init glm4voice/assets/embedded/lm` read their tokenizer from there).
     tmp = out.with_name(out.name + ".new")
     if tmp.exists():
         shutil.rmtree(tmp)
-    export(model, tmp, info["tokenizer"], dtype="bf16")
+    step = export_run(run, tmp, dtype="bf16")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    return {"source": str(run), "step": int(state["step"]), "steps": int(state["config"]["steps"])}
+    steps = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["config"]["steps"]
+    return {"source": str(run), "step": step, "steps": int(steps)}
 
 
 def build_decoder(run: Path, out: Path) -> dict:

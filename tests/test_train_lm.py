@@ -268,3 +268,35 @@ def test_train_command_dispatch(env, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(cli_train.COMPONENTS, "decoder", ("glm4voice.train.no_such_trainer", "x"))
     with pytest.raises(SystemExit, match="not part of this installation"):
         cli_train.load_component("decoder")
+
+
+def test_export_only_writes_an_unfinished_run(env, tmp_path):
+    from glm4voice.errors import CheckpointError
+    from glm4voice.lm.load import load_lm
+
+    _run(env, tmp_path / "run", "--mix", "sft=1", "--until", 3, steps=10)
+    args = _args("--out", tmp_path / "run", "--export-only", "--export", tmp_path / "model", "--export-dtype", "fp32")
+    assert lt.main(args) == 0
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert trained["step"] == 3
+    for k, v in load_lm(tmp_path / "model", dtype=torch.float32).state_dict().items():
+        assert torch.equal(v, trained["model"][k]), k
+    with pytest.raises(ConfigError, match="--export"):
+        lt.main(_args("--out", tmp_path / "run", "--export-only"))
+    with pytest.raises(CheckpointError, match="run.json"):
+        lt.export_run(tmp_path / "model", tmp_path / "again")
+    with pytest.raises(ConfigError, match="--corpus"):
+        lt.main(_args("--out", tmp_path / "x", "--tokenizer", env["tok"]))
+
+
+def test_export_only_merges_lora(env, tmp_path):
+    from glm4voice.lm.load import load_lm
+
+    _run(env, tmp_path / "pt", "--mix", "pretrain", "--export", tmp_path / "pt_model", "--export-dtype", "fp32",
+         steps=3)
+    _run(env, tmp_path / "lora", "--init", tmp_path / "pt_model", "--lora-rank", 2, "--lora-alpha", 4,
+         "--export", tmp_path / "end", "--export-dtype", "fp32", steps=4)
+    assert lt.export_run(tmp_path / "lora", tmp_path / "again", dtype="fp32") == 4
+    end = load_lm(tmp_path / "end", dtype=torch.float32).state_dict()
+    again = load_lm(tmp_path / "again", dtype=torch.float32).state_dict()
+    assert all(torch.equal(end[k], again[k]) for k in end)

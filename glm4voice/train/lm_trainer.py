@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glm4voice.errors import ConfigError
+from glm4voice.errors import CheckpointError, ConfigError
 from glm4voice.train import lm_samples as ls
 
 log = logging.getLogger("glm4voice.train.lm")
@@ -250,7 +250,7 @@ def export(model: nn.Module, folder: str | os.PathLike, tokenizer_dir: str | os.
 def add_args(parser: argparse.ArgumentParser) -> None:
     from glm4voice.train.engine import add_train_args
 
-    parser.add_argument("--corpus", required=True, help="corpus folder with cached speech tokens (tokens/<id>.npy)")
+    parser.add_argument("--corpus", help="corpus folder with cached speech tokens (tokens/<id>.npy)")
     parser.add_argument("--tokenizer", default=None,
                         help="text tokenizer folder (tokenizer.model + tokenizer_config.json); default: --init")
     parser.add_argument("--init", default=None, help="start from this official-format model folder")
@@ -269,6 +269,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="SFT: held-out spoken questions answered greedily per evaluation (0: off)")
     parser.add_argument("--export", default=None, help="write the final model here (official format)")
     parser.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="bf16")
+    parser.add_argument("--export-only", action="store_true",
+                        help="only export the run in --out (its last.pt, finished or not) to --export")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
     parser.add_argument("--lora-rank", type=int, default=0, help="> 0: train LoRA adapters only (needs --init)")
     parser.add_argument("--lora-alpha", type=float, default=16.0)
@@ -276,6 +278,29 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     for f in fields(LMSpec):
         parser.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default, help="new model size")
     add_train_args(parser, lr=1e-3, steps=2000, batch_size=8, warmup=100, eval_every=200, save_every=100)
+
+
+def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str = "bf16") -> int:
+    """Export a run folder's ``last.pt`` (finished or not; LoRA adapters merged) to an official-format folder with
+    the run's text tokenizer. Returns the step the checkpoint reached."""
+    from glm4voice.lm.config import GLMConfig
+    from glm4voice.lm.model import GLM
+
+    run = Path(run)
+    for name in ("run.json", "last.pt"):
+        if not (run / name).is_file():
+            raise CheckpointError(f"{run}: no {name}; is this an LM run folder (`glm4voice train lm --out`)?")
+    info = json.loads((run / "run.json").read_text())
+    model = GLM(GLMConfig.from_dict(info["config"], source=str(run / "run.json")))
+    if info.get("lora_rank"):
+        add_lora(model, rank=info["lora_rank"], alpha=info.get("lora_alpha", 16.0))
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)  # tensors only: no code runs
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{run / 'last.pt'} does not match run.json: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}")
+    export(model, folder, info["tokenizer"], dtype=dtype)
+    return int(state["step"])
 
 
 def load_text_tokenizer(folder: str | os.PathLike):
@@ -288,6 +313,14 @@ def main(args: argparse.Namespace) -> int:
     from glm4voice.train.engine import Trainer, config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.export_only:
+        if not args.export:
+            raise ConfigError("--export-only needs --export DIR")
+        step = export_run(args.out_dir, args.export, dtype=args.export_dtype)
+        log.info("exported %s (step %d) to %s", args.out_dir, step, args.export)
+        return 0
+    if not args.corpus:
+        raise ConfigError("--corpus is required (a folder made by `glm4voice data synth` with cached tokens)")
     cfg = config_from_args(args)
     tok_dir = args.tokenizer or args.init
     if not tok_dir:
@@ -315,7 +348,8 @@ def main(args: argparse.Namespace) -> int:
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
         {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "seq_len": args.seq_len,
-         "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank, "config": asdict(model.cfg),
+         "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank,
+         "lora_alpha": args.lora_alpha, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
     trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=lambda m, b: lm_loss(m, b, sp), eval_fn=eval_fn)
     trainer.fit(until=args.until)
