@@ -78,9 +78,10 @@ def test_init_from_data_and_restart_threshold():
     from glm4voice.train.vq import EMAVectorQuantizer, VQConfig
 
     vq = EMAVectorQuantizer(VQConfig(codebook_size=8, dim=4, restart_threshold=0.5))
-    x = torch.randn(3, 4) * 100 + 50
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1)) * 100 + 50
     vq.init_from(x, generator=torch.Generator().manual_seed(0))
+    # every code is a data row plus noise of 0.01 x std(x) per dimension (expected norm ~0.02 std for dim 4)
     d = torch.cdist(vq.codebook.weight, x).min(1).values
-    assert (d < 0.05 * x.norm(dim=1).min()).all() and torch.equal(vq.ema_count, torch.ones(8))
+    assert (d < 0.1 * x.std()).all() and torch.equal(vq.ema_count, torch.ones(8))
     vq.ema_count[:4] = 0.4
     assert vq.restart_dead_codes(x) == 4  # below the configured threshold, not decay**interval
