@@ -54,12 +54,11 @@ def build_lm(run: Path, out: Path) -> dict:
     tmp = out.with_name(out.name + ".new")
     if tmp.exists():
         shutil.rmtree(tmp)
-    step = export_run(run, tmp, dtype="bf16")
+    step, steps = export_run(run, tmp, dtype="bf16")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    steps = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["config"]["steps"]
-    return {"source": str(run), "step": step, "steps": int(steps)}
+    return {"source": str(run), "step": step, "steps": steps}
 
 
 def build_decoder(run: Path, out: Path) -> dict:

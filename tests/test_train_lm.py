@@ -296,7 +296,7 @@ def test_export_only_merges_lora(env, tmp_path):
          steps=3)
     _run(env, tmp_path / "lora", "--init", tmp_path / "pt_model", "--lora-rank", 2, "--lora-alpha", 4,
          "--export", tmp_path / "end", "--export-dtype", "fp32", steps=4)
-    assert lt.export_run(tmp_path / "lora", tmp_path / "again", dtype="fp32") == 4
+    assert lt.export_run(tmp_path / "lora", tmp_path / "again", dtype="fp32") == (4, 4)
     end = load_lm(tmp_path / "end", dtype=torch.float32).state_dict()
     again = load_lm(tmp_path / "again", dtype=torch.float32).state_dict()
     assert all(torch.equal(end[k], again[k]) for k in end)

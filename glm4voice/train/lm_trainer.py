@@ -280,9 +280,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_train_args(parser, lr=1e-3, steps=2000, batch_size=8, warmup=100, eval_every=200, save_every=100)
 
 
-def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str = "bf16") -> int:
+def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str = "bf16") -> tuple[int, int]:
     """Export a run folder's ``last.pt`` (finished or not; LoRA adapters merged) to an official-format folder with
-    the run's text tokenizer. Returns the step the checkpoint reached."""
+    the run's text tokenizer. Returns (the step the checkpoint reached, the run's planned steps)."""
     from glm4voice.lm.config import GLMConfig
     from glm4voice.lm.model import GLM
 
@@ -300,7 +300,7 @@ def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str 
         raise CheckpointError(f"{run / 'last.pt'} does not match run.json: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}")
     export(model, folder, info["tokenizer"], dtype=dtype)
-    return int(state["step"])
+    return int(state["step"]), int(state["config"]["steps"])
 
 
 def load_text_tokenizer(folder: str | os.PathLike):
@@ -316,8 +316,8 @@ def main(args: argparse.Namespace) -> int:
     if args.export_only:
         if not args.export:
             raise ConfigError("--export-only needs --export DIR")
-        step = export_run(args.out_dir, args.export, dtype=args.export_dtype)
-        log.info("exported %s (step %d) to %s", args.out_dir, step, args.export)
+        step, steps = export_run(args.out_dir, args.export, dtype=args.export_dtype)
+        log.info("exported %s (step %d of %d) to %s", args.out_dir, step, steps, args.export)
         return 0
     if not args.corpus:
         raise ConfigError("--corpus is required (a folder made by `glm4voice data synth` with cached tokens)")
