@@ -1,5 +1,6 @@
 """Text items, voice catalogue and corpus plan: pure logic, no TTS engine needed."""
 
+import random
 import re
 
 import pytest
@@ -139,3 +140,39 @@ def test_style_key_round_trip():
     s = Style(rate=1.4, pitch=-4)
     assert Style.parse(s.key()) == s
     assert Style().neutral and not s.neutral
+
+
+def test_rephrase_keeps_the_request_and_never_uses_a_heldout_phrasing(items):
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    rng = random.Random(0)
+    seen: dict[str, set] = {}
+    for it in items:
+        if it.split != "train" or it.kind == "chat":
+            continue
+        for _ in range(3):
+            q = texts.rephrase(it.kind, it.language, it.question, rng, it.style)
+            assert q not in heldout_questions, (it, q)
+            seen.setdefault(it.kind, set()).add(q != it.question)
+            if it.kind == "arithmetic" and it.language == "en":  # the numbers and the operation survive
+                expr = re.search(r"\d+ (plus|minus|times) \d+", it.question).group(0)
+                assert expr in q, (it.question, q)
+            if it.kind == "capital":
+                assert it.answer[len("The capital of "):].split(" is ")[0] in q
+    assert all(True in changed for changed in seen.values()), seen  # every templated kind gets re-worded
+    # held-out and unknown questions come back unchanged
+    for it in items:
+        if it.split == "heldout":
+            assert texts.rephrase(it.kind, it.language, it.question, rng, it.style) == it.question
+    assert texts.rephrase("chat", "en", "Who made you?", rng) == "Who made you?"
+
+
+def test_augmentation_phrasings_are_not_heldout_templates():
+    for (key, lang), extra in texts.AUGMENT_TEMPLATES.items():
+        kind, _, style = key.partition("-")
+        table = texts.question_templates(kind, lang, style or "normal")
+        assert table, key
+        held = {t for _, t, h in table if h}
+        assert not held & set(extra), key
+        fields = set(re.findall(r"\{(\w+)\}", table[0][1]))
+        for t in extra:  # same slots as the corpus templates, so a parsed question always re-formats
+            assert set(re.findall(r"\{(\w+)\}", t)) == fields, t

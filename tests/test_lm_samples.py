@@ -367,3 +367,18 @@ def test_multi_turn_draws(tok, sp, data):
     rng = random.Random(1)
     users = Counter(ds[0].ids.count(sp.user) for ds in (mix.draw(rng) for _ in range(40)))
     assert set(users) == {3, 4}  # 2 or 3 turns: one <|user|> per turn plus the closing one
+
+
+def test_rephrase_rewords_typed_questions_only(tok, sp, data):
+    plain = ls.Mixture(tok, sp, data, "sft_text=1", sft_loss="joint")
+    aug = ls.Mixture(tok, sp, data, "sft_text=1", sft_loss="joint", rephrase=1.0)
+    questions = {d.question.text for d in data.dialogues}
+    texts_plain, texts_aug = set(), set()
+    for seed in range(60):
+        texts_plain.add(tok.decode(plain.draw(random.Random(seed))[0].ids))
+        texts_aug.add(tok.decode(aug.draw(random.Random(seed))[0].ids))
+    assert all(any(q in t for q in questions) for t in texts_plain)
+    reworded = [t for t in texts_aug if not any(q in t for q in questions)]
+    assert reworded, "rephrase=1 never re-worded a templated question"
+    with pytest.raises(ConfigError, match="rephrase"):
+        ls.Mixture(tok, sp, data, "sft_text=1", rephrase=1.5)

@@ -431,7 +431,7 @@ class Mixture:
     """Draws documents by kind ratio from ``LMData``; each draw returns a list of samples (two for split SFT)."""
 
     def __init__(self, tok, sp: Specials, data: LMData, mix: str | dict[str, float], *, sft_loss: str = "split",
-                 max_audio: int | None = None):
+                 max_audio: int | None = None, rephrase: float = 0.0):
         self.tok, self.sp, self.data = tok, sp, data
         self.ratios = parse_mix(mix)
         self.pools = {k: data.pool(k) for k in self.ratios}
@@ -442,6 +442,11 @@ class Mixture:
         self.weights = [self.ratios[k] for k in self.kinds]
         self.sft_loss = sft_loss
         self.max_audio = max_audio  # cut very long utterances (codes) in pre-training documents
+        if not 0.0 <= rephrase <= 1.0:
+            raise ConfigError(f"rephrase probability must be in [0, 1], not {rephrase}")
+        # typed questions (sft_text) re-worded with another training phrasing with this probability
+        # (texts.rephrase); 0 draws nothing extra from the RNG, so older runs resume with the same batches
+        self.rephrase = rephrase
 
     def draw(self, rng: random.Random) -> list[Sample]:
         kind = rng.choices(self.kinds, self.weights)[0]
@@ -467,11 +472,19 @@ class Mixture:
         if kind == "multi":  # further turns: other dialogues of the pool, drawn by the same RNG
             pool = self.pools[kind]
             dialogues += [pool[rng.randrange(len(pool))] for _ in range(rng.randint(*MULTI_TURNS) - 1)]
-        turns = [(d.question.text if kind == "sft_text" else d.question.codes, d.answer.text, d.answer.codes)
+        turns = [(self._typed(d, rng) if kind == "sft_text" else d.question.codes, d.answer.text, d.answer.codes)
                  for d in dialogues]
         copies = conversation_samples(tok, sp, turns, loss=self.sft_loss, kind=kind)
         rng.shuffle(copies)  # a copy cut at the end of a row is the text or the speech one alike
         return copies
+
+
+    def _typed(self, d: Dialogue, rng: random.Random) -> str:
+        if self.rephrase and rng.random() < self.rephrase:
+            from glm4voice.train.texts import rephrase
+
+            return rephrase(d.kind, d.question.language, d.question.text, rng, d.style)
+        return d.question.text
 
 
 # ---- packing -----------------------------------------------------------------------------------------------------

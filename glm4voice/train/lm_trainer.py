@@ -262,6 +262,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-audio", type=int, default=None, help="cut pre-training utterances to this many codes")
     parser.add_argument("--pack-tries", type=int, default=1,
                         help="draws that may miss the room left in a row before it is padded (more: less padding)")
+    parser.add_argument("--rephrase", type=float, default=0.0,
+                        help="probability that a typed question (sft_text) is re-worded with another training "
+                             "phrasing (augmentation; held-out phrasings are never used)")
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
@@ -332,7 +335,8 @@ def main(args: argparse.Namespace) -> int:
     mix = args.mix or args.stage
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts)
     log.info("lm %s: train data %s", args.stage, train.summary())
-    batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio),
+    batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio,
+                                           rephrase=args.rephrase),
                                 batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed,
                                 fill_tries=args.pack_tries)
     eval_fn = _make_eval(args, tok, sp, mix, cfg)
@@ -347,7 +351,8 @@ def main(args: argparse.Namespace) -> int:
     log.info("model: %.2fM parameters, %.2fM trained", sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
-        {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "seq_len": args.seq_len,
+        {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "rephrase": args.rephrase,
+         "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))

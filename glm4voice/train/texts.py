@@ -13,6 +13,7 @@ new. Everything is deterministic from the seed: sources are read in sorted order
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import json
@@ -181,6 +182,73 @@ GREETINGS_ZH: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("nice_to_meet", ("很高兴认识你。", "认识你很高兴。", "幸会。"), "我也很高兴认识你。"),
     ("good_night", ("晚安。", "祝你晚安。", "我去睡觉了，晚安。"), "晚安！好梦。"),
 )
+
+# Extra phrasings for LM text augmentation (``rephrase``): typed training questions only, never spoken, never a
+# held-out template (tests/test_texts.py checks both), so the held-out phrasings stay unseen.
+AUGMENT_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("arithmetic", "en"): ("{expr}?", "Compute {expr}.", "Can you tell me {expr}?", "What does {expr} make?",
+                           "Hey, what is {expr}?", "I want to know {expr}.", "Quick question: what is {expr}?",
+                           "Please tell me what {expr} is.", "Solve {expr}.", "What do you get from {expr}?",
+                           "Calculate {expr}, please.", "Help me with {expr}."),
+    ("arithmetic", "zh"): ("{expr}？", "{expr}得几？", "算一算{expr}。", "请问{expr}等于多少？", "告诉我{expr}是多少。",
+                           "{expr}的结果是多少？", "计算{expr}。"),
+    ("capital", "en"): ("Capital of {country}?", "What city is the capital of {country}?",
+                        "Where is the capital of {country}?", "What's {country}'s capital?",
+                        "I want to know the capital of {country}.", "Please tell me the capital of {country}.",
+                        "Can you tell me the capital of {country}?", "The capital of {country} is what?"),
+    ("repeat", "en"): ("Repeat this: {x}", "Please repeat: {x}", "Say after me: {x}", "Repeat the sentence: {x}"),
+    ("repeat", "zh"): ("重复一遍：{x}", "请跟我说：{x}", "请说：{x}"),
+    ("what_said", "en"): ("{x} What did I say?", "{x} Repeat what I just said.", "Listen. {x} What did I just say?"),
+    ("what_said", "zh"): ("{x}我说了什么？", "听着，{x}我刚才说了什么？"),
+    ("definition", "en"): ("Tell me what {word} means.", "Define the word {word}.", "What does the word {word} mean?",
+                           "Meaning of {word}?", "What is {word}?"),
+    ("style-fast", "en"): ("Speak fast: {x}", "Say it quickly: {x}", "Faster, please: {x}"),
+    ("style-slow", "en"): ("Speak slowly: {x}", "Say it slowly: {x}", "Slowly, please: {x}"),
+    ("style-high", "en"): ("Speak in a higher voice: {x}", "Say it in a high voice: {x}"),
+    ("style-low", "en"): ("Speak in a deeper voice: {x}", "Say it in a low voice: {x}"),
+    ("style-fast", "zh"): ("快点说：{x}", "说快些：{x}"),
+    ("style-slow", "zh"): ("慢点说：{x}", "说慢些：{x}"),
+}
+
+
+def question_templates(kind: str, lang: str, style: str = "normal") -> tuple[_T, ...]:
+    """The corpus's question templates (id, text, held out?) of a templated kind; () for the others."""
+    if kind == "style":
+        return (STYLE_EN if lang == "en" else STYLE_ZH).get(style, ())
+    return {("arithmetic", "en"): ARITH_EN, ("arithmetic", "zh"): ARITH_ZH, ("capital", "en"): CAPITAL_EN,
+            ("repeat", "en"): REPEAT_EN, ("repeat", "zh"): REPEAT_ZH, ("what_said", "en"): WHAT_SAID_EN,
+            ("what_said", "zh"): WHAT_SAID_ZH, ("definition", "en"): DEFINITION_EN}.get((kind, lang), ())
+
+
+def _template_regex(template: str) -> re.Pattern:
+    return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>.+)", re.escape(template)), re.S)
+
+
+@functools.lru_cache(maxsize=None)
+def _rephrasings(kind: str, lang: str, style: str) -> tuple[list[re.Pattern], tuple[str, ...]]:
+    """(regexes of the train templates, the pool to rephrase into: train templates + augmentation phrasings)."""
+    train = [t for _, t, held in question_templates(kind, lang, style) if not held]
+    key = f"style-{style}" if kind == "style" else kind
+    return [_template_regex(t) for t in train], tuple(train) + AUGMENT_TEMPLATES.get((key, lang), ())
+
+
+def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str = "normal") -> str:
+    """The same request in another training phrasing, drawn by ``rng``: a templated question is parsed by its train
+    template and re-written with a random train or augmentation template; a greeting becomes another training
+    phrasing of its intent. Questions of held-out templates, chat and unknown text come back unchanged."""
+    if kind == "greeting":
+        for _, phrasings, _ in (GREETINGS_EN if lang == "en" else GREETINGS_ZH):
+            train = phrasings[:-1]  # the last phrasing of each intent is held out
+            if question in train:
+                return train[rng.randrange(len(train))]
+        return question
+    regexes, pool = _rephrasings(kind, lang, style)
+    for rx in regexes:
+        m = rx.fullmatch(question)
+        if m:
+            return pool[rng.randrange(len(pool))].format(**m.groupdict())
+    return question
+
 
 _ZH_DIGITS = "零一二三四五六七八九"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
