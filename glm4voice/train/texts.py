@@ -224,7 +224,7 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>.+)", re.escape(template)), re.S)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rephrasings(kind: str, lang: str, style: str) -> tuple[list[re.Pattern], tuple[str, ...]]:
     """(regexes of the train templates, the pool to rephrase into: train templates + augmentation phrasings)."""
     train = [t for _, t, held in question_templates(kind, lang, style) if not held]
