@@ -1,4 +1,4 @@
-"""Train a component: glm4voice train {tokenizer,lm,text2token,interleave,decoder} [options] (see docs/training.md).
+"""Train a component: glm4voice train {tokenizer,tokenizer-asr,lm,text2token,interleave,decoder} [options] (see docs/training.md).
 
 Each component is a module of ``glm4voice.train`` with ``add_args(parser)`` and ``main(args) -> int``. It is imported
 only when chosen, so ``glm4voice <other command>`` never pays for the training stack, and its options are parsed by
@@ -15,6 +15,8 @@ import sys
 # component -> (module, one-line description)
 COMPONENTS = {
     "tokenizer": ("glm4voice.train.tokenizer_trainer", "speech tokenizer (WhisperVQ + VQ bottleneck, ASR objective)"),
+    "tokenizer-asr": ("glm4voice.train.tokenizer_asr",
+                      "refit a trained tokenizer's ASR branch on its frozen codes (word-piece CTC head)"),
     "lm": ("glm4voice.train.lm_trainer", "language model: pre-training mixture, SFT, fine-tuning (full or LoRA)"),
     "text2token": ("glm4voice.train.text2token", "text-to-token model (text -> speech tokens)"),
     "interleave": ("glm4voice.train.interleave", "interleaved speech-text documents from text (needs text2token)"),

@@ -102,6 +102,14 @@ class TokenizerTrainModel(nn.Module):
         self.post_ln = nn.LayerNorm(spec.d_model)
         self.asr = CTCHead(spec.d_model, self.cfg.pooling_kernel_size) if spec.ctc else \
             ASRHead(spec.asr_config(), spec.d_model)
+        self.pieces: list[bytes] | None = None  # None: the head writes UTF-8 bytes
+
+    def use_pieces(self, pieces: list[bytes]) -> None:
+        """Replace the CTC head by a fresh one over word pieces (``pieces[i]`` = the bytes of label i)."""
+        if not isinstance(self.asr, CTCHead):
+            raise ValueError("word pieces need the CTC head (spec.ctc = 1)")
+        self.asr = CTCHead(self.spec.d_model, self.cfg.pooling_kernel_size, len(pieces) + 1)
+        self.pieces = list(pieces)
 
     def encode(self, feats: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Pre-VQ hidden states (B, N/8, d) and their validity (B, N/8), as the inference encoder computes."""
@@ -149,31 +157,40 @@ class TokenizerTrainModel(nn.Module):
         ids = self.vq.nearest(h.reshape(-1, h.shape[-1]).float()).view(h.shape[:2])
         q = self.vq.codebook(ids).to(h.dtype) if quantize else h
         out = self.asr.greedy(self.memory(q, valid), valid)
-        texts = [bytes(b for b in row if b < 256).decode("utf-8", errors="replace") for row in out]
-        return texts, [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
+        return [self.decode_text(row) for row in out], [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
+
+    def decode_text(self, ids: list[int]) -> str:
+        """ASR head output -> text: UTF-8 bytes, or the byte strings of ``pieces`` (a refitted word-piece head)."""
+        if self.pieces is None:
+            data = bytes(b for b in ids if b < 256)
+        else:
+            data = b"".join(self.pieces[i] for i in ids if 0 <= i < len(self.pieces))
+        return data.decode("utf-8", errors="replace")
 
 
 class CTCHead(nn.Module):
-    """12.5 Hz states -> ``up``x repeat -> conv (k 5) + GELU -> CTC logits over 256 bytes + blank (id 256)."""
+    """12.5 Hz states -> ``up``x repeat -> conv (k 5) + GELU -> CTC logits over ``classes - 1`` labels + blank (the
+    last id): 256 UTF-8 bytes by default, or the word pieces of a refitted branch (``train/tokenizer_asr.py``)."""
 
-    BLANK = 256
+    BLANK = 256  # of the byte head
 
-    def __init__(self, dim: int, up: int):
+    def __init__(self, dim: int, up: int, classes: int = 257):
         super().__init__()
         self.up = up
+        self.blank = classes - 1
         self.conv = nn.Conv1d(dim, dim, 5, padding=2)
-        self.out = nn.Linear(dim, 257)
+        self.out = nn.Linear(dim, classes)
 
     def logits(self, memory: Tensor) -> Tensor:
         x = memory.repeat_interleave(self.up, dim=1).transpose(1, 2)
-        return self.out(torch.nn.functional.gelu(self.conv(x)).transpose(1, 2))  # (B, T*up, 257)
+        return self.out(torch.nn.functional.gelu(self.conv(x)).transpose(1, 2))  # (B, T*up, classes)
 
     def loss(self, memory: Tensor, valid: Tensor, targets: list[list[int]]) -> Tensor:
         logp = self.logits(memory).float().log_softmax(-1).transpose(0, 1)  # (T, B, C)
         in_len = valid.sum(1) * self.up
         tgt = torch.tensor([b for t in targets for b in t], dtype=torch.long)
         tgt_len = torch.tensor([len(t) for t in targets])
-        return torch.nn.functional.ctc_loss(logp, tgt, in_len.cpu(), tgt_len, blank=self.BLANK, zero_infinity=True)
+        return torch.nn.functional.ctc_loss(logp, tgt, in_len.cpu(), tgt_len, blank=self.blank, zero_infinity=True)
 
     @torch.no_grad()
     def greedy(self, memory: Tensor, valid: Tensor) -> list[list[int]]:
@@ -182,7 +199,7 @@ class CTCHead(nn.Module):
         for row, n in zip(best.tolist(), (valid.sum(1) * self.up).tolist(), strict=True):
             seq, prev = [], None
             for c in row[:n]:
-                if c != prev and c != self.BLANK:
+                if c != prev and c != self.blank:
                     seq.append(c)
                 prev = c
             out.append(seq)
@@ -322,19 +339,27 @@ def make_eval(utts: list[Utterance], batch_size: int = 16):
 # ---- export ----------------------------------------------------------------------------------------------
 def export(model: TokenizerTrainModel, folder: str | Path) -> Path:
     """Write the inference tokenizer (official layout) and the ASR branch into ``folder``."""
-    from safetensors.torch import save_file
-
     from glm4voice.tokenizer.load import save_pretrained
 
     enc = model.encoder
     enc.codebook.weight.data.copy_(model.vq.codebook.weight.detach().to(enc.codebook.weight.dtype))
     folder = save_pretrained(enc, folder, ema_count=model.vq.ema_count.detach().float(),
                              ema_weight=model.vq.ema_weight.detach().float())
+    return export_branch(model, folder)
+
+
+def export_branch(model: TokenizerTrainModel, folder: str | Path) -> Path:
+    """Write the ASR branch (post-VQ layers + head, and its text vocabulary) beside a tokenizer in ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
     branch = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
               if k.split(".")[0] in ("post", "post_ln", "asr")}
     save_file(branch, str(folder / ASR_BRANCH_WEIGHTS))
-    (folder / ASR_BRANCH_CONFIG).write_text(json.dumps({"spec": asdict(model.spec), "text": "utf-8 bytes",
-                                                        "bos": BOS, "eos": EOS}, indent=2) + "\n")
+    meta = {"spec": asdict(model.spec), "text": "utf-8 bytes", "bos": BOS, "eos": EOS}
+    if model.pieces is not None:
+        meta.update(text="pieces", pieces=[p.hex() for p in model.pieces])
+    (folder / ASR_BRANCH_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
 
@@ -349,8 +374,11 @@ def load_for_asr(folder: str | Path, *, device: str = "cpu") -> TokenizerTrainMo
     if not (folder / ASR_BRANCH_CONFIG).is_file():
         raise CheckpointError(f"{folder} has no {ASR_BRANCH_CONFIG}: only glm4voice-trained tokenizers carry an "
                               f"ASR branch (the official release does not)")
-    spec = TokenizerTrainSpec(**json.loads((folder / ASR_BRANCH_CONFIG).read_text())["spec"])
+    meta = json.loads((folder / ASR_BRANCH_CONFIG).read_text())
+    spec = TokenizerTrainSpec(**meta["spec"])
     model = TokenizerTrainModel(spec)
+    if meta.get("text") == "pieces":
+        model.use_pieces([bytes.fromhex(p) for p in meta["pieces"]])
     enc = load_encoder(folder)
     model.encoder.load_state_dict(enc.state_dict())
     model.vq.codebook.weight.data.copy_(enc.codebook.weight)

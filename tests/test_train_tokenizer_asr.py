@@ -1,0 +1,145 @@
+"""Refitting a tokenizer's ASR branch on frozen codes with a word-piece CTC head (train/tokenizer_asr.py)."""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from glm4voice.errors import ConfigError
+from glm4voice.train import tokenizer_asr as ta
+from glm4voice.train import tokenizer_trainer as tt
+
+from test_train_tokenizer import SPEC, _utts
+
+TEXTS = ["what is two plus two", "what is one plus one", "hello there", "the capital of france is paris"]
+
+
+def _model(tmp_path):
+    torch.manual_seed(0)
+    model = tt.TokenizerTrainModel(SPEC).eval()
+    with torch.no_grad():
+        model.vq.codebook.weight.normal_()
+    return tt.export(model, tmp_path / "tok")
+
+
+def _rows(n_each=6):
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, text in enumerate(TEXTS):  # each transcript has its own code pattern, with a little jitter
+        base = (np.arange(6 + 2 * k) * (k + 3)) % SPEC.codebook
+        for j in range(n_each):
+            codes = base.copy()
+            codes[rng.integers(len(codes))] = rng.integers(SPEC.codebook)
+            rows.append({"id": f"{k}-{j}", "text": text, "language": "en", "codes": codes.astype(np.int64)})
+    return rows
+
+
+def test_word_piece_head_learns_codes_and_survives_export(tmp_path):
+    from glm4voice.train.engine import TrainConfig, Trainer
+
+    folder = _model(tmp_path)
+    branch = tt.load_for_asr(folder)
+    piece_tok, pieces = ta.train_pieces(TEXTS * 3, 300)
+    assert 256 < len(pieces) <= 300 and all(bytes([b]) in pieces for b in range(256))
+    branch.use_pieces(pieces)
+    model = ta.CodesASR(branch)
+    frozen = {k: v.clone() for k, v in branch.state_dict().items() if k.startswith(("encoder.", "vq."))}
+    rows = _rows()
+    torch.manual_seed(0)
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "run"), steps=250, lr=3e-3, warmup=10, log_every=50,
+                                  eval_every=0, save_every=250), model,
+                      batch_fn=ta.CodeBatches(rows, piece_tok, 8, seed=0), loss_fn=lambda m, b: m(*b))
+    trainer.fit()
+    model.eval()
+    clean = [r for r in rows if r["id"].endswith("-0")]
+    hyps = model.transcribe_codes(*ta.pad_codes(clean))
+    assert hyps == [r["text"] for r in clean]
+    assert ta.make_eval(clean)(model) == {"wer_en": 0.0}
+    for k, v in branch.state_dict().items():  # the tokenizer itself is untouched: the codes stay valid
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+    out = ta.export(model, folder, tmp_path / "refit")
+    meta = json.loads((out / tt.ASR_BRANCH_CONFIG).read_text())
+    assert meta["text"] == "pieces" and len(meta["pieces"]) == len(pieces)
+    assert (out / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    again = tt.load_for_asr(out)
+    assert again.pieces == pieces
+    assert ta.CodesASR(again).transcribe_codes(*ta.pad_codes(clean)) == hyps
+    # audio in -> codes -> the word-piece branch, as `glm4voice eval tokenizer` calls it
+    texts, codes = again.transcribe(*tt.featurize([u.pcm for u in _utts(2)]))
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and all(codes)
+
+
+def test_code_noise_is_seeded_and_keeps_padding():
+    rows = _rows(2)
+    piece_tok, _ = ta.train_pieces(TEXTS * 3, 280)
+    clean = ta.CodeBatches(rows, piece_tok, 8, seed=1)
+    noisy = ta.CodeBatches(rows, piece_tok, 8, seed=1, noise=0.5)
+    c0, v0, t0 = clean(3, 0, 1)
+    c1, v1, t1 = noisy(3, 0, 1)
+    c2, _, _ = noisy(3, 0, 1)
+    assert torch.equal(c1, c2) and torch.equal(v0, v1) and t0 == t1
+    assert (c1[~v1] == -1).all() and (c0[v0] != c1[v1]).any()
+    with pytest.raises(ConfigError, match="code-noise"):
+        ta.CodeBatches(rows, piece_tok, 8, seed=1, noise=1.0)
+
+
+def _corpus(tmp_path, folder, *, wrong_cache: bool):
+    """A two-utterance corpus (manifest + FLAC + cached codes of ``folder``'s tokenizer, or wrong ones)."""
+    root = tmp_path / "corpus"
+    (root / "tokens").mkdir(parents=True)
+    (root / "audio16k").mkdir()
+    model = tt.load_for_asr(folder)
+    rows = []
+    for i, (u, split) in enumerate(zip(_utts(6), ["train"] * 4 + ["heldout"] * 2, strict=True)):
+        path = f"audio16k/u{i}.flac"
+        sf.write(root / path, u.pcm, 16000)
+        _, codes = model.transcribe(*tt.featurize([u.pcm]))
+        codes = np.asarray(codes[0])
+        if wrong_cache:
+            codes = (codes + 1) % SPEC.codebook
+        np.save(root / "tokens" / f"u{i}.npy", codes.astype(np.int32))
+        rows.append({"id": f"u{i}", "text": u.text, "language": "en", "voice": "v", "style": "", "role": "question",
+                     "item_id": f"i{i}", "split": split, "duration": len(u.pcm) / 16000, "path": path,
+                     "sample_rate": 16000})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(root)
+
+
+def _args(tmp_path, folder, corpus, **kw):
+    p = argparse.ArgumentParser()
+    ta.add_args(p)
+    argv = ["--tokenizer", str(folder), "--corpus", corpus, "--out", str(tmp_path / "run"), "--steps", "6",
+            "--batch-size", "2", "--pieces", "270", "--eval-every", "3", "--save-every", "3",
+            "--export", str(tmp_path / "export")]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return p.parse_args(argv)
+
+
+def test_cli_trains_resumes_and_exports(tmp_path):
+    folder = _model(tmp_path)
+    corpus = _corpus(tmp_path, folder, wrong_cache=False)
+    assert ta.main(_args(tmp_path, folder, corpus, until=3)) == 0
+    vocab = (tmp_path / "run" / "pieces.json").read_text()
+    assert not (tmp_path / "export").exists()
+    assert ta.main(_args(tmp_path, folder, corpus)) == 0  # resumes at step 3 with the saved vocabulary
+    assert (tmp_path / "run" / "pieces.json").read_text() == vocab
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")
+             if json.loads(line)["kind"] == "eval"]
+    assert steps == [3, 6]
+    assert tt.load_for_asr(tmp_path / "export").pieces is not None
+    with pytest.raises(Exception, match="word-piece"):  # refitting a refitted branch is refused
+        ta.main(_args(tmp_path, tmp_path / "export", corpus, out=tmp_path / "run2"))
+
+
+def test_cli_refuses_a_cache_of_another_tokenizer(tmp_path):
+    folder = _model(tmp_path)
+    corpus = _corpus(tmp_path, folder, wrong_cache=True)
+    with pytest.raises(ConfigError, match="re-cache"):
+        ta.main(_args(tmp_path, folder, corpus))
+    assert os.path.isdir(corpus)
