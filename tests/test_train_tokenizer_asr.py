@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_train_tokenizer import SPEC, _utts
 
 from glm4voice.errors import ConfigError
 from glm4voice.train import tokenizer_asr as ta
 from glm4voice.train import tokenizer_trainer as tt
-
-from test_train_tokenizer import SPEC, _utts
 
 TEXTS = ["what is two plus two", "what is one plus one", "hello there", "the capital of france is paris"]
 
