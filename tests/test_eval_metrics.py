@@ -305,3 +305,25 @@ def test_audio_is_output_skips_suites_that_need_a_model(tmp_path):
     res = run_suites(list(NEEDS_MODEL), Context(data=str(tmp_path), audio_is_output=True))
     assert [r.status for r in res] == ["skipped"] * len(NEEDS_MODEL)
     assert all("--audio-is-output" in r.notes[0] for r in res)
+
+
+def test_timing_suites_run_before_the_judge_is_used(tmp_path, monkeypatch):
+    from glm4voice.eval import suites
+    from glm4voice.eval.context import Context
+
+    ran = []
+
+    def fake(name, uses_judge):
+        def run(ctx):
+            ran.append((name, ctx.judge is not None))
+            if uses_judge:
+                ctx.judge = object()  # what get_judge() leaves behind
+            return suites.SuiteResult(name)
+        return run
+
+    monkeypatch.setitem(suites.SUITES, "tokenizer", fake("tokenizer", True))
+    monkeypatch.setitem(suites.SUITES, "spoken_qa", fake("spoken_qa", True))
+    monkeypatch.setitem(suites.SUITES, "latency", fake("latency", False))
+    res = suites.run_suites(["tokenizer", "spoken_qa", "latency"], Context(data=str(tmp_path)))
+    assert ran == [("latency", False), ("tokenizer", False), ("spoken_qa", True)]
+    assert [r.suite for r in res] == ["latency", "tokenizer", "spoken_qa"]
