@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,11 @@ class TokenizerTrainSpec:
     # (~1.0) outweigh the CTC loss of this small model after the VQ came on, and the ASR branch lost what it had
     # learned (CTC 1.2 -> 2.4 per byte, docs/model_card.md); 1.0 gives the usual VQ-VAE weight 0.25.
     vq_loss_scale: float = 10.0
+    # Auxiliary CTC target: espeak-ng phonemes of the transcript (train/phonemes.py), read by a second head from
+    # the same post-VQ states, weighted by phone_weight (0: off). ``phones`` is the size of the run's phoneme
+    # inventory (set from the corpus, saved in the run folder's phones.json).
+    phone_weight: float = 0.0
+    phones: int = 0
 
     def tokenizer_config(self) -> TokenizerConfig:
         cfg = TokenizerConfig(d_model=self.d_model, encoder_attention_heads=self.heads, encoder_ffn_dim=self.ffn,
@@ -103,6 +108,7 @@ class TokenizerTrainModel(nn.Module):
         self.asr = CTCHead(spec.d_model, self.cfg.pooling_kernel_size) if spec.ctc else \
             ASRHead(spec.asr_config(), spec.d_model)
         self.pieces: list[bytes] | None = None  # None: the head writes UTF-8 bytes
+        self.phone = CTCHead(spec.d_model, self.cfg.pooling_kernel_size, spec.phones + 1) if spec.phones else None
 
     def use_pieces(self, pieces: list[bytes]) -> None:
         """Replace the CTC head by a fresh one over word pieces (``pieces[i]`` = the bytes of label i)."""
@@ -128,7 +134,8 @@ class TokenizerTrainModel(nn.Module):
             x, _ = layer(x, mask)
         return self.post_ln(x)
 
-    def forward(self, feats: Tensor, frame_mask: Tensor, targets: list[list[int]]) -> tuple[Tensor, dict]:
+    def forward(self, feats: Tensor, frame_mask: Tensor, targets: list[list[int]],
+                phone_targets: list[list[int]] | None = None) -> tuple[Tensor, dict]:
         h, valid = self.encode(feats, frame_mask)
         warm_up = self.training and not self.quantizing  # warm-up: no bottleneck yet
         if self.training:
@@ -139,9 +146,15 @@ class TokenizerTrainModel(nn.Module):
             q, vq_loss, stats = h, h.new_zeros(()), {"vq_loss": 0.0, "codes_used": 0}
         else:
             q, _, vq_loss, stats = self.vq(h.float(), valid)
-        asr_loss = self.asr.loss(self.memory(q.to(h.dtype), valid), valid, [t[:250] for t in targets])
+        memory = self.memory(q.to(h.dtype), valid)
+        asr_loss = self.asr.loss(memory, valid, [t[:250] for t in targets])
         stats.update(asr_loss=float(asr_loss.detach()))
-        return asr_loss + vq_loss, stats
+        loss = asr_loss + vq_loss
+        if self.phone is not None and phone_targets is not None and self.spec.phone_weight > 0:
+            phone_loss = self.phone.loss(memory, valid, [t[:250] for t in phone_targets])
+            stats.update(phone_loss=float(phone_loss.detach()))
+            loss = loss + self.spec.phone_weight * phone_loss
+        return loss, stats
 
     @property
     def quantizing(self) -> bool:
@@ -153,11 +166,24 @@ class TokenizerTrainModel(nn.Module):
                    ) -> tuple[list[str], list[list[int]]]:
         """Transcripts through the codes (``quantize``, what inference sees), or through the unquantised states
         (what the ASR branch was trained on during the VQ warm-up); the codes are returned either way."""
+        memory, valid, ids = self.read(feats, frame_mask, quantize=quantize)
+        out = self.asr.greedy(memory, valid)
+        return [self.decode_text(row) for row in out], [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
+
+    @torch.no_grad()
+    def transcribe_phones(self, feats: Tensor, frame_mask: Tensor, *, quantize: bool = True) -> list[list[int]]:
+        """Phoneme labels read by the auxiliary head (a run with ``phone_weight`` > 0)."""
+        if self.phone is None:
+            raise ValueError("this model has no phoneme head (spec.phones = 0)")
+        memory, valid, _ = self.read(feats, frame_mask, quantize=quantize)
+        return self.phone.greedy(memory, valid)
+
+    def read(self, feats: Tensor, frame_mask: Tensor, *, quantize: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Post-VQ memory the heads read, its validity, and the codes (B, N/8)."""
         h, valid = self.encode(feats, frame_mask)
         ids = self.vq.nearest(h.reshape(-1, h.shape[-1]).float()).view(h.shape[:2])
         q = self.vq.codebook(ids).to(h.dtype) if quantize else h
-        out = self.asr.greedy(self.memory(q, valid), valid)
-        return [self.decode_text(row) for row in out], [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
+        return self.memory(q, valid), valid, ids
 
     def decode_text(self, ids: list[int]) -> str:
         """ASR head output -> text: UTF-8 bytes, or the byte strings of ``pieces`` (a refitted word-piece head)."""
@@ -214,6 +240,7 @@ class Utterance:
     language: str
     voice: str
     pcm: np.ndarray  # int16 at 16 kHz
+    phones: list[int] | None = None  # phoneme labels (auxiliary target), when the run uses them
 
 
 def load_corpus(corpus_dir: str, *, split: str, max_seconds: float, limit: int | None = None,
@@ -277,6 +304,8 @@ class Batches:
         feats, mask = featurize(pcms)
         if self.spec_masks:
             self._mask(feats, mask, rng)
+        if part and all(u.phones is not None for u in part):
+            return feats, mask, [text_ids(u.text) for u in part], [u.phones for u in part]
         return feats, mask, [text_ids(u.text) for u in part]
 
     def _perturb(self, pcm: np.ndarray, rng: random.Random) -> np.ndarray:
@@ -312,23 +341,43 @@ def error_rates(refs: list[str], hyps: list[str], languages: list[str]) -> dict:
     return out
 
 
+def sequence_error_rate(refs: list[list[int]], hyps: list[list[int]]) -> float:
+    """Edit distance over label sequences, summed, divided by the total reference length (phoneme error rate)."""
+    errors = total = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        row = list(range(len(hyp) + 1))
+        for i, r in enumerate(ref, 1):
+            prev, row[0] = row[0], i
+            for j, h in enumerate(hyp, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+        errors += row[-1]
+        total += len(ref)
+    return errors / max(1, total)
+
+
 def make_eval(utts: list[Utterance], batch_size: int = 16):
     def evaluate(model: TokenizerTrainModel) -> dict:
         # During the VQ warm-up the codebook does not fit the states yet (on a resumed run it may hold codes of
         # older states): score the ASR branch on what it is trained on, and say so (``quantized`` 0).
         quantize = model.quantizing
-        hyps, codes = [], []
+        hyps, codes, phone_hyps = [], [], []
+        with_phones = model.phone is not None and all(u.phones is not None for u in utts)
         for i in range(0, len(utts), batch_size):
             part = utts[i: i + batch_size]
-            texts, ids = model.transcribe(*featurize([u.pcm for u in part]), quantize=quantize)
+            feats = featurize([u.pcm for u in part])
+            texts, ids = model.transcribe(*feats, quantize=quantize)
             hyps += texts
             codes += ids
+            if with_phones:
+                phone_hyps += model.transcribe_phones(*feats, quantize=quantize)
         flat = torch.tensor([c for row in codes for c in row])
         p = torch.bincount(flat, minlength=model.spec.codebook).float()
         p = p[p > 0] / p.sum()
         res = error_rates([u.text for u in utts], hyps, [u.language for u in utts])
         res.update(code_perplexity=float(torch.exp(-(p * p.log()).sum())), codes_used=int(p.numel()),
                    quantized=int(quantize))
+        if with_phones:
+            res.update(phone_error=sequence_error_rate([u.phones for u in utts], phone_hyps))
         for u, h in list(zip(utts, hyps, strict=True))[:3]:
             log.info("ref: %s | hyp: %s", u.text, h)
         return res
@@ -356,7 +405,9 @@ def export_branch(model: TokenizerTrainModel, folder: str | Path) -> Path:
     branch = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
               if k.split(".")[0] in ("post", "post_ln", "asr")}
     save_file(branch, str(folder / ASR_BRANCH_WEIGHTS))
-    meta = {"spec": asdict(model.spec), "text": "utf-8 bytes", "bos": BOS, "eos": EOS}
+    # the phoneme head is a training aid and is not exported: the branch's spec says so
+    meta = {"spec": asdict(replace(model.spec, phones=0, phone_weight=0.0)), "text": "utf-8 bytes", "bos": BOS,
+            "eos": EOS}
     if model.pieces is not None:
         meta.update(text="pieces", pieces=[p.hex() for p in model.pieces])
     (folder / ASR_BRANCH_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
@@ -403,8 +454,32 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec-masks", type=int, default=0,
                         help="SpecAugment: frequency and time masks per training utterance (e.g. 2)")
     for f in TokenizerTrainSpec.__dataclass_fields__.values():
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        if f.name != "phones":  # the inventory size comes from the corpus
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    parser.add_argument("--phone-jobs", type=int, default=2, help="espeak-ng processes making phoneme targets")
     add_train_args(parser, lr=1e-3, steps=3000, batch_size=24, warmup=200, eval_every=250, save_every=100)
+
+
+def attach_phones(corpus_dir: str, out_dir: str, train: list[Utterance], held: list[Utterance], *,
+                  jobs: int = 2) -> list[str]:
+    """Set ``phones`` of every utterance from espeak-ng (cached in the corpus) and return the run's phoneme
+    inventory: the training transcripts' symbols, or the one saved in ``out_dir/phones.json`` by an earlier start
+    of the run (a resumed run keeps its labels)."""
+    from glm4voice.train import phonemes
+
+    table = phonemes.cached_phonemes(corpus_dir, [(u.language, u.text) for u in train + held], jobs=jobs)
+    saved = Path(out_dir) / "phones.json"
+    if saved.is_file():
+        symbols = json.loads(saved.read_text(encoding="utf-8"))
+    else:
+        symbols = phonemes.inventory(table[(u.language, u.text)] for u in train)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(symbols, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    index = {s: i for i, s in enumerate(symbols)}
+    for u in train + held:
+        u.phones = phonemes.encode(table[(u.language, u.text)], index)
+    log.info("phoneme targets: %d symbols", len(symbols))
+    return symbols
 
 
 def main(args: argparse.Namespace) -> int:
@@ -412,11 +487,14 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = config_from_args(args)
-    spec = TokenizerTrainSpec(**{k: getattr(args, k) for k in TokenizerTrainSpec.__dataclass_fields__})
-    torch.manual_seed(cfg.seed)
-    model = TokenizerTrainModel(spec)
+    spec = TokenizerTrainSpec(**{k: getattr(args, k) for k in TokenizerTrainSpec.__dataclass_fields__
+                                 if k != "phones"})
     train = load_corpus(args.corpus, split="train", max_seconds=args.max_seconds)
     held = load_corpus(args.corpus, split="heldout", max_seconds=args.max_seconds, limit=args.eval_size, seed=1)
+    if spec.phone_weight > 0:
+        spec = replace(spec, phones=len(attach_phones(args.corpus, cfg.out_dir, train, held, jobs=args.phone_jobs)))
+    torch.manual_seed(cfg.seed)
+    model = TokenizerTrainModel(spec)
     log.info("tokenizer: %d train / %d held-out utterances, %.1fM parameters", len(train), len(held),
              sum(p.numel() for p in model.parameters()) / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
