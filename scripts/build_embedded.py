@@ -6,7 +6,8 @@
 - tokenizer: the trainer's export (official layout), weights stored in bf16 without the training-only EMA buffers
   (the loader upcasts to the requested dtype), plus its ASR branch in bf16 (only the evaluation reads it);
 - lm: the run's last.pt (finished or not) exported in bf16 with its text tokenizer (``lm_trainer.export``);
-- decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``).
+- decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``); a part the run did not train
+  (e.g. a ``--part flow`` run) comes from ``--decoder-init`` (the decoder folder the run was started from).
 Writes ``MANIFEST.json`` with the provenance (run folders, steps reached) and the file sizes.
 """
 
@@ -61,16 +62,27 @@ def build_lm(run: Path, out: Path) -> dict:
     return {"source": str(run), "step": step, "steps": steps}
 
 
-def build_decoder(run: Path, out: Path) -> dict:
+def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
+    # As for the LM: export beside `out` first, since `init` may be the folder being replaced.
+    tmp = out.with_name(out.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    cmd = [sys.executable, "-m", "glm4voice", "train", "decoder", "--out", str(run), "--export-only",
+           "--export", str(tmp), "--export-dtype", "fp16"]
+    if init is not None:
+        cmd += ["--init", str(init)]
+    subprocess.run(cmd, check=True)
+    steps: dict = {}
+    for part in ("flow", "hift"):
+        if (run / part / "last.pt").is_file():
+            ck = torch.load(run / part / "last.pt", map_location="cpu", weights_only=True)
+            steps[part] = [int(ck["step"]), int(ck["config"]["steps"])]
+        else:
+            steps[part] = f"from {init}"
     if out.exists():
         shutil.rmtree(out)
-    subprocess.run([sys.executable, "-m", "glm4voice", "train", "decoder", "--out", str(run), "--export-only",
-                    "--export", str(out), "--export-dtype", "fp16"], check=True)
-    steps = {}
-    for part in ("flow", "hift"):
-        ck = torch.load(run / part / "last.pt", map_location="cpu", weights_only=True)
-        steps[part] = [int(ck["step"]), int(ck["config"]["steps"])]
-    return {"source": str(run), "steps": steps}
+    tmp.rename(out)
+    return {"source": str(run), "init": None if init is None else str(init), "steps": steps}
 
 
 def main() -> int:
@@ -78,11 +90,13 @@ def main() -> int:
     p.add_argument("--tokenizer", type=Path, required=True)
     p.add_argument("--lm-run", type=Path, required=True)
     p.add_argument("--decoder-run", type=Path, required=True)
+    p.add_argument("--decoder-init", type=Path, default=None,
+                   help="decoder folder for the part(s) the decoder run did not train")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
     a = p.parse_args()
     manifest = {"tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer"),
                 "lm": build_lm(a.lm_run, a.out / "lm"),
-                "decoder": build_decoder(a.decoder_run, a.out / "decoder")}
+                "decoder": build_decoder(a.decoder_run, a.out / "decoder", a.decoder_init)}
     manifest["files"] = {str(f.relative_to(a.out)): f.stat().st_size for f in sorted(a.out.rglob("*")) if f.is_file()
                          and f.name != "MANIFEST.json"}
     manifest["total_bytes"] = sum(manifest["files"].values())
