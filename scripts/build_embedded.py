@@ -8,6 +8,7 @@
 - lm: the run's last.pt (finished or not) exported in bf16 with its text tokenizer (``lm_trainer.export``);
 - decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``); a part the run did not train
   (e.g. a ``--part flow`` run) comes from ``--decoder-init`` (the decoder folder the run was started from).
+A component whose source is not given is kept as it is (e.g. only ``--lm-run`` to ship a new LM).
 Writes ``MANIFEST.json`` with the provenance (run folders, steps reached) and the file sizes.
 """
 
@@ -85,18 +86,29 @@ def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
     return {"source": str(run), "init": None if init is None else str(init), "steps": steps}
 
 
+def keep(out: Path, name: str) -> dict:
+    """A component that is not rebuilt: it must be in ``out`` already; its provenance is carried over."""
+    if not (out / name).is_dir():
+        raise SystemExit(f"{out / name} does not exist: give the {name} source to build it")
+    old = out / "MANIFEST.json"
+    entry = json.loads(old.read_text()).get(name, {}) if old.is_file() else {}
+    return {**entry, "kept": True}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", type=Path, required=True)
-    p.add_argument("--lm-run", type=Path, required=True)
-    p.add_argument("--decoder-run", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer export (omit: keep the current one)")
+    p.add_argument("--lm-run", type=Path, default=None, help="LM run folder (omit: keep the current LM)")
+    p.add_argument("--decoder-run", type=Path, default=None, help="decoder run folder (omit: keep the current one)")
     p.add_argument("--decoder-init", type=Path, default=None,
                    help="decoder folder for the part(s) the decoder run did not train")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
     a = p.parse_args()
-    manifest = {"tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer"),
-                "lm": build_lm(a.lm_run, a.out / "lm"),
-                "decoder": build_decoder(a.decoder_run, a.out / "decoder", a.decoder_init)}
+    manifest = {
+        "tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer") if a.tokenizer else keep(a.out, "tokenizer"),
+        "lm": build_lm(a.lm_run, a.out / "lm") if a.lm_run else keep(a.out, "lm"),
+        "decoder": (build_decoder(a.decoder_run, a.out / "decoder", a.decoder_init) if a.decoder_run
+                    else keep(a.out, "decoder"))}
     manifest["files"] = {str(f.relative_to(a.out)): f.stat().st_size for f in sorted(a.out.rglob("*")) if f.is_file()
                          and f.name != "MANIFEST.json"}
     manifest["total_bytes"] = sum(manifest["files"].values())

@@ -39,3 +39,35 @@ def test_embedded_speech_question_runs_end_to_end():
     assert {e.sample_rate for e in events if isinstance(e, AudioChunk)} == {22050}
     assert pcm.size > 22050 * 0.5 and np.isfinite(pcm).all() and np.abs(pcm).max() > 1e-3
     assert {"tokenize", "lm_prefill", "lm_first_audio_block", "speech_decode"} <= stages
+
+
+def _build_script(argv):
+    import runpy
+    import sys
+
+    old = sys.argv
+    sys.argv = ["build_embedded.py", *argv]
+    try:
+        return runpy.run_path(str(ROOT / "scripts" / "build_embedded.py"), run_name="__main__")
+    finally:
+        sys.argv = old
+
+
+def test_build_script_keeps_components_it_is_not_given(tmp_path):
+    import shutil
+
+    import pytest
+
+    out = tmp_path / "embedded"
+    shutil.copytree(EMBEDDED, out)
+    before = json.loads((out / "MANIFEST.json").read_text())
+    with pytest.raises(SystemExit) as done:
+        _build_script(["--out", str(out)])
+    assert done.value.code == 0
+    after = json.loads((out / "MANIFEST.json").read_text())
+    for part in ("tokenizer", "lm", "decoder"):
+        assert after[part] == {**before[part], "kept": True}
+    assert after["files"] == before["files"] and after["total_bytes"] == before["total_bytes"]
+    shutil.rmtree(out / "lm")
+    with pytest.raises(SystemExit, match="lm does not exist"):
+        _build_script(["--out", str(out)])
