@@ -21,6 +21,7 @@ COMPONENTS = {
     "text2token": ("glm4voice.train.text2token", "text-to-token model (text -> speech tokens)"),
     "interleave": ("glm4voice.train.interleave", "interleaved speech-text documents from text (needs text2token)"),
     "decoder": ("glm4voice.train.decoder_trainer", "speech decoder (flow matching + HiFT vocoder)"),
+    "compare": ("glm4voice.train.compare", "compare runs' metrics at equal steps (table + plot), e.g. an A/B"),
 }
 
 
