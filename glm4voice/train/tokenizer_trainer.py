@@ -166,17 +166,20 @@ class TokenizerTrainModel(nn.Module):
                    ) -> tuple[list[str], list[list[int]]]:
         """Transcripts through the codes (``quantize``, what inference sees), or through the unquantised states
         (what the ASR branch was trained on during the VQ warm-up); the codes are returned either way."""
-        memory, valid, ids = self.read(feats, frame_mask, quantize=quantize)
-        out = self.asr.greedy(memory, valid)
-        return [self.decode_text(row) for row in out], [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
+        texts, codes, _ = self.transcribe_all(feats, frame_mask, quantize=quantize, phones=False)
+        return texts, codes
 
     @torch.no_grad()
-    def transcribe_phones(self, feats: Tensor, frame_mask: Tensor, *, quantize: bool = True) -> list[list[int]]:
-        """Phoneme labels read by the auxiliary head (a run with ``phone_weight`` > 0)."""
-        if self.phone is None:
+    def transcribe_all(self, feats: Tensor, frame_mask: Tensor, *, quantize: bool = True, phones: bool = True
+                       ) -> tuple[list[str], list[list[int]], list[list[int]] | None]:
+        """``transcribe`` plus the phoneme labels of the auxiliary head (None when ``phones`` is False), from one
+        pass through the encoder."""
+        if phones and self.phone is None:
             raise ValueError("this model has no phoneme head (spec.phones = 0)")
-        memory, valid, _ = self.read(feats, frame_mask, quantize=quantize)
-        return self.phone.greedy(memory, valid)
+        memory, valid, ids = self.read(feats, frame_mask, quantize=quantize)
+        texts = [self.decode_text(row) for row in self.asr.greedy(memory, valid)]
+        codes = [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
+        return texts, codes, self.phone.greedy(memory, valid) if phones else None
 
     def read(self, feats: Tensor, frame_mask: Tensor, *, quantize: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """Post-VQ memory the heads read, its validity, and the codes (B, N/8)."""
@@ -364,12 +367,11 @@ def make_eval(utts: list[Utterance], batch_size: int = 16):
         with_phones = model.phone is not None and all(u.phones is not None for u in utts)
         for i in range(0, len(utts), batch_size):
             part = utts[i: i + batch_size]
-            feats = featurize([u.pcm for u in part])
-            texts, ids = model.transcribe(*feats, quantize=quantize)
+            texts, ids, phone_ids = model.transcribe_all(*featurize([u.pcm for u in part]), quantize=quantize,
+                                                         phones=with_phones)
             hyps += texts
             codes += ids
-            if with_phones:
-                phone_hyps += model.transcribe_phones(*feats, quantize=quantize)
+            phone_hyps += phone_ids or []
         flat = torch.tensor([c for row in codes for c in row])
         p = torch.bincount(flat, minlength=model.spec.codebook).float()
         p = p[p > 0] / p.sum()
