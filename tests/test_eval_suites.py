@@ -365,3 +365,16 @@ def test_builtin_heldout_set_is_spoken_by_heldout_voices_once(tmp_path):
     assert [(it.id, it.text, it.answer, it.key, it.voice) for it in again.items] == [
         (it.id, it.text, it.answer, it.key, it.voice) for it in first.items]
     assert all((tmp_path / a).stat().st_mtime_ns == t for a, t in stamps.items())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "somewhere", "--per-kind", "2"], "--per-kind sizes the built-in held-out set only"),
+    (["--split", "train"], "--split picks rows of a corpus"),
+    (["--per-kind", "0"], "--per-kind must be at least 1"),
+])
+def test_eval_refuses_options_its_data_would_ignore(argv, message, tmp_path, capsys):
+    from glm4voice.cli import main
+
+    rc = main(["eval", "lm", *argv, "--out", str(tmp_path / "out")])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work

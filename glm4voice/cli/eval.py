@@ -35,11 +35,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--data", default=None,
                    help="a corpus folder (manifest.jsonl; its held-out split) or a folder of audio + metadata.jsonl/"
                         ".tsv (docs/eval.md); default: the built-in held-out set")
-    d.add_argument("--split", default="heldout", help="corpus split to evaluate")
+    d.add_argument("--split", default=None, help="corpus split to evaluate (default: heldout)")
     d.add_argument("--audio-is-output", action="store_true",
                    help="the folder's audio are outputs to score (answers of any system), not questions to ask")
     d.add_argument("--limit", type=int, default=None, help="at most N items per suite, spread over kinds")
-    d.add_argument("--per-kind", type=int, default=6, help="built-in set: items per kind, language and style")
+    d.add_argument("--per-kind", type=int, default=None,
+                   help="built-in set: items per kind, language and style (default 6)")
     d.add_argument("--latency-runs", type=int, default=5, help="measured questions of the latency suite")
     d.add_argument("--seed", type=int, default=0)
     j = parser.add_argument_group("judges")
@@ -53,6 +54,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default eval-results/<suites>-<time>)")
 
 
+def check_data_options(args: argparse.Namespace) -> None:
+    """Refuse options that the chosen data would silently ignore: ``--per-kind`` sizes only the built-in set (a
+    corpus or folder is sized with ``--limit``), and ``--split`` picks rows of a corpus only."""
+    from glm4voice.errors import ConfigError
+
+    if args.per_kind is not None and args.per_kind < 1:
+        raise ConfigError(f"--per-kind must be at least 1, got {args.per_kind}")
+    if args.data is not None and args.per_kind is not None:
+        raise ConfigError("--per-kind sizes the built-in held-out set only; with --data use --limit N")
+    if args.data is None and args.split is not None:
+        raise ConfigError("--split picks rows of a corpus given with --data; the built-in set is held out already")
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -61,12 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from glm4voice.eval.suites import ALL, run_suites
     from glm4voice.eval.system import Generation, ModelSpec
 
+    check_data_options(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     names = list(dict.fromkeys(n for s in args.suites for n in (ALL if s == "all" else (s,))))
     out = Path(args.out or f"eval-results/{'-'.join(args.suites)}-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = ModelSpec.from_args(args.model, tokenizer=args.tokenizer, lm=args.lm, decoder=args.decoder)
     ctx = Context(spec=spec, data=args.data, out=out, device=args.device, dtype=args.dtype, limit=args.limit,
-                  per_kind=args.per_kind, seed=args.seed, split=args.split, judge_name=args.judge,
+                  per_kind=6 if args.per_kind is None else args.per_kind, seed=args.seed,
+                  split=args.split or "heldout", judge_name=args.judge,
                   cache_dir=Path(args.cache_dir) if args.cache_dir else None, audio_is_output=args.audio_is_output,
                   generation=Generation(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                         seed=args.seed),
