@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(n for s in args.suites for n in (ALL if s == "all" else (s,))))
     out = Path(args.out or f"eval-results/{'-'.join(args.suites)}-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = ModelSpec.from_args(args.model, tokenizer=args.tokenizer, lm=args.lm, decoder=args.decoder)
+    given = {k: v for k, v in (("per_kind", args.per_kind), ("split", args.split)) if v is not None}
     ctx = Context(spec=spec, data=args.data, out=out, device=args.device, dtype=args.dtype, limit=args.limit,
-                  per_kind=6 if args.per_kind is None else args.per_kind, seed=args.seed,
-                  split=args.split or "heldout", judge_name=args.judge,
+                  seed=args.seed, judge_name=args.judge, **given,  # the others: Context's defaults
                   cache_dir=Path(args.cache_dir) if args.cache_dir else None, audio_is_output=args.audio_is_output,
                   generation=Generation(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                         seed=args.seed),
