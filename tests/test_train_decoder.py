@@ -321,6 +321,9 @@ def test_resumed_run_equals_uninterrupted_and_export_decodes(corpus, tmp_path):
     assert ft.cfg == dec.cfg
     for k, v in dec.hift.state_dict().items():  # weight norm g, v re-stored in fp16: equal up to its rounding
         torch.testing.assert_close(ft.hift.state_dict()[k], v, rtol=2e-3, atol=1e-5, msg=k)
+    # ... and in fact the init's file ships unchanged (no re-rounding on every rebuild)
+    assert (tmp_path / "dec_ft/hift.safetensors").read_bytes() == (tmp_path / "dec/hift.safetensors").read_bytes()
+    assert (tmp_path / "dec_ft/flow.safetensors").read_bytes() != (tmp_path / "dec/flow.safetensors").read_bytes()
     moved = [(ft.flow.state_dict()[k] - v).abs().max().item() for k, v in dec.flow.state_dict().items()]
     assert 0 < max(moved) < 0.05  # started from the init weights and trained a little
 

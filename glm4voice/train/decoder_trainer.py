@@ -294,15 +294,39 @@ def export(flow: Flow, hift: HiFT, cfg: DecoderConfig, folder: str | Path, *, dt
 def export_runs(out_dir: str, cfg: DecoderConfig, folder: str, *, init: str | None, dtype: torch.dtype) -> Path:
     """Export OUT/flow/last.pt + OUT/hift/last.pt (a missing part comes from ``init``) to a decoder folder."""
     flow_m, voc_m = new_models(cfg, init, seed=0)
+    untrained = []
     for part, model in (("flow", flow_m), ("hift", _HiftOnly(voc_m.hift))):
         got = load_run(model, os.path.join(out_dir, part))
         if got is None and init is None:
             raise ConfigError(f"cannot export: no {part} run in {out_dir}/{part} and no --init decoder for it")
         if got is None:
             log.info("export: %s from --init %s", part, init)
+            untrained.append(part)
         elif got[0] < got[1]:
             log.warning("export: the %s run stopped at step %d of %d (unfinished)", part, *got)
-    return export(flow_m.flow, voc_m.hift, cfg, folder, dtype=dtype)
+    out = export(flow_m.flow, voc_m.hift, cfg, folder, dtype=dtype)
+    for part in untrained:
+        _carry_file(Path(init), part, out)
+    return out
+
+
+def _carry_file(init: Path, part: str, folder: Path) -> None:
+    """Replace the exported ``part`` with ``init``'s own file when that holds the same keys in the same dtypes: a
+    part the run did not train then ships byte for byte, instead of being re-rounded on every rebuild (HiFT's weight
+    norm is folded on load and split again on export, which moves its weights by ~1e-3 of their scale in fp16)."""
+    from safetensors import safe_open
+
+    src, dst = init / f"{part}.safetensors", folder / f"{part}.safetensors"
+    if not (src.is_file() and dst.is_file()):
+        return  # a hub id or official .pt files: the re-export stands
+    with safe_open(str(src), "pt") as a, safe_open(str(dst), "pt") as b:
+        same = set(a.keys()) == set(b.keys()) and all(a.get_slice(k).get_dtype() == b.get_slice(k).get_dtype()
+                                                      for k in a.keys())
+    if same:
+        tmp = dst.with_name(dst.name + ".tmp")
+        tmp.write_bytes(src.read_bytes())
+        tmp.replace(dst)
+        log.info("export: %s copied unchanged from %s", part, init)
 
 
 class _HiftOnly(nn.Module):
