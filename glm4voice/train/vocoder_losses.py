@@ -34,6 +34,17 @@ def stft_loss(pred: torch.Tensor, target: torch.Tensor, resolutions=STFT_RESOLUT
     return total / len(resolutions)
 
 
+def _conv_stack(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack then the 1-channel output conv: (flattened logits, every layer's features)."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        feats.append(x)
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
+
+
 class PeriodDiscriminator(nn.Module):
     """HiFi-GAN period discriminator: reshape (B, n) to (B, 1, n/p, p) and run 2-D convs along time."""
 
@@ -51,13 +62,7 @@ class PeriodDiscriminator(nn.Module):
         if n % self.period:
             x = F.pad(x, (0, self.period - n % self.period), mode="reflect")
         x = x.view(b, 1, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -77,13 +82,7 @@ class ScaleDiscriminator(nn.Module):
         x = x.unsqueeze(1)
         if self.pool > 1:
             x = F.avg_pool1d(x, self.pool * 2, self.pool, padding=self.pool)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x)
 
 
 class Discriminators(nn.Module):
