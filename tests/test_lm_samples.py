@@ -4,6 +4,7 @@ data loading from a corpus folder, the mixture and deterministic packing.
 Also holds the toy tokenizer and corpus the other LM training tests import (``from test_lm_samples import ...``).
 """
 
+import difflib
 import json
 import os
 import random
@@ -382,3 +383,32 @@ def test_rephrase_rewords_typed_questions_only(tok, sp, data):
     assert reworded, "rephrase=1 never re-worded a templated question"
     with pytest.raises(ConfigError, match="rephrase"):
         ls.Mixture(tok, sp, data, "sft_text=1", rephrase=1.5)
+
+
+def test_perturb_codes_edits_about_p_of_the_codes():
+    rng = random.Random(0)
+    codes = list(range(2000))  # distinct: every edit is visible in the alignment below
+    assert ls.perturb_codes(codes, 0.0, rng, 4096) == codes
+    out = ls.perturb_codes(codes, 0.3, rng, 4096)
+    assert out != codes and all(0 <= c < 4096 for c in out)
+    assert 0.8 * len(codes) < len(out) < 1.2 * len(codes)  # drops and doubles roughly balance
+    # p of the codes are edited and a third of the edits (the doubles) keep the code: about 0.8 survive in order
+    kept = sum(b.size for b in difflib.SequenceMatcher(None, codes, out, autojunk=False).get_matching_blocks())
+    assert 0.75 * len(codes) < kept < 0.85 * len(codes)
+    assert ls.perturb_codes([5], 0.99, random.Random(3), 8)  # never empty
+
+
+def test_code_noise_touches_speech_inputs_only(tok, sp, data):
+    def draws(kind, noise):
+        mix = ls.Mixture(tok, sp, data, f"{kind}=1", sft_loss="joint", code_noise=noise)
+        return [mix.draw(random.Random(seed))[0] for seed in range(20)]
+
+    for kind in ("sft", "asr"):  # the question / ASR audio changes; what the model must produce does not
+        for a, b in zip(draws(kind, 0.0), draws(kind, 0.5), strict=True):
+            assert a.ids != b.ids
+            assert [i for i, m in zip(a.ids, a.mask, strict=True) if m] == \
+                   [i for i, m in zip(b.ids, b.mask, strict=True) if m]
+    for kind in ("tts", "sft_text"):  # no speech input: identical samples
+        assert [s.ids for s in draws(kind, 0.0)] == [s.ids for s in draws(kind, 0.5)]
+    with pytest.raises(ConfigError, match="code noise"):
+        ls.Mixture(tok, sp, data, "sft=1", code_noise=1.0)

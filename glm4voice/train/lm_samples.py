@@ -427,11 +427,28 @@ def parse_mix(spec: str | dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in pairs.items() if v > 0}
 
 
+def perturb_codes(codes, p: float, rng: random.Random, codebook_size: int) -> list[int]:
+    """Input-speech augmentation: each code, with probability ``p``, is replaced by a random code, dropped or
+    doubled (equal odds). An unseen voice or speaking rate moves some codes and stretches others; the LM should read
+    the words, not recall one exact code sequence of a training utterance. Never returns an empty list."""
+    out: list[int] = []
+    for c in (int(c) for c in codes):
+        if rng.random() >= p:
+            out.append(c)
+            continue
+        op = rng.randrange(3)
+        if op == 0:
+            out.append(rng.randrange(codebook_size))
+        elif op == 2:
+            out += [c, c]
+    return out or [int(c) for c in codes[:1]]
+
+
 class Mixture:
     """Draws documents by kind ratio from ``LMData``; each draw returns a list of samples (two for split SFT)."""
 
     def __init__(self, tok, sp: Specials, data: LMData, mix: str | dict[str, float], *, sft_loss: str = "split",
-                 max_audio: int | None = None, rephrase: float = 0.0):
+                 max_audio: int | None = None, rephrase: float = 0.0, code_noise: float = 0.0):
         self.tok, self.sp, self.data = tok, sp, data
         self.ratios = parse_mix(mix)
         self.pools = {k: data.pool(k) for k in self.ratios}
@@ -447,6 +464,10 @@ class Mixture:
         # typed questions (sft_text) re-worded with another training phrasing with this probability
         # (texts.rephrase); 0 draws nothing extra from the RNG, so older runs resume with the same batches
         self.rephrase = rephrase
+        if not 0.0 <= code_noise < 1.0:
+            raise ConfigError(f"code noise probability must be in [0, 1), not {code_noise}")
+        # speech *inputs* (spoken questions, ASR audio) perturbed code by code (perturb_codes); 0 draws nothing
+        self.code_noise = code_noise
 
     def draw(self, rng: random.Random) -> list[Sample]:
         kind = rng.choices(self.kinds, self.weights)[0]
@@ -467,17 +488,23 @@ class Mixture:
             codes = x.codes[:self.max_audio] if self.max_audio else x.codes
             if kind == "speech":
                 return [speech_sample(tok, sp, codes)]
-            return [asr_sample(tok, sp, codes, x.text) if kind == "asr" else tts_sample(tok, sp, x.text, codes)]
+            if kind == "asr":
+                return [asr_sample(tok, sp, self._heard(codes, rng), x.text)]
+            return [tts_sample(tok, sp, x.text, codes)]
         dialogues = [x]
         if kind == "multi":  # further turns: other dialogues of the pool, drawn by the same RNG
             pool = self.pools[kind]
             dialogues += [pool[rng.randrange(len(pool))] for _ in range(rng.randint(*MULTI_TURNS) - 1)]
-        turns = [(self._typed(d, rng) if kind == "sft_text" else d.question.codes, d.answer.text, d.answer.codes)
+        turns = [(self._typed(d, rng) if kind == "sft_text" else self._heard(d.question.codes, rng), d.answer.text,
+                  d.answer.codes)
                  for d in dialogues]
         copies = conversation_samples(tok, sp, turns, loss=self.sft_loss, kind=kind)
         rng.shuffle(copies)  # a copy cut at the end of a row is the text or the speech one alike
         return copies
 
+
+    def _heard(self, codes, rng: random.Random):
+        return perturb_codes(codes, self.code_noise, rng, self.sp.codebook_size) if self.code_noise else codes
 
     def _typed(self, d: Dialogue, rng: random.Random) -> str:
         if self.rephrase and rng.random() < self.rephrase:

@@ -265,6 +265,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rephrase", type=float, default=0.0,
                         help="probability that a typed question (sft_text) is re-worded with another training "
                              "phrasing (augmentation; held-out phrasings are never used)")
+    parser.add_argument("--code-noise", type=float, default=0.0,
+                        help="probability that each code of a speech *input* (spoken question, ASR audio) is "
+                             "replaced by a random code, dropped or doubled (augmentation against memorising "
+                             "utterances; 0: off)")
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
@@ -336,7 +340,7 @@ def main(args: argparse.Namespace) -> int:
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts)
     log.info("lm %s: train data %s", args.stage, train.summary())
     batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio,
-                                           rephrase=args.rephrase),
+                                           rephrase=args.rephrase, code_noise=args.code_noise),
                                 batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed,
                                 fill_tries=args.pack_tries)
     eval_fn = _make_eval(args, tok, sp, mix, cfg)
@@ -352,7 +356,7 @@ def main(args: argparse.Namespace) -> int:
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
         {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "rephrase": args.rephrase,
-         "seq_len": args.seq_len,
+         "code_noise": args.code_noise, "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
