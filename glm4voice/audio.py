@@ -247,6 +247,11 @@ def _mel_to_hz_slaney(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, log, lin)
 
 
+def mel_centres(n_mels: int = MEL_BINS, fmin: float = 0.0, fmax: float = MEL_FMAX) -> np.ndarray:
+    """Centre frequencies (Hz) of ``mel_filters``' triangles, (n_mels,) float64."""
+    return _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2))[1:-1]
+
+
 @lru_cache(maxsize=4)
 def mel_filters(sample_rate: int = TOKENIZER_SAMPLE_RATE, n_fft: int = MEL_N_FFT, n_mels: int = MEL_BINS,
                 fmin: float = 0.0, fmax: float = MEL_FMAX) -> torch.Tensor:

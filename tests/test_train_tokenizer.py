@@ -111,6 +111,38 @@ def test_spec_masks_touch_only_valid_frames():
     assert not (changed & ~plain[1][:, None, :]).any()  # padding frames untouched
 
 
+@pytest.mark.parametrize("alpha", [0.9, 1.12])
+def test_vtlp_moves_a_formant_by_alpha_and_keeps_the_band_edge(alpha):
+    from glm4voice.audio import mel_centres
+
+    n = 128
+    centres = mel_centres(n)
+    feats = torch.zeros(n, 5)
+    src = int(np.searchsorted(centres, 1500.0))  # a "formant" at ~1.5 kHz, below the knee
+    feats[src] = 1.0
+    feats[-1] = 2.0  # the top bin
+    assert torch.equal(tt.vtlp_warp(feats, 1.0), feats)
+    out = tt.vtlp_warp(feats, alpha)
+    peak = int(out[:-3, 0].argmax())
+    assert out[peak, 0] > 0.5 and abs(np.log(centres[peak] / (alpha * centres[src]))) < 0.03
+    assert out[-1, 0] == pytest.approx(2.0)  # 8 kHz stays at 8 kHz
+    assert torch.equal(out[:, 0], out[:, 4])  # frames are warped alike
+
+
+def test_vtlp_batches_are_seeded_and_leave_lengths_and_padding():
+    utts = _utts(4)
+    plain = tt.Batches(utts, 4, seed=0)(3, 0, 1)
+    warped = tt.Batches(utts, 4, seed=0, vtlp=0.15)
+    a, b = warped(3, 0, 1), warped(3, 0, 1)
+    assert torch.equal(a[0], b[0])  # same step, same batch (resume)
+    assert torch.equal(a[1], plain[1]) and a[2] == plain[2]  # same utterances, lengths and transcripts
+    assert not torch.equal(plain[0], a[0])
+    flat = (plain[0] == plain[0][:, :1]).all(1)  # frames at the floor in every bin (padding): a warp keeps them
+    assert flat.any() and torch.equal(a[0].transpose(1, 2)[flat], plain[0].transpose(1, 2)[flat])
+    with pytest.raises(ValueError, match="VTLP"):
+        tt.Batches(utts, 3, seed=0, vtlp=0.6)
+
+
 def test_attention_head_variant_trains_a_step():
     spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "ctc": 0})
     model = tt.TokenizerTrainModel(spec)

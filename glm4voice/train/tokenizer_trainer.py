@@ -278,6 +278,30 @@ def featurize(pcms: list[np.ndarray]) -> tuple[Tensor, Tensor]:
     return feats, frame_mask
 
 
+def vtlp_warp(feats: Tensor, alpha: float, *, knee: float = 0.85) -> Tensor:
+    """Vocal-tract-length perturbation of log-mel features (n_mels, frames), done on the mel axis.
+
+    The warp of Jaitly & Hinton (2013, "Vocal Tract Length Perturbation improves speech recognition"): a frequency
+    f becomes alpha * f below a knee, then a straight line that keeps the band edge (8 kHz) in place. Each output
+    bin reads the input at the source frequency of its centre, interpolated linearly between neighbouring bins, so
+    alpha > 1 moves formants up (a shorter vocal tract), alpha < 1 down. alpha = 1 returns the input unchanged."""
+    from glm4voice.audio import mel_centres
+
+    if alpha == 1.0:
+        return feats
+    n = feats.shape[0]
+    centres = mel_centres(n)
+    top = float(centres[-1])
+    k = knee * top * min(1.0, 1.0 / alpha)  # source knee: alpha * k stays below the edge
+    g = centres
+    src = np.where(g <= alpha * k, g / alpha, k + (g - alpha * k) * (top - k) / (top - alpha * k))
+    pos = torch.from_numpy(np.interp(src, centres, np.arange(n, dtype=np.float64))).to(feats.dtype)
+    lo = pos.floor().long().clamp(0, n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    w = (pos - lo.to(pos.dtype))[:, None].to(feats.device)
+    return feats[lo] * (1 - w) + feats[hi] * w
+
+
 def text_ids(text: str) -> list[int]:
     """ASR targets: UTF-8 bytes of the lower-cased transcript."""
     return list(text.lower().encode("utf-8"))
@@ -288,16 +312,19 @@ class Batches:
 
     Augmentation for unseen speakers (off by default; every draw comes from the step's RNG, so a resumed run sees
     the same batches): ``speed`` resamples each utterance by a factor in [1 - speed, 1 + speed] (tempo and pitch
-    change together, Kaldi-style speed perturbation); ``spec_masks`` masks that many frequency bands (up to 12 mel
-    bins) and time spans (up to 0.25 s) of each utterance's features with its mean (SpecAugment)."""
+    change together, Kaldi-style speed perturbation); ``vtlp`` warps each utterance's mel axis by a factor in
+    [1 - vtlp, 1 + vtlp] (``vtlp_warp``: formants move, pitch and tempo do not); ``spec_masks`` masks that many
+    frequency bands (up to 12 mel bins) and time spans (up to 0.25 s) of each utterance's features with its mean
+    (SpecAugment)."""
 
     def __init__(self, utts: list[Utterance], batch_size: int, seed: int, *, speed: float = 0.0,
-                 spec_masks: int = 0):
-        if not 0.0 <= speed < 0.5 or spec_masks < 0:
-            raise ValueError(f"speed perturbation must be in [0, 0.5) and spec masks >= 0, not {speed}, {spec_masks}")
+                 spec_masks: int = 0, vtlp: float = 0.0):
+        if not 0.0 <= speed < 0.5 or spec_masks < 0 or not 0.0 <= vtlp < 0.5:
+            raise ValueError(f"speed perturbation and VTLP must be in [0, 0.5) and spec masks >= 0, not {speed}, "
+                             f"{vtlp}, {spec_masks}")
         self.utts = sorted(utts, key=lambda u: len(u.pcm))
         self.batch_size, self.seed = batch_size, seed
-        self.speed, self.spec_masks = speed, spec_masks
+        self.speed, self.spec_masks, self.vtlp = speed, spec_masks, vtlp
 
     def __call__(self, step: int, rank: int, world: int):
         rng = random.Random((self.seed * 1_000_003 + step) * 997 + rank)
@@ -305,6 +332,9 @@ class Batches:
         part = self.utts[start: start + self.batch_size]
         pcms = [self._perturb(u.pcm, rng) for u in part]
         feats, mask = featurize(pcms)
+        if self.vtlp:  # after the speed draws, so runs without it keep their batches
+            for b in range(feats.shape[0]):
+                feats[b] = vtlp_warp(feats[b], rng.uniform(1 - self.vtlp, 1 + self.vtlp))
         if self.spec_masks:
             self._mask(feats, mask, rng)
         if part and all(u.phones is not None for u in part):
@@ -453,6 +483,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
     parser.add_argument("--speed-perturb", type=float, default=0.0,
                         help="resample each training utterance by a random factor in [1-x, 1+x] (e.g. 0.1)")
+    parser.add_argument("--vtlp", type=float, default=0.0,
+                        help="vocal-tract-length perturbation: warp each training utterance's mel axis by a random "
+                             "factor in [1-x, 1+x] (e.g. 0.1; formants move, pitch and tempo do not)")
     parser.add_argument("--spec-masks", type=int, default=0,
                         help="SpecAugment: frequency and time masks per training utterance (e.g. 2)")
     for f in TokenizerTrainSpec.__dataclass_fields__.values():
@@ -502,7 +535,7 @@ def main(args: argparse.Namespace) -> int:
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
     trainer = Trainer(cfg, model, batch_fn=Batches(train, cfg.batch_size, cfg.seed, speed=args.speed_perturb,
-                                                       spec_masks=args.spec_masks),
+                                                       spec_masks=args.spec_masks, vtlp=args.vtlp),
                       loss_fn=lambda m, b: m(*b), eval_fn=make_eval(held) if held else None)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= cfg.steps:
