@@ -388,7 +388,11 @@ def sequence_error_rate(refs: list[list[int]], hyps: list[list[int]]) -> float:
     return errors / max(1, total)
 
 
-def make_eval(utts: list[Utterance], batch_size: int = 16):
+def make_eval(utts: list[Utterance], batch_size: int = 16, features=None):
+    """The held-out evaluation: ASR error, code use and (with phonemes) phoneme error of ``utts``; ``features``
+    replaces ``featurize`` (a diagnostic may warp the features, scripts/formant_probe.py)."""
+    features = features or featurize
+
     def evaluate(model: TokenizerTrainModel) -> dict:
         # During the VQ warm-up the codebook does not fit the states yet (on a resumed run it may hold codes of
         # older states): score the ASR branch on what it is trained on, and say so (``quantized`` 0).
@@ -397,7 +401,7 @@ def make_eval(utts: list[Utterance], batch_size: int = 16):
         with_phones = model.phone is not None and all(u.phones is not None for u in utts)
         for i in range(0, len(utts), batch_size):
             part = utts[i: i + batch_size]
-            texts, ids, phone_ids = model.transcribe_all(*featurize([u.pcm for u in part]), quantize=quantize,
+            texts, ids, phone_ids = model.transcribe_all(*features([u.pcm for u in part]), quantize=quantize,
                                                          phones=with_phones)
             hyps += texts
             codes += ids
