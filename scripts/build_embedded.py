@@ -24,15 +24,28 @@ from pathlib import Path
 import torch
 
 
-def build_tokenizer(src: Path, out: Path) -> dict:
+def _save_unless_same(sd: dict[str, torch.Tensor], path: Path) -> bool:
+    """Write ``sd`` as safetensors unless ``path`` already holds exactly these tensors (names, dtypes, values):
+    an unchanged component then keeps its bytes in git. Returns whether it wrote."""
     from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        old = load_file(str(path))
+        if old.keys() == sd.keys() and all(old[k].dtype == v.dtype and torch.equal(old[k], v) for k, v in sd.items()):
+            return False
+    save_file(sd, str(path), metadata={"format": "pt", "producer": "glm4voice"})
+    return True
+
+
+def build_tokenizer(src: Path, out: Path) -> dict:
+    from safetensors.torch import load_file
 
     from glm4voice.tokenizer.load import CONFIG_FILE, TRAINING_ONLY_KEYS, WEIGHTS_FILE
 
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / WEIGHTS_FILE)).items()
           if k not in TRAINING_ONLY_KEYS}
-    save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt", "producer": "glm4voice"})
+    _save_unless_same(sd, out / WEIGHTS_FILE)
     cfg = json.loads((src / CONFIG_FILE).read_text())
     cfg["torch_dtype"] = "bfloat16"
     (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -43,8 +56,9 @@ def build_tokenizer(src: Path, out: Path) -> dict:
     has_branch = (src / ASR_BRANCH_WEIGHTS).is_file()
     if has_branch:
         branch = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / ASR_BRANCH_WEIGHTS)).items()}
-        save_file(branch, str(out / ASR_BRANCH_WEIGHTS), metadata={"format": "pt", "producer": "glm4voice"})
-        shutil.copyfile(src / ASR_BRANCH_CONFIG, out / ASR_BRANCH_CONFIG)
+        _save_unless_same(branch, out / ASR_BRANCH_WEIGHTS)
+        if src.resolve() != out.resolve():
+            shutil.copyfile(src / ASR_BRANCH_CONFIG, out / ASR_BRANCH_CONFIG)
     return {"source": str(src), "asr_branch": has_branch}
 
 

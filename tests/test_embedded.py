@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from glm4voice.checkpoints import embedded_dir
 
@@ -71,3 +72,28 @@ def test_build_script_keeps_components_it_is_not_given(tmp_path):
     shutil.rmtree(out / "lm")
     with pytest.raises(SystemExit, match="lm does not exist"):
         _build_script(["--out", str(out)])
+
+
+def test_build_script_leaves_an_unchanged_tokenizer_file_alone(tmp_path):
+    import shutil
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "embedded"
+    shutil.copytree(EMBEDDED, out)
+    src = tmp_path / "tok_export"
+    shutil.copytree(EMBEDDED / "tokenizer", src)
+    weights = out / "tokenizer" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    sd = load_file(str(src / "model.safetensors"))
+    save_file(dict(reversed(list(sd.items()))), str(src / "model.safetensors"), metadata={"note": "re-saved"})
+    with pytest.raises(SystemExit):
+        _build_script(["--out", str(out), "--tokenizer", str(src)])
+    assert weights.stat().st_mtime_ns == stamp  # same tensors: not rewritten, so git sees no change
+    name = next(iter(sd))
+    sd[name] = sd[name] + 1
+    save_file(sd, str(src / "model.safetensors"))
+    with pytest.raises(SystemExit):
+        _build_script(["--out", str(out), "--tokenizer", str(src)])
+    assert torch.equal(load_file(str(weights))[name], sd[name].to(torch.bfloat16))
