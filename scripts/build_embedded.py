@@ -24,17 +24,16 @@ from pathlib import Path
 import torch
 
 
-def _save_unless_same(sd: dict[str, torch.Tensor], path: Path) -> bool:
+def _save_unless_same(sd: dict[str, torch.Tensor], path: Path) -> None:
     """Write ``sd`` as safetensors unless ``path`` already holds exactly these tensors (names, dtypes, values):
-    an unchanged component then keeps its bytes in git. Returns whether it wrote."""
+    an unchanged component then keeps its bytes in git."""
     from safetensors.torch import load_file, save_file
 
     if path.is_file():
         old = load_file(str(path))
         if old.keys() == sd.keys() and all(old[k].dtype == v.dtype and torch.equal(old[k], v) for k, v in sd.items()):
-            return False
+            return
     save_file(sd, str(path), metadata={"format": "pt", "producer": "glm4voice"})
-    return True
 
 
 def build_tokenizer(src: Path, out: Path) -> dict:

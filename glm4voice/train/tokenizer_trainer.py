@@ -293,8 +293,8 @@ def vtlp_warp(feats: Tensor, alpha: float, *, knee: float = 0.85) -> Tensor:
     centres = mel_centres(n)
     top = float(centres[-1])
     k = knee * top * min(1.0, 1.0 / alpha)  # source knee: alpha * k stays below the edge
-    g = centres
-    src = np.where(g <= alpha * k, g / alpha, k + (g - alpha * k) * (top - k) / (top - alpha * k))
+    src = np.where(centres <= alpha * k, centres / alpha,
+                   k + (centres - alpha * k) * (top - k) / (top - alpha * k))
     pos = torch.from_numpy(np.interp(src, centres, np.arange(n, dtype=np.float64))).to(feats.dtype)
     lo = pos.floor().long().clamp(0, n - 1)
     hi = (lo + 1).clamp(max=n - 1)
