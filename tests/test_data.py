@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from glm4voice.errors import ConfigError
 from glm4voice.train import texts
 from glm4voice.train.corpus import ANSWER_STYLES, CorpusConfig, plan
 from glm4voice.train.tts import Style, UnspeakableText, prepare_text
@@ -127,6 +128,30 @@ def test_plan_subset_is_stable(items):
     assert all(full[u.id] == u for u in small)  # per-item draws: a subset plans exactly like the full corpus
 
 
+def test_spoken_rephrasings_add_other_training_phrasings_only(items):
+    base = plan(items, CorpusConfig(seed=0, question_voices=2))
+    more = plan(items, CorpusConfig(seed=0, question_voices=2, spoken_rephrasings=2))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base  # the rest of the plan does not move
+    extra = [u for u in more if u.id not in ids]
+    by_id = {it.id: it for it in items}
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    per_item: dict[str, list] = {}
+    for u in extra:
+        it = by_id[u.item_id]
+        assert it.split == "train" and u.split == "train" and u.role == "question"
+        assert u.voice not in HELDOUT_VOICE_NAMES and get_voice(u.voice).language == it.language
+        assert u.text != it.question and u.text not in heldout_questions
+        per_item.setdefault(u.item_id, []).append(u)
+    assert all(len({u.text for u in us}) == len(us) <= 2 for us in per_item.values())  # distinct, at most 2
+    kinds = {by_id[i].kind for i in per_item}
+    assert {"arithmetic", "capital", "repeat", "style"} <= kinds and "chat" not in kinds
+    assert not any(by_id[i].split == "heldout" for i in per_item)
+    assert sum(len(us) == 2 for us in per_item.values()) > 0.9 * len(per_item)
+    with pytest.raises(ConfigError, match="spoken_rephrasings"):
+        CorpusConfig(spoken_rephrasings=-1)
+
+
 def test_prepare_text_refuses_what_a_voice_cannot_speak():
     en, zh = get_voice("espeak:en-us"), get_voice("espeak:cmn-latn-pinyin")
     assert prepare_text("Caf\u00e9 \u201cnoir\u201d", en) == 'Cafe "noir"'
@@ -176,3 +201,20 @@ def test_augmentation_phrasings_are_not_heldout_templates():
         fields = set(re.findall(r"\{(\w+)\}", table[0][1]))
         for t in extra:  # same slots as the corpus templates, so a parsed question always re-formats
             assert set(re.findall(r"\{(\w+)\}", t)) == fields, t
+
+
+def test_older_corpus_json_without_new_options_resumes(tmp_path):
+    """A corpus made before ``spoken_rephrasings`` existed has no such key; it resumes with the default only."""
+    import json
+    from dataclasses import asdict
+
+    from glm4voice.train import corpus
+
+    old = asdict(CorpusConfig(seed=2, question_voices=3))
+    old.pop("spoken_rephrasings")
+    old |= {"languages": ["en", "zh"], "kinds": None}
+    (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
+    meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
+    assert meta["config"] == old
+    with pytest.raises(ConfigError, match="spoken_rephrasings"):
+        corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, spoken_rephrasings=1))

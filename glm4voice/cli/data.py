@@ -24,6 +24,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--question-voices", type=int, default=1, help="training voices per question")
     p.add_argument("--heldout-voice-fraction", type=float, default=0.1,
                    help="share of items also spoken by a held-out voice (those rows are split=heldout)")
+    p.add_argument("--spoken-rephrasings", type=int, default=0,
+                   help="also speak this many other training phrasings of each training question (one voice each)")
     p.add_argument("--languages", default="en,zh", help="comma-separated: en,zh")
     p.add_argument("--kinds", default=None, help="comma-separated item kinds (default: all)")
     p.add_argument("--no-answers", action="store_true", help="do not speak answers in the target voice")
@@ -58,6 +60,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     cfg = CorpusConfig(seed=args.seed, num_items=args.num, question_voices=args.question_voices,
                        heldout_voice_fraction=args.heldout_voice_fraction, answers=not args.no_answers,
+                       spoken_rephrasings=args.spoken_rephrasings,
                        languages=tuple(args.languages.split(",")),
                        kinds=tuple(args.kinds.split(",")) if args.kinds else None)
     report = synthesize_corpus(args.out, cfg, jobs=args.jobs, progress=not args.quiet, retry_failed=args.retry_failed)

@@ -32,7 +32,7 @@ import numpy as np
 
 from glm4voice.constants import DECODER_SAMPLE_RATE, TOKENIZER_SAMPLE_RATE
 from glm4voice.errors import ConfigError
-from glm4voice.train.texts import Item, TextConfig, build_items, read_items, write_items
+from glm4voice.train.texts import Item, TextConfig, build_items, read_items, rephrase, write_items
 from glm4voice.train.tts import Style, TTSFailure, UnspeakableText, synthesize_batch
 from glm4voice.train.voices import HELDOUT_VOICE_NAMES, TARGET_VOICES, VOICES, get_voice, heldout_voices, train_voices
 
@@ -67,6 +67,14 @@ class CorpusConfig:
     answers: bool = True  # also speak every answer in the target voice
     languages: tuple[str, ...] = ("en", "zh")
     kinds: tuple[str, ...] | None = None  # None: all kinds
+    # extra phrasings of each training item's question (texts.rephrase: train and augmentation templates, never a
+    # held-out one), each spoken once by a training voice as ``<item>.r<k>``; 0 keeps the plan of older corpora
+    spoken_rephrasings: int = 0
+
+    def __post_init__(self):
+        if self.spoken_rephrasings < 0 or self.question_voices < 1:
+            raise ConfigError(f"spoken_rephrasings must be >= 0 and question_voices >= 1, got "
+                              f"{self.spoken_rephrasings} and {self.question_voices}")
 
 
 @dataclass(frozen=True)
@@ -122,11 +130,33 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
             split = "heldout" if it.split == "heldout" or voice.heldout else "train"
             out.append(Utterance(f"{it.id}.q{k}", it.id, it.kind, "question", it.question, it.language, voice.name,
                                  _question_style(rng).key(), split))
+        out.extend(_rephrased_questions(it, cfg, pool))
         if cfg.answers:
             out.append(Utterance(f"{it.id}.a", it.id, it.kind, "answer", it.answer, it.language,
                                  TARGET_VOICES[it.language], ANSWER_STYLES[it.style].key(), it.split))
     for u in out:  # the declared guarantee, checked where the rows are made
         assert u.split == "heldout" or u.voice not in HELDOUT_VOICE_NAMES, u
+    return out
+
+
+def _rephrased_questions(it: Item, cfg: CorpusConfig, pool: Sequence) -> list[Utterance]:
+    """Up to ``cfg.spoken_rephrasings`` other training phrasings of a training item's question, each different from
+    the item's own and from each other, each by one training voice. Its own RNG stream, so the rest of the plan is
+    the same with or without them; kinds that ``rephrase`` leaves unchanged (chat) get none."""
+    if cfg.spoken_rephrasings <= 0 or it.split != "train":
+        return []
+    rng = random.Random(f"{cfg.seed}:rephrase:{it.id}")
+    seen, out = {it.question}, []
+    for _ in range(8 * cfg.spoken_rephrasings):  # bounded: a kind may have fewer phrasings than asked for
+        if len(out) == cfg.spoken_rephrasings:
+            break
+        text = rephrase(it.kind, it.language, it.question, rng, it.style)
+        if text in seen:
+            continue
+        seen.add(text)
+        voice = pool[rng.randrange(len(pool))]
+        out.append(Utterance(f"{it.id}.r{len(out)}", it.id, it.kind, "question", text, it.language, voice.name,
+                             _question_style(rng).key(), "train"))
     return out
 
 
@@ -228,8 +258,11 @@ def _check_meta(out_dir: str, cfg: CorpusConfig) -> dict:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-        if meta.get("config") != want["config"]:
-            raise ConfigError(f"{out_dir} was made with options {meta.get('config')}; asked for {want['config']}. "
+        # options added later are absent from older corpus.json files; there they had their default value
+        have = {k: v for k, v in asdict(CorpusConfig()).items() if k not in ("languages", "kinds")}
+        have = have | (meta.get("config") or {})
+        if have != want["config"]:
+            raise ConfigError(f"{out_dir} was made with options {have}; asked for {want['config']}. "
                              "Resume with the same options or choose a new --out.")
         return meta
     meta = want | {"voices": {"train": sorted(v.name for v in VOICES if not v.heldout),
