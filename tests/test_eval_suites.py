@@ -152,6 +152,21 @@ def test_spoken_qa_wrong_text_answers_fail_s2t(qa_folder, judge, tmp_path):
     assert bad.metrics["items"] == 2 and bad.metrics["accuracy_s2t"] == 0.0 and bad.metrics["accuracy_s2s"] == 0.0
 
 
+def test_spoken_qa_text_only_asks_for_no_audio_and_skips_the_judge(qa_folder, tmp_path):
+    class NoJudge:  # any use of the judge fails the test
+        name, languages = "none", ("en",)
+
+        def transcribe(self, *a, **k):
+            raise AssertionError("--text-only must not run the judge")
+
+    responder = ScriptedResponder(wrong=True)
+    res = SUITES["spoken_qa"](make_ctx(qa_folder, NoJudge(), tmp_path, responder=responder, text_only=True))
+    assert responder.calls and all(audio_out is False for _, _, audio_out in responder.calls)
+    assert res.metrics["items"] == 5 and res.metrics["accuracy_s2t"] == pytest.approx(3 / 5)
+    assert not any(k.startswith(("accuracy_s2s", "intelligibility")) for k in res.metrics)
+    assert any("--text-only" in n for n in res.notes)
+
+
 def test_style_suite_measures_speaking_rate(qa_folder, judge, tmp_path):
     styled = SUITES["style"](make_ctx(qa_folder, judge, tmp_path))
     assert {r["style"] for r in styled.rows} == {"fast", "slow"}

@@ -38,6 +38,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--split", default=None, help="corpus split to evaluate (default: heldout)")
     d.add_argument("--audio-is-output", action="store_true",
                    help="the folder's audio are outputs to score (answers of any system), not questions to ask")
+    d.add_argument("--text-only", action="store_true",
+                   help="spoken_qa: judge the text answers only (S->T), without decoding speech or running the "
+                        "judge; several times faster, for comparing LMs")
     d.add_argument("--limit", type=int, default=None, help="at most N items per suite, spread over kinds")
     d.add_argument("--per-kind", type=int, default=None,
                    help="built-in set: items per kind, language and style (default 6)")
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = Context(spec=spec, data=args.data, out=out, device=args.device, dtype=args.dtype, limit=args.limit,
                   seed=args.seed, judge_name=args.judge, **given,  # the others: Context's defaults
                   cache_dir=Path(args.cache_dir) if args.cache_dir else None, audio_is_output=args.audio_is_output,
+                  text_only=args.text_only,
                   generation=Generation(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                         seed=args.seed),
                   latency_runs=args.latency_runs, judge_url=args.judge_url, judge_model=args.judge_model,

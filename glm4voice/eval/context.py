@@ -30,6 +30,7 @@ class Context:
     judge_name: str = "auto"
     cache_dir: Path | None = None  # joined judge weights and the built-in set (default ~/.cache/glm4voice)
     audio_is_output: bool = False  # the data's audio are answers to score (any system), not questions to ask
+    text_only: bool = False  # spoken_qa judges the text answers only (S->T): no speech decoding, no ASR judge
     generation: Generation = field(default_factory=Generation)
     latency_runs: int = 5
     judge_url: str | None = None

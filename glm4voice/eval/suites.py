@@ -250,9 +250,12 @@ def spoken_qa_suite(ctx: Context) -> SuiteResult:
             wav = load_audio16k(it.audio)
             row["transcript"] = _transcribe(ctx, wav, TOKENIZER_SAMPLE_RATE, it.language)
         else:
-            reply = ctx.ask(it, spoken=True, audio_out=True)
+            reply = ctx.ask(it, spoken=True, audio_out=not ctx.text_only)
             row.update(answer=reply.text, audio_seconds=reply.audio_seconds, errors=reply.errors)
             row["correct_s2t"] = M.answer_correct(reply.text, it.answer, it.language, it.key)
+            if ctx.text_only:
+                res.rows.append(row)
+                continue
             row["transcript"] = _transcribe(ctx, reply.pcm, reply.sample_rate, it.language) if reply.audio_seconds \
                 else ""
             if reply.text and it.language in ctx.get_judge().languages:
@@ -265,6 +268,9 @@ def spoken_qa_suite(ctx: Context) -> SuiteResult:
         judged = [r for r in res.rows if "intelligibility_error" in r]
         if judged:
             _error_metrics(res, "intelligibility_error", judged, "answer", "transcript")
+    if ctx.text_only and not ctx.audio_is_output:
+        res.notes.append("--text-only: answers judged as text only (S->T); no speech decoded, no S->S")
+        return res
     _finish_accuracy(res, "correct_s2s", "spoken QA accuracy S->S by kind", 0.80)
     failed = sum(1 for r in res.rows if r.get("errors"))
     if failed:
