@@ -32,7 +32,7 @@ def read_metric(folder: str, metric: str) -> tuple[float, int]:
 
 
 def parse_spec(spec: str) -> tuple[str, str, str]:
-    label, sep, folder = spec.partition("=")
+    label, sep, folder = spec.rpartition("=")  # labels may contain "=", folders rarely do
     run, bar, group = label.partition("|")
     if not sep or not bar or not run or not group or not folder:
         raise SystemExit(f"expected RUN|GROUP=FOLDER, got {spec!r}")

@@ -22,11 +22,11 @@ def test_plot_ab_table_and_png(tmp_path, capsys):
     b = _results(tmp_path / "b", accuracy_s2t=0.155, items=200)
     c = _results(tmp_path / "c", accuracy_s2t=0.34, items=150)
     out = tmp_path / "ab.png"
-    assert main([f"old|heldout={a}", f"new|heldout={b}", f"old|train={c}", "--out", str(out)]) == 0
+    assert main([f"old|heldout={a}", f"new K=4|heldout={b}", f"old|train={c}", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| run | heldout | train |" in table
     assert "| old | 0.080 (200) | 0.340 (150) |" in table
-    assert "| new | 0.155 (200) | – |" in table  # a missing cell is shown, not invented
+    assert "| new K=4 | 0.155 (200) | – |" in table  # a label may hold "="; a missing cell is shown, not invented
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
