@@ -386,6 +386,7 @@ def test_builtin_heldout_set_is_spoken_by_heldout_voices_once(tmp_path):
     (["--data", "somewhere", "--per-kind", "2"], "--per-kind sizes the built-in held-out set only"),
     (["--split", "train"], "--split picks rows of a corpus"),
     (["--per-kind", "0"], "--per-kind must be at least 1"),
+    (["--data", "somewhere", "--audio-is-output", "--text-only"], "use one or the other"),
 ])
 def test_eval_refuses_options_its_data_would_ignore(argv, message, tmp_path, capsys):
     from glm4voice.cli import main

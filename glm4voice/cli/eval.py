@@ -59,7 +59,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def check_data_options(args: argparse.Namespace) -> None:
     """Refuse options that the chosen data would silently ignore: ``--per-kind`` sizes only the built-in set (a
-    corpus or folder is sized with ``--limit``), and ``--split`` picks rows of a corpus only."""
+    corpus or folder is sized with ``--limit``), ``--split`` picks rows of a corpus only, and ``--text-only`` has no
+    text answers to judge with ``--audio-is-output``."""
     from glm4voice.errors import ConfigError
 
     if args.per_kind is not None and args.per_kind < 1:
@@ -68,6 +69,9 @@ def check_data_options(args: argparse.Namespace) -> None:
         raise ConfigError("--per-kind sizes the built-in held-out set only; with --data use --limit N")
     if args.data is None and args.split is not None:
         raise ConfigError("--split picks rows of a corpus given with --data; the built-in set is held out already")
+    if args.text_only and args.audio_is_output:
+        raise ConfigError("--text-only judges the text answers of our model; --audio-is-output scores audio files, "
+                          "which have no text answers: use one or the other")
 
 
 def run(args: argparse.Namespace) -> int:

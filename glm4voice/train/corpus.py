@@ -251,16 +251,19 @@ class SynthReport:
                 f"skipped: {fails}; torn manifest lines dropped: {self.torn_lines}")
 
 
+def _config_json(cfg: CorpusConfig) -> dict:
+    """``cfg`` as corpus.json stores it (tuples as lists)."""
+    return asdict(cfg) | {"languages": list(cfg.languages), "kinds": list(cfg.kinds) if cfg.kinds else None}
+
+
 def _check_meta(out_dir: str, cfg: CorpusConfig) -> dict:
     path = os.path.join(out_dir, META)
-    want = {"config": asdict(cfg) | {"languages": list(cfg.languages),
-                                     "kinds": list(cfg.kinds) if cfg.kinds else None}}
+    want = {"config": _config_json(cfg)}
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
         # options added later are absent from older corpus.json files; there they had their default value
-        have = {k: v for k, v in asdict(CorpusConfig()).items() if k not in ("languages", "kinds")}
-        have = have | (meta.get("config") or {})
+        have = _config_json(CorpusConfig()) | (meta.get("config") or {})
         if have != want["config"]:
             raise ConfigError(f"{out_dir} was made with options {have}; asked for {want['config']}. "
                              "Resume with the same options or choose a new --out.")
