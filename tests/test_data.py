@@ -212,9 +212,88 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
 
     old = asdict(CorpusConfig(seed=2, question_voices=3))
     old.pop("spoken_rephrasings")
+    old.pop("augment_set")
     old |= {"languages": ["en", "zh"], "kinds": None}
     (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
     meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
     assert meta["config"] == old
     with pytest.raises(ConfigError, match="spoken_rephrasings"):
         corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, spoken_rephrasings=1))
+    with pytest.raises(ConfigError, match="augment_set"):
+        corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, augment_set=2))
+
+
+def _pairs(text: str) -> set[tuple[str, str]]:
+    """Adjacent word pairs (English, lower-cased) or character pairs (Chinese) of a phrasing's fixed words; slots
+    and punctuation break a pair."""
+    out = set()
+    for seg in re.split(r"\{\w+\}", text):
+        for run in re.findall(r"[a-z']+(?: [a-z']+)*|[\u4e00-\u9fff]+", seg.lower()):
+            units = run.split(" ") if run[0].isascii() else list(run)
+            out.update(zip(units, units[1:]))
+    return out
+
+
+def test_augmentation_set_2_avoids_word_pairs_only_a_heldout_phrasing_uses():
+    assert ("work", "out") in _pairs("Could you work out {expr} for me?")  # the helper sees what it should
+    checked = 0
+    for (key, lang), extra in texts.AUGMENT_TEMPLATES_2.items():
+        kind, _, style = key.partition("-")
+        table = texts.question_templates(kind, lang, style or "normal")
+        held_only = set().union(*(_pairs(t) for _, t, h in table if h)) - set().union(*(_pairs(t) for _, t, h in table
+                                                                                        if not h))
+        assert held_only, key
+        fields = set(re.findall(r"\{(\w+)\}", table[0][1]))
+        for t in extra:
+            assert not _pairs(t) & held_only, (key, t, _pairs(t) & held_only)
+            assert set(re.findall(r"\{(\w+)\}", t)) == fields, t
+            assert t not in texts.AUGMENT_TEMPLATES.get((key, lang), ()), t  # new, not a repeat of set 1
+            checked += 1
+    for lang, table in (("en", texts.GREETINGS_EN), ("zh", texts.GREETINGS_ZH)):
+        for intent, phrasings, _ in table:
+            held_only = _pairs(phrasings[-1]) - set().union(*map(_pairs, phrasings[:-1]))
+            for t in texts.GREETING_AUGMENT_2.get((lang, intent), ()):
+                assert not _pairs(t) & held_only and t not in phrasings, (intent, t)
+                checked += 1
+    known = {(lang, intent) for lang, table in (("en", texts.GREETINGS_EN), ("zh", texts.GREETINGS_ZH))
+             for intent, _, _ in table}
+    assert set(texts.GREETING_AUGMENT_2) <= known
+    assert checked > 150
+
+
+def test_augmentation_set_2_widens_rephrasings_and_set_1_draws_stay(items):
+    train = [it for it in items if it.split == "train" and it.kind != "chat"]
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    one, two = set(), set()
+    for it in train[::7]:
+        r1, r_default, r2 = random.Random(it.id), random.Random(it.id), random.Random(it.id)
+        q1 = texts.rephrase(it.kind, it.language, it.question, r1, it.style, augment=1)
+        assert q1 == texts.rephrase(it.kind, it.language, it.question, r_default, it.style)  # default: set 1
+        q2 = texts.rephrase(it.kind, it.language, it.question, r2, it.style, augment=2)
+        assert q2 not in heldout_questions
+        if it.kind == "arithmetic" and it.language == "en":
+            assert re.search(r"\d+ (plus|minus|times) \d+", it.question).group(0) in q2
+        one.add((it.kind, q1))
+        two.add((it.kind, q2))
+    kinds_with_new = {k for k, q in two - one}
+    assert {"arithmetic", "capital", "greeting", "repeat", "definition", "style"} <= kinds_with_new, kinds_with_new
+    with pytest.raises(ValueError, match="augmentation set"):
+        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=3)
+
+
+def test_plan_with_augmentation_set_2(items):
+    base = plan(items, CorpusConfig(seed=0))
+    more = plan(items, CorpusConfig(seed=0, spoken_rephrasings=8, augment_set=2))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base
+    extra = [u for u in more if u.id not in ids]
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    assert not any(u.text in heldout_questions for u in extra)
+    per_item: dict[str, set] = {}
+    for u in extra:
+        per_item.setdefault(u.item_id, set()).add(u.text)
+    assert max(map(len, per_item.values())) == 8
+    greeting = [t for i, ts in per_item.items() if i.startswith("greeting-en") for t in ts]
+    assert set(greeting) & {t for ts in texts.GREETING_AUGMENT_2.values() for t in ts}
+    with pytest.raises(ConfigError, match="augment_set"):
+        CorpusConfig(augment_set=3)

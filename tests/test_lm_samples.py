@@ -383,6 +383,12 @@ def test_rephrase_rewords_typed_questions_only(tok, sp, data):
     assert reworded, "rephrase=1 never re-worded a templated question"
     with pytest.raises(ConfigError, match="rephrase"):
         ls.Mixture(tok, sp, data, "sft_text=1", rephrase=1.5)
+    # set 2 adds phrasings: drawn with the same seeds, some typed questions differ from set 1's
+    aug2 = ls.Mixture(tok, sp, data, "sft_text=1", sft_loss="joint", rephrase=1.0, augment_set=2)
+    texts_aug2 = {tok.decode(aug2.draw(random.Random(seed))[0].ids) for seed in range(60)}
+    assert texts_aug2 - texts_aug
+    with pytest.raises(ConfigError, match="augmentation set"):
+        ls.Mixture(tok, sp, data, "sft_text=1", rephrase=1.0, augment_set=0)
 
 
 def test_perturb_codes_edits_about_p_of_the_codes():

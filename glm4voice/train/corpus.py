@@ -32,7 +32,7 @@ import numpy as np
 
 from glm4voice.constants import DECODER_SAMPLE_RATE, TOKENIZER_SAMPLE_RATE
 from glm4voice.errors import ConfigError
-from glm4voice.train.texts import Item, TextConfig, build_items, read_items, rephrase, write_items
+from glm4voice.train.texts import AUGMENT_SETS, Item, TextConfig, build_items, read_items, rephrase, write_items
 from glm4voice.train.tts import Style, TTSFailure, UnspeakableText, synthesize_batch
 from glm4voice.train.voices import HELDOUT_VOICE_NAMES, TARGET_VOICES, VOICES, get_voice, heldout_voices, train_voices
 
@@ -70,11 +70,15 @@ class CorpusConfig:
     # extra phrasings of each training item's question (texts.rephrase: train and augmentation templates, never a
     # held-out one), each spoken once by a training voice as ``<item>.r<k>``; 0 keeps the plan of older corpora
     spoken_rephrasings: int = 0
+    # augmentation phrasings those rephrasings draw from (texts.AUGMENT_SETS); 1 keeps the plan of older corpora
+    augment_set: int = 1
 
     def __post_init__(self):
         if self.spoken_rephrasings < 0 or self.question_voices < 1:
             raise ConfigError(f"spoken_rephrasings must be >= 0 and question_voices >= 1, got "
                               f"{self.spoken_rephrasings} and {self.question_voices}")
+        if self.augment_set not in AUGMENT_SETS:
+            raise ConfigError(f"augment_set must be one of {AUGMENT_SETS}, got {self.augment_set}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def _rephrased_questions(it: Item, cfg: CorpusConfig, pool: Sequence) -> list[Ut
     for _ in range(8 * cfg.spoken_rephrasings):  # bounded: a kind may have fewer phrasings than asked for
         if len(out) == cfg.spoken_rephrasings:
             break
-        text = rephrase(it.kind, it.language, it.question, rng, it.style)
+        text = rephrase(it.kind, it.language, it.question, rng, it.style, augment=cfg.augment_set)
         if text in seen:
             continue
         seen.add(text)

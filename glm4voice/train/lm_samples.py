@@ -51,6 +51,7 @@ from glm4voice.constants import (
 )
 from glm4voice.errors import ConfigError, TokenError
 from glm4voice.lm.prompt import build_turn
+from glm4voice.train.texts import AUGMENT_SETS, rephrase
 
 # Our pre-training task prompts (the official pre-training formats are not released, SPEC §5).
 ASR_PROMPT = "Transcribe the speech:"
@@ -448,7 +449,8 @@ class Mixture:
     """Draws documents by kind ratio from ``LMData``; each draw returns a list of samples (two for split SFT)."""
 
     def __init__(self, tok, sp: Specials, data: LMData, mix: str | dict[str, float], *, sft_loss: str = "split",
-                 max_audio: int | None = None, rephrase: float = 0.0, code_noise: float = 0.0):
+                 max_audio: int | None = None, rephrase: float = 0.0, augment_set: int = 1,
+                 code_noise: float = 0.0):
         self.tok, self.sp, self.data = tok, sp, data
         self.ratios = parse_mix(mix)
         self.pools = {k: data.pool(k) for k in self.ratios}
@@ -464,6 +466,9 @@ class Mixture:
         # typed questions (sft_text) re-worded with another training phrasing with this probability
         # (texts.rephrase); 0 draws nothing extra from the RNG, so older runs resume with the same batches
         self.rephrase = rephrase
+        if augment_set not in AUGMENT_SETS:
+            raise ConfigError(f"augmentation set must be one of {AUGMENT_SETS}, not {augment_set}")
+        self.augment_set = augment_set
         if not 0.0 <= code_noise < 1.0:
             raise ConfigError(f"code noise probability must be in [0, 1), not {code_noise}")
         # speech *inputs* (spoken questions, ASR audio) perturbed code by code (perturb_codes); 0 draws nothing
@@ -508,9 +513,7 @@ class Mixture:
 
     def _typed(self, d: Dialogue, rng: random.Random) -> str:
         if self.rephrase and rng.random() < self.rephrase:
-            from glm4voice.train.texts import rephrase
-
-            return rephrase(d.kind, d.question.language, d.question.text, rng, d.style)
+            return rephrase(d.kind, d.question.language, d.question.text, rng, d.style, augment=self.augment_set)
         return d.question.text
 
 

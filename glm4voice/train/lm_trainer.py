@@ -265,6 +265,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rephrase", type=float, default=0.0,
                         help="probability that a typed question (sft_text) is re-worded with another training "
                              "phrasing (augmentation; held-out phrasings are never used)")
+    parser.add_argument("--augment-set", type=int, choices=(1, 2), default=1,
+                        help="augmentation phrasings --rephrase draws from: 1, or 1 and 2 (more phrasings)")
     parser.add_argument("--code-noise", type=float, default=0.0,
                         help="probability that each code of a speech *input* (spoken question, ASR audio) is "
                              "replaced by a random code, dropped or doubled (augmentation against memorising "
@@ -340,7 +342,8 @@ def main(args: argparse.Namespace) -> int:
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts)
     log.info("lm %s: train data %s", args.stage, train.summary())
     batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio,
-                                           rephrase=args.rephrase, code_noise=args.code_noise),
+                                           rephrase=args.rephrase, augment_set=args.augment_set,
+                                           code_noise=args.code_noise),
                                 batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed,
                                 fill_tries=args.pack_tries)
     eval_fn = _make_eval(args, tok, sp, mix, cfg)
@@ -356,7 +359,7 @@ def main(args: argparse.Namespace) -> int:
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
         {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "rephrase": args.rephrase,
-         "code_noise": args.code_noise, "seq_len": args.seq_len,
+         "augment_set": args.augment_set, "code_noise": args.code_noise, "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))

@@ -211,6 +211,78 @@ AUGMENT_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+# Augmentation set 2 (``augment=2``): more phrasings on top of set 1, written so that none contains a word pair
+# (zh: character pair) that only a held-out phrasing of the same kind uses (tests/test_data.py checks it; set 1
+# predates that rule and is kept unchanged so older corpora and runs keep their draws).
+AUGMENT_TEMPLATES_2: dict[tuple[str, str], tuple[str, ...]] = {
+    ("arithmetic", "en"): ("What is the result of {expr}?", "Give me the answer to {expr}.", "Find {expr}.",
+                           "What would {expr} be?", "Answer this: {expr}.", "{expr} is how much?",
+                           "So what is {expr}?", "Math question: {expr}.", "I have a sum: {expr}.",
+                           "Please answer {expr}.", "What number is {expr}?", "Quick, {expr}?"),
+    ("arithmetic", "zh"): ("{expr}等于什么？", "请告诉我{expr}的答案。", "{expr}的答案是什么？", "问一下，{expr}是几？",
+                           "算出{expr}。", "{expr}得多少？", "请回答：{expr}是多少？", "{expr}是几？",
+                           "考考你，{expr}是多少？", "{expr}一共是多少？", "请问{expr}是几？"),
+    ("capital", "en"): ("What is {country}'s capital city?", "Which city is {country}'s capital?",
+                        "{country}: what is its capital?", "In {country}, what is the capital?",
+                        "What city serves as the capital of {country}?", "Give me the capital of {country}.",
+                        "The capital city of {country}?", "What's the capital of {country}?",
+                        "Say the capital of {country}.", "I need the capital of {country}.",
+                        "Capital city of {country}, please."),
+    ("repeat", "en"): ("Say the following: {x}", "Please say this: {x}", "Repeat the following: {x}", "Just say: {x}",
+                       "Say these words: {x}", "I want you to say: {x}", "Read this out: {x}",
+                       "Say it after me: {x}", "Repeat my words: {x}"),
+    ("repeat", "zh"): ("跟着我说：{x}", "你说：{x}", "请照着说：{x}", "请重复这句话：{x}", "照我说的说：{x}",
+                       "念出来：{x}"),
+    ("what_said", "en"): ("{x} What were my words?", "{x} Repeat my last sentence.", "{x} Say back what you heard.",
+                          "{x} Which words did I use?", "Pay attention. {x} What did I just say?",
+                          "{x} What have I just said?", "{x} Please repeat that.",
+                          "Listen to this. {x} Now repeat it."),
+    ("what_said", "zh"): ("{x}我刚才讲了什么？", "仔细听，{x}我刚才说了什么？", "{x}请把我刚才那句重复一下。"),
+    ("definition", "en"): ("What is the definition of {word}?", "Give me the meaning of {word}.",
+                           "{word}: what does it mean?", "What is meant by {word}?", "Please define {word}.",
+                           "Tell me the meaning of {word}.", "What's the definition of the word {word}?",
+                           "I'd like the meaning of {word}.", "Meaning of the word {word}, please."),
+    ("style-fast", "en"): ("Speak faster: {x}", "Say this at a fast pace: {x}", "Hurry and say: {x}",
+                           "Say this fast: {x}", "Talk quickly: {x}", "Read this fast: {x}"),
+    ("style-slow", "en"): ("Speak slower: {x}", "Say this at a slow pace: {x}", "Take your time and say: {x}",
+                           "Say this slow: {x}", "Talk slowly: {x}", "Read this slowly: {x}"),
+    ("style-high", "en"): ("Higher pitch, please: {x}", "Say this with a higher pitch: {x}",
+                           "Raise your pitch and say: {x}"),
+    ("style-low", "en"): ("Lower pitch, please: {x}", "Say this with a deeper pitch: {x}",
+                          "Lower your voice and say: {x}"),
+    ("style-fast", "zh"): ("快一点说：{x}", "说得快一点：{x}", "加快语速：{x}"),
+    ("style-slow", "zh"): ("慢一点说：{x}", "说得慢一点：{x}", "放慢语速：{x}"),
+}
+# Extra training phrasings of greeting intents (set 2), under the same rule against held-out phrasings.
+GREETING_AUGMENT_2: dict[tuple[str, str], tuple[str, ...]] = {
+    ("en", "hello"): ("Hi!", "Hello there.", "Hey there!", "Hi, hello."),
+    ("en", "morning"): ("Good morning!", "Morning.", "Good morning, assistant."),
+    ("en", "evening"): ("Good evening!", "Evening.", "Good evening, assistant."),
+    ("en", "how_are_you"): ("How are you today?", "How are things?", "How is it going?", "Are you doing well?"),
+    ("en", "name"): ("Tell me your name.", "What should I call you?", "What are you called?", "Your name, please?"),
+    ("en", "thanks"): ("Thanks.", "Thank you so much.", "Many thanks.", "Thanks for that."),
+    ("en", "bye"): ("Bye bye.", "Goodbye for now.", "See you.", "I have to go, bye."),
+    ("en", "help"): ("Help me.", "I need help.", "Please help.", "Will you help me?"),
+    ("en", "what_can_you_do"): ("What are your skills?", "What can you help with?", "What are you good at?"),
+    ("en", "nice_to_meet"): ("Nice meeting you.", "Glad to meet you.", "Great to meet you."),
+    ("en", "sorry"): ("Sorry about that.", "Oops, sorry."),
+    ("en", "weather"): ("What's the weather today?", "How is the weather today?", "Will it rain today?"),
+    ("en", "joke"): ("Make me laugh.", "Tell me something funny.", "I want to hear a joke."),
+    ("en", "age"): ("What age are you?", "Tell me your age."),
+    ("en", "good_night"): ("Good night!", "Night!", "Good night, assistant."),
+    ("zh", "hello"): ("你好呀。", "哈喽。"),
+    ("zh", "morning"): ("早！", "早晨好。"),
+    ("zh", "how_are_you"): ("你还好吗？", "你今天好吗？"),
+    ("zh", "name"): ("怎么称呼你？", "你叫啥？"),
+    ("zh", "thanks"): ("多谢。", "谢谢啦。"),
+    ("zh", "bye"): ("再会。", "下次见。"),
+    ("zh", "help"): ("能帮个忙吗？", "我需要你的帮助。"),
+    ("zh", "nice_to_meet"): ("认识你真好。",),
+    ("zh", "good_night"): ("晚安啦。", "晚安！"),
+}
+AUGMENT_SETS = (1, 2)
+
+
 def question_templates(kind: str, lang: str, style: str = "normal") -> tuple[_T, ...]:
     """The corpus's question templates (id, text, held out?) of a templated kind; () for the others."""
     if kind == "style":
@@ -225,24 +297,32 @@ def _template_regex(template: str) -> re.Pattern:
 
 
 @functools.cache
-def _rephrasings(kind: str, lang: str, style: str) -> tuple[list[re.Pattern], tuple[str, ...]]:
+def _rephrasings(kind: str, lang: str, style: str, augment: int) -> tuple[list[re.Pattern], tuple[str, ...]]:
     """(regexes of the train templates, the pool to rephrase into: train templates + augmentation phrasings)."""
     train = [t for _, t, held in question_templates(kind, lang, style) if not held]
     key = f"style-{style}" if kind == "style" else kind
-    return [_template_regex(t) for t in train], tuple(train) + AUGMENT_TEMPLATES.get((key, lang), ())
+    pool = tuple(train) + AUGMENT_TEMPLATES.get((key, lang), ())
+    if augment >= 2:
+        pool += AUGMENT_TEMPLATES_2.get((key, lang), ())
+    return [_template_regex(t) for t in train], pool
 
 
-def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str = "normal") -> str:
+def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str = "normal", augment: int = 1) -> str:
     """The same request in another training phrasing, drawn by ``rng``: a templated question is parsed by its train
     template and re-written with a random train or augmentation template; a greeting becomes another training
-    phrasing of its intent. Questions of held-out templates, chat and unknown text come back unchanged."""
+    phrasing of its intent. Questions of held-out templates, chat and unknown text come back unchanged.
+    ``augment`` picks the augmentation phrasings: set 1, or sets 1 and 2 (``AUGMENT_SETS``)."""
+    if augment not in AUGMENT_SETS:
+        raise ValueError(f"augmentation set must be one of {AUGMENT_SETS}, not {augment}")
     if kind == "greeting":
-        for _, phrasings, _ in (GREETINGS_EN if lang == "en" else GREETINGS_ZH):
+        for intent, phrasings, _ in (GREETINGS_EN if lang == "en" else GREETINGS_ZH):
             train = phrasings[:-1]  # the last phrasing of each intent is held out
             if question in train:
+                if augment >= 2:
+                    train += GREETING_AUGMENT_2.get((lang, intent), ())
                 return train[rng.randrange(len(train))]
         return question
-    regexes, pool = _rephrasings(kind, lang, style)
+    regexes, pool = _rephrasings(kind, lang, style, augment)
     for rx in regexes:
         m = rx.fullmatch(question)
         if m:
