@@ -10,6 +10,10 @@ pytestmark = pytest.mark.skipif(not all(embedded_dir(c).is_dir() for c in COMPON
                                 reason="no embedded model in this checkout (glm4voice/assets/embedded)")
 KINDS = ("arithmetic", "capital", "greeting")  # exact-answer English kinds: the judge is reliable there
 N_ITEMS = 6
+# Floor for the default run: the shipped model's S->T score on the whole built-in held-out set (32 items) may not
+# fall below this. v6 answers 6 of 32 (docs/model_card.md); greedy decoding is deterministic on one machine, and
+# the margin absorbs numeric differences between machines. Raise it when a better model ships.
+S2T_FLOOR = 4
 
 
 @pytest.mark.slow  # the issue-7 quality target; the shipped model (v6) does not reach it yet (docs/model_card.md)
@@ -27,3 +31,21 @@ def test_embedded_model_answers_heldout_spoken_questions(tmp_path):
     assert res.metrics["items"] == N_ITEMS
     assert res.metrics["accuracy_s2t"] >= 5 / 6, wrong
     assert res.metrics["accuracy_s2s"] >= 4 / 6, wrong
+
+
+def test_embedded_model_keeps_its_heldout_speech_to_text_score(tmp_path):
+    """Speech in -> text out on the built-in held-out set (held-out phrasings and voices, both languages): a
+    regression floor that runs by default (~20 s; no speech decoding, no judge)."""
+    from glm4voice.eval.context import Context
+    from glm4voice.eval.data import builtin_heldout
+    from glm4voice.eval.suites import SUITES
+    from glm4voice.eval.system import Generation
+
+    heldout = builtin_heldout(tmp_path / "eval-sets", per_kind=2)
+    assert len(heldout.items) == 32 and {it.language for it in heldout.items} == {"en", "zh"}
+    ctx = Context(dataset=heldout, cache_dir=tmp_path, text_only=True,
+                  generation=Generation(max_new_tokens=120))
+    res = SUITES["spoken_qa"](ctx)
+    right = [(r["question"], r.get("answer")) for r in res.rows if r.get("correct_s2t")]
+    assert res.metrics["items"] == 32
+    assert len(right) >= S2T_FLOOR, right

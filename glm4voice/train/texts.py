@@ -184,7 +184,7 @@ GREETINGS_ZH: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 # Extra phrasings for LM text augmentation (``rephrase``): typed training questions only, never spoken, never a
-# held-out template (tests/test_texts.py checks both), so the held-out phrasings stay unseen.
+# held-out template (tests/test_data.py checks both), so the held-out phrasings stay unseen.
 AUGMENT_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
     ("arithmetic", "en"): ("{expr}?", "Compute {expr}.", "Can you tell me {expr}?", "What does {expr} make?",
                            "Hey, what is {expr}?", "I want to know {expr}.", "Quick question: what is {expr}?",
