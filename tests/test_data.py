@@ -230,7 +230,7 @@ def _pairs(text: str) -> set[tuple[str, str]]:
     for seg in re.split(r"\{\w+\}", text):
         for run in re.findall(r"[a-z']+(?: [a-z']+)*|[\u4e00-\u9fff]+", seg.lower()):
             units = run.split(" ") if run[0].isascii() else list(run)
-            out.update(zip(units, units[1:]))
+            out.update(zip(units, units[1:], strict=False))
     return out
 
 
