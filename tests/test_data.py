@@ -213,6 +213,7 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
     old = asdict(CorpusConfig(seed=2, question_voices=3))
     old.pop("spoken_rephrasings")
     old.pop("augment_set")
+    old.pop("extra_voices")
     old |= {"languages": ["en", "zh"], "kinds": None}
     (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
     meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
@@ -297,3 +298,29 @@ def test_plan_with_augmentation_set_2(items):
     assert set(greeting) & {t for ts in texts.GREETING_AUGMENT_2.values() for t in ts}
     with pytest.raises(ConfigError, match="augment_set"):
         CorpusConfig(augment_set=3)
+
+
+def test_extra_voices_add_new_training_speakers_only(items):
+    from glm4voice.train.voices import EXTRA_VOICES_2, extra_voices
+
+    held_variants = {v.engine_voice.partition("+")[2] for v in VOICES if v.heldout} - {"f3"}  # f3: en-us+f3 trains
+    for v in EXTRA_VOICES_2:
+        assert not v.heldout and v.name not in HELDOUT_VOICE_NAMES and get_voice(v.name) == v
+        assert v.engine_voice.partition("+")[2] not in held_variants and "-x-rp" not in v.engine_voice, v
+    base = plan(items, CorpusConfig(seed=0))
+    more = plan(items, CorpusConfig(seed=0, extra_voices=3))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base
+    extra = [u for u in more if u.id not in ids]
+    by_id = {it.id: it for it in items}
+    per_item: dict[str, list] = {}
+    for u in extra:
+        it = by_id[u.item_id]
+        assert it.split == "train" and u.split == "train" and u.text == it.question and u.id.split(".")[-1][0] == "v"
+        assert u.voice in {v.name for v in extra_voices(it.language)}
+        per_item.setdefault(u.item_id, []).append(u.voice)
+    assert all(len(set(vs)) == len(vs) == 3 for vs in per_item.values())
+    assert len(per_item) == sum(it.split == "train" for it in items)
+    assert len({u.voice for u in extra}) == len(EXTRA_VOICES_2)  # every new speaker is used
+    with pytest.raises(ConfigError, match="extra_voices"):
+        CorpusConfig(extra_voices=-1)

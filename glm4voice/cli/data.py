@@ -26,6 +26,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="share of items also spoken by a held-out voice (those rows are split=heldout)")
     p.add_argument("--spoken-rephrasings", type=int, default=0,
                    help="also speak this many other training phrasings of each training question (one voice each)")
+    p.add_argument("--extra-voices", type=int, default=0,
+                   help="also speak each training question by this many more voices (voices.EXTRA_VOICES_2)")
     p.add_argument("--augment-set", type=int, choices=(1, 2), default=1,
                    help="augmentation phrasings the spoken rephrasings draw from: 1, or 1 and 2 (more phrasings)")
     p.add_argument("--languages", default="en,zh", help="comma-separated: en,zh")
@@ -63,6 +65,7 @@ def _synth(args: argparse.Namespace) -> int:
     cfg = CorpusConfig(seed=args.seed, num_items=args.num, question_voices=args.question_voices,
                        heldout_voice_fraction=args.heldout_voice_fraction, answers=not args.no_answers,
                        spoken_rephrasings=args.spoken_rephrasings, augment_set=args.augment_set,
+                       extra_voices=args.extra_voices,
                        languages=tuple(args.languages.split(",")),
                        kinds=tuple(args.kinds.split(",")) if args.kinds else None)
     report = synthesize_corpus(args.out, cfg, jobs=args.jobs, progress=not args.quiet, retry_failed=args.retry_failed)

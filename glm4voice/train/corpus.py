@@ -34,7 +34,16 @@ from glm4voice.constants import DECODER_SAMPLE_RATE, TOKENIZER_SAMPLE_RATE
 from glm4voice.errors import ConfigError
 from glm4voice.train.texts import AUGMENT_SETS, Item, TextConfig, build_items, read_items, rephrase, write_items
 from glm4voice.train.tts import Style, TTSFailure, UnspeakableText, synthesize_batch
-from glm4voice.train.voices import HELDOUT_VOICE_NAMES, TARGET_VOICES, VOICES, get_voice, heldout_voices, train_voices
+from glm4voice.train.voices import (
+    EXTRA_VOICES_2,
+    HELDOUT_VOICE_NAMES,
+    TARGET_VOICES,
+    VOICES,
+    extra_voices,
+    get_voice,
+    heldout_voices,
+    train_voices,
+)
 
 # How a requested answer style is rendered: rate factor (duration / rate) and pitch shift in semitones. "fast" and
 # "slow" differ by 2x in duration so that the style evaluation's >= 20 % speed difference has a wide margin.
@@ -72,8 +81,13 @@ class CorpusConfig:
     spoken_rephrasings: int = 0
     # augmentation phrasings those rephrasings draw from (texts.AUGMENT_SETS); 1 keeps the plan of older corpora
     augment_set: int = 1
+    # more speakers: each training item's question is also spoken by this many voices of voices.EXTRA_VOICES_2
+    # (one each, distinct), as ``<item>.v<k>``; 0 keeps the plan of older corpora
+    extra_voices: int = 0
 
     def __post_init__(self):
+        if self.extra_voices < 0:
+            raise ConfigError(f"extra_voices must be >= 0, got {self.extra_voices}")
         if self.spoken_rephrasings < 0 or self.question_voices < 1:
             raise ConfigError(f"spoken_rephrasings must be >= 0 and question_voices >= 1, got "
                               f"{self.spoken_rephrasings} and {self.question_voices}")
@@ -135,6 +149,7 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
             out.append(Utterance(f"{it.id}.q{k}", it.id, it.kind, "question", it.question, it.language, voice.name,
                                  _question_style(rng).key(), split))
         out.extend(_rephrased_questions(it, cfg, pool))
+        out.extend(_extra_voice_questions(it, cfg))
         if cfg.answers:
             out.append(Utterance(f"{it.id}.a", it.id, it.kind, "answer", it.answer, it.language,
                                  TARGET_VOICES[it.language], ANSWER_STYLES[it.style].key(), it.split))
@@ -162,6 +177,18 @@ def _rephrased_questions(it: Item, cfg: CorpusConfig, pool: Sequence) -> list[Ut
         out.append(Utterance(f"{it.id}.r{len(out)}", it.id, it.kind, "question", text, it.language, voice.name,
                              _question_style(rng).key(), "train"))
     return out
+
+
+def _extra_voice_questions(it: Item, cfg: CorpusConfig) -> list[Utterance]:
+    """A training item's own question spoken by ``cfg.extra_voices`` distinct voices of voice set 2; own RNG stream,
+    so the rest of the plan is unchanged."""
+    if cfg.extra_voices <= 0 or it.split != "train":
+        return []
+    rng = random.Random(f"{cfg.seed}:voices:{it.id}")
+    pool = extra_voices(it.language)
+    return [Utterance(f"{it.id}.v{k}", it.id, it.kind, "question", it.question, it.language, voice.name,
+                      _question_style(rng).key(), "train")
+            for k, voice in enumerate(rng.sample(pool, min(cfg.extra_voices, len(pool))))]
 
 
 # --- synthesis (worker side) --------------------------------------------------------------------------------------
@@ -272,7 +299,8 @@ def _check_meta(out_dir: str, cfg: CorpusConfig) -> dict:
             raise ConfigError(f"{out_dir} was made with options {have}; asked for {want['config']}. "
                              "Resume with the same options or choose a new --out.")
         return meta
-    meta = want | {"voices": {"train": sorted(v.name for v in VOICES if not v.heldout),
+    extra = sorted(v.name for v in EXTRA_VOICES_2) if cfg.extra_voices else []
+    meta = want | {"voices": {"train": sorted(v.name for v in VOICES if not v.heldout) + extra,
                               "heldout": sorted(HELDOUT_VOICE_NAMES), "target": TARGET_VOICES},
                    "rates": {"audio16k": TOKENIZER_SAMPLE_RATE, "audio22k": DECODER_SAMPLE_RATE}, "runs": []}
     return meta
