@@ -35,7 +35,7 @@ def test_embedded_model_answers_heldout_spoken_questions(tmp_path):
 
 def test_embedded_model_keeps_its_heldout_speech_to_text_score(tmp_path):
     """Speech in -> text out on the built-in held-out set (held-out phrasings and voices, both languages): a
-    regression floor that runs by default (~20 s; no speech decoding, no judge)."""
+    regression floor that runs by default (under a minute, building the set included; no speech decoding, no judge)."""
     from glm4voice.eval.context import Context
     from glm4voice.eval.data import builtin_heldout
     from glm4voice.eval.suites import SUITES
