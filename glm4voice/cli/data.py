@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from glm4voice.train.texts import AUGMENT_SETS
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True)
@@ -28,7 +30,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="also speak this many other training phrasings of each training question (one voice each)")
     p.add_argument("--extra-voices", type=int, default=0,
                    help="also speak each training question by this many more voices (voices.EXTRA_VOICES_2)")
-    p.add_argument("--augment-set", type=int, choices=(1, 2), default=1,
+    p.add_argument("--augment-set", type=int, choices=AUGMENT_SETS, default=1,
                    help="augmentation phrasings the spoken rephrasings draw from: 1, or 1 and 2 (more phrasings)")
     p.add_argument("--languages", default="en,zh", help="comma-separated: en,zh")
     p.add_argument("--kinds", default=None, help="comma-separated item kinds (default: all)")

@@ -299,8 +299,8 @@ def _check_meta(out_dir: str, cfg: CorpusConfig) -> dict:
             raise ConfigError(f"{out_dir} was made with options {have}; asked for {want['config']}. "
                              "Resume with the same options or choose a new --out.")
         return meta
-    extra = sorted(v.name for v in EXTRA_VOICES_2) if cfg.extra_voices else []
-    meta = want | {"voices": {"train": sorted(v.name for v in VOICES if not v.heldout) + extra,
+    train = [v for v in VOICES if not v.heldout] + (list(EXTRA_VOICES_2) if cfg.extra_voices else [])
+    meta = want | {"voices": {"train": sorted(v.name for v in train),
                               "heldout": sorted(HELDOUT_VOICE_NAMES), "target": TARGET_VOICES},
                    "rates": {"audio16k": TOKENIZER_SAMPLE_RATE, "audio22k": DECODER_SAMPLE_RATE}, "runs": []}
     return meta

@@ -265,7 +265,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rephrase", type=float, default=0.0,
                         help="probability that a typed question (sft_text) is re-worded with another training "
                              "phrasing (augmentation; held-out phrasings are never used)")
-    parser.add_argument("--augment-set", type=int, choices=(1, 2), default=1,
+    parser.add_argument("--augment-set", type=int, choices=ls.AUGMENT_SETS, default=1,
                         help="augmentation phrasings --rephrase draws from: 1, or 1 and 2 (more phrasings)")
     parser.add_argument("--code-noise", type=float, default=0.0,
                         help="probability that each code of a speech *input* (spoken question, ASR audio) is "
