@@ -17,6 +17,8 @@ COMPONENTS = {
     "tokenizer": ("glm4voice.train.tokenizer_trainer", "speech tokenizer (WhisperVQ + VQ bottleneck, ASR objective)"),
     "tokenizer-asr": ("glm4voice.train.tokenizer_asr",
                       "refit a trained tokenizer's ASR branch on its frozen codes (word-piece CTC head)"),
+    "tokenizer-adapt": ("glm4voice.train.tokenizer_adapt",
+                        "adapt a tokenizer's encoder to new voices (codebook and ASR branch frozen)"),
     "lm": ("glm4voice.train.lm_trainer", "language model: pre-training mixture, SFT, fine-tuning (full or LoRA)"),
     "text2token": ("glm4voice.train.text2token", "text-to-token model (text -> speech tokens)"),
     "interleave": ("glm4voice.train.interleave", "interleaved speech-text documents from text (needs text2token)"),

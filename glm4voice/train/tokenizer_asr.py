@@ -36,6 +36,7 @@ from glm4voice.errors import CheckpointError, ConfigError
 from glm4voice.train import tokenizer_trainer as tt
 
 log = logging.getLogger("glm4voice.train.tokenizer_asr")
+ASR_PIECES = "asr_pieces.json"  # the word-piece vocabulary of a refitted branch, beside it in the export
 
 
 class CodesASR(nn.Module):
@@ -71,6 +72,20 @@ def train_pieces(texts: list[str], vocab_size: int):
     for piece, i in ranks.items():
         pieces[i] = piece
     return tok, pieces
+
+
+def read_pieces(path: str | Path):
+    """A word-piece vocabulary saved by ``train_pieces``'s tokenizer (``Tokenizer.to_str``): (tokenizer, pieces)."""
+    from tokenizers import Tokenizer
+
+    from glm4voice.train.bpe import ranks_from_tokenizer
+
+    try:
+        tok = Tokenizer.from_str(Path(path).read_text(encoding="utf-8"))
+        ranks = ranks_from_tokenizer(tok)
+    except Exception as e:  # OSError, ValueError, or the plain Exception that tokenizers raises
+        raise CheckpointError(f"{path}: not a word-piece vocabulary ({e})") from e
+    return tok, sorted(ranks, key=ranks.get)
 
 
 def load_codes(corpus_dir: str, split: str, max_codes: int) -> list[dict]:
@@ -147,13 +162,16 @@ def make_eval(rows: list[dict], batch_size: int = 32):
     return evaluate
 
 
-def export(model: CodesASR, tokenizer_dir: str | Path, folder: str | Path) -> Path:
-    """A copy of the tokenizer folder with the refitted branch."""
+def export(model: CodesASR, tokenizer_dir: str | Path, folder: str | Path, piece_tok=None) -> Path:
+    """A copy of the tokenizer folder with the refitted branch (and, given ``piece_tok``, the vocabulary that
+    turns transcripts into its pieces, ``asr_pieces.json``, which ``train tokenizer-adapt`` needs)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for f in Path(tokenizer_dir).iterdir():
-        if f.is_file() and not f.name.startswith(tt.ASR_BRANCH_WEIGHTS.split(".")[0]):
+        if f.is_file() and not f.name.startswith(("asr_branch", "asr_pieces")):
             shutil.copy2(f, folder / f.name)
+    if piece_tok is not None:
+        (folder / ASR_PIECES).write_text(piece_tok.to_str(), encoding="utf-8")
     return tt.export_branch(model.branch, folder)
 
 
@@ -190,12 +208,7 @@ def main(args: argparse.Namespace) -> int:
     held = random.Random(1).sample(held, min(args.eval_size, len(held)))
     saved = Path(cfg.out_dir) / "pieces.json"  # a resumed run keeps its vocabulary
     if saved.is_file():
-        from tokenizers import Tokenizer
-
-        from glm4voice.train.bpe import ranks_from_tokenizer
-
-        piece_tok = Tokenizer.from_str(saved.read_text())
-        pieces = sorted(ranks_from_tokenizer(piece_tok), key=ranks_from_tokenizer(piece_tok).get)
+        piece_tok, pieces = read_pieces(saved)
     else:
         piece_tok, pieces = train_pieces(sorted({r["text"] for r in train}), args.pieces)
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
@@ -220,6 +233,6 @@ def main(args: argparse.Namespace) -> int:
                       loss_fn=lambda m, b: m(*b), eval_fn=make_eval(held) if held else None)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= cfg.steps:
-        export(trainer.model, args.tokenizer, args.export)
+        export(trainer.model, args.tokenizer, args.export, piece_tok)
         log.info("exported the tokenizer with its word-piece ASR branch to %s", args.export)
     return 0

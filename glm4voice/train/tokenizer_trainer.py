@@ -327,19 +327,27 @@ class Batches:
         self.speed, self.spec_masks, self.vtlp = speed, spec_masks, vtlp
 
     def __call__(self, step: int, rank: int, world: int):
+        part, rng = self.pick(step, rank)
+        feats, mask = self.features(part, rng)
+        if part and all(u.phones is not None for u in part):
+            return feats, mask, [text_ids(u.text) for u in part], [u.phones for u in part]
+        return feats, mask, [text_ids(u.text) for u in part]
+
+    def pick(self, step: int, rank: int) -> tuple[list[Utterance], random.Random]:
+        """The step's utterances and the RNG that draws their augmentation."""
         rng = random.Random((self.seed * 1_000_003 + step) * 997 + rank)
         start = rng.randrange(max(1, len(self.utts) - self.batch_size + 1))
-        part = self.utts[start: start + self.batch_size]
-        pcms = [self._perturb(u.pcm, rng) for u in part]
-        feats, mask = featurize(pcms)
+        return self.utts[start: start + self.batch_size], rng
+
+    def features(self, part: list[Utterance], rng: random.Random) -> tuple[Tensor, Tensor]:
+        """Augmented features of ``part`` and their valid-frame mask."""
+        feats, mask = featurize([self._perturb(u.pcm, rng) for u in part])
         if self.vtlp:  # after the speed draws, so runs without it keep their batches
             for b in range(feats.shape[0]):
                 feats[b] = vtlp_warp(feats[b], rng.uniform(1 - self.vtlp, 1 + self.vtlp))
         if self.spec_masks:
             self._mask(feats, mask, rng)
-        if part and all(u.phones is not None for u in part):
-            return feats, mask, [text_ids(u.text) for u in part], [u.phones for u in part]
-        return feats, mask, [text_ids(u.text) for u in part]
+        return feats, mask
 
     def _perturb(self, pcm: np.ndarray, rng: random.Random) -> np.ndarray:
         if not self.speed or len(pcm) < 2:

@@ -1,0 +1,235 @@
+"""Adapt a trained tokenizer's encoder to new speakers while its codes keep their meaning.
+
+``glm4voice train tokenizer-adapt --tokenizer DIR --corpus DIR --out RUN --export DIR``
+
+A tokenizer trained on a few voices turns an unseen voice into codes that its own ASR branch (and so the LM, which
+learned the codes) misreads. Retraining it from scratch on more voices gives new codes, and the LM and decoder
+trained on the old ones would have to start again. This trainer changes only the encoder before the quantiser (the
+convolutions and attention layers that make the 12.5 Hz states). The codebook, the post-VQ layers and the
+word-piece ASR branch of ``train tokenizer-asr`` stay frozen: the branch fixes what each code means, and the encoder
+learns to send the new voices' speech to the codes that mean the right words. The loss, per utterance:
+
+- CTC of the frozen word-piece branch reading the straight-through quantised states (the codes' gradient reaches
+  the encoder, as in the tokenizer trainer);
+- the commitment term (``vq_loss_scale`` x 0.25 x MSE to the chosen code), so states stay near their codes;
+- ``--distill`` x MSE between the encoder's states and the original encoder's (frozen copy), divided by the
+  original states' mean square, on utterances of voices the original tokenizer was trained on (``--teacher-corpus``:
+  the corpus it was trained on; every utterance if not given). It keeps the codes of known voices, which the LM
+  learned, where they are.
+
+Data: the corpus's audio (``--train-limit`` utterances at most, a seeded sample; audio is held in memory), with the
+tokenizer trainer's augmentation options. The evaluation reports the held-out ASR error through the codes and
+``code_agreement``: the share of codes of known-voice training utterances that equal the original tokenizer's.
+
+The export has the official layout plus the unchanged branch and vocabulary, so ``glm4voice eval tokenizer`` and
+``glm4voice data tokens`` read it like any glm4voice-trained tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from glm4voice.errors import CheckpointError, ConfigError
+from glm4voice.train import tokenizer_asr as ta
+from glm4voice.train import tokenizer_trainer as tt
+
+log = logging.getLogger("glm4voice.train.tokenizer_adapt")
+
+# encoder parameters that make the pre-VQ states; the codebook and embed_positions2 (post-VQ) stay frozen
+TRAINED_PREFIXES = ("encoder.conv1.", "encoder.conv2.", "encoder.embed_positions.", "encoder.layers.")
+
+
+class EncoderAdapt(nn.Module):
+    """``branch`` (a ``TokenizerTrainModel`` with a word-piece ASR branch) whose pre-VQ encoder trains; a frozen copy
+    of its encoder as it was given is the distillation teacher (kept out of the state dict: it is the tokenizer
+    folder's, and a resumed run rebuilds it from there)."""
+
+    def __init__(self, branch: tt.TokenizerTrainModel, *, distill: float = 1.0):
+        super().__init__()
+        if branch.pieces is None:
+            raise CheckpointError("tokenizer-adapt needs a word-piece ASR branch (`glm4voice train tokenizer-asr`); "
+                                  "this tokenizer has the byte branch of its trainer")
+        if distill < 0:
+            raise ConfigError(f"--distill must be >= 0, not {distill}")
+        self.branch = branch
+        self.distill = distill
+        for name, p in branch.named_parameters():
+            p.requires_grad_(name.startswith(TRAINED_PREFIXES))
+        branch.steps_seen.fill_(branch.spec.vq_warmup)  # the branch reads codes: evaluate through the quantiser
+        teacher = copy.deepcopy(branch).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # not a submodule: no gradients, not saved
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.branch.vq.eval()  # the codebook is fixed: no EMA updates, no restarts
+        self.teacher.eval()
+        return self
+
+    def forward(self, feats: Tensor, frame_mask: Tensor, targets: list[list[int]], known: Tensor
+                ) -> tuple[Tensor, dict]:
+        b = self.branch
+        h, valid = b.encode(feats, frame_mask)
+        hf = h.float()
+        with torch.no_grad():
+            ids = b.vq.nearest(hf.detach().reshape(-1, hf.shape[-1])).view(h.shape[:2])
+            code = b.vq.codebook(ids)
+        q = hf + (code - hf).detach()  # straight-through
+        ctc = b.asr.loss(b.memory(q.to(h.dtype), valid), valid, targets)
+        commit = ((hf - code) ** 2).mean(-1)[valid].mean() * 0.25 * b.spec.vq_loss_scale
+        loss = ctc + commit
+        stats = {"asr_loss": float(ctc.detach()), "commit_loss": float(commit.detach())}
+        if self.distill and bool(known.any()):
+            with torch.no_grad():
+                ref, _ = self.teacher.encode(feats, frame_mask)
+                ref = ref.float()
+            w = valid & known[:, None].to(valid.device)
+            d = ((hf - ref) ** 2).mean(-1)[w].mean() / (ref ** 2).mean(-1)[w].mean().clamp(min=1e-8)
+            loss = loss + self.distill * d
+            stats["distill_loss"] = float(d.detach())
+        return loss, stats
+
+
+class AdaptBatches(tt.Batches):
+    """The tokenizer trainer's batches with word-piece targets and a flag per utterance: is its voice known to the
+    original tokenizer (distilled)?"""
+
+    def __init__(self, utts: list[tt.Utterance], piece_tok, batch_size: int, seed: int, *,
+                 known_voices: set[str] | None, **augment):
+        super().__init__(utts, batch_size, seed, **augment)
+        self.targets = {u.id: piece_tok.encode(u.text.lower()).ids[:250] for u in utts}
+        self.known_voices = known_voices
+
+    def __call__(self, step: int, rank: int, world: int):
+        part, rng = self.pick(step, rank)
+        feats, mask = self.features(part, rng)
+        known = torch.tensor([self.known_voices is None or u.voice in self.known_voices for u in part])
+        return feats, mask, [self.targets[u.id] for u in part], known
+
+
+def make_eval(held: list[tt.Utterance], known: list[tt.Utterance], batch_size: int = 16):
+    """Held-out ASR error through the codes (the tokenizer trainer's evaluation) and the share of codes of
+    ``known`` utterances that equal the original tokenizer's."""
+    asr_eval = tt.make_eval(held, batch_size)
+
+    def evaluate(model: EncoderAdapt) -> dict:
+        res = asr_eval(model.branch)
+        same = total = 0
+        for i in range(0, len(known), batch_size):
+            feats, mask = tt.featurize([u.pcm for u in known[i: i + batch_size]])
+            _, _, new = model.branch.read(feats, mask)
+            _, valid, old = model.teacher.read(feats, mask)
+            same += int((new == old)[valid].sum())
+            total += int(valid.sum())
+        if total:
+            res["code_agreement"] = same / total
+        return res
+
+    return evaluate
+
+
+def export(model: EncoderAdapt, tokenizer_dir: str | Path, folder: str | Path) -> Path:
+    """The adapted tokenizer: the new encoder with the original EMA buffers, codebook, branch and vocabulary."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(tokenizer_dir) / "model.safetensors"), "pt") as f:
+        ema = {k: f.get_tensor(k) for k in ("ema_count", "ema_weight") if k in f.keys()}
+    folder = Path(folder)
+    from glm4voice.tokenizer.load import save_pretrained
+
+    b = model.branch
+    b.encoder.codebook.weight.data.copy_(b.vq.codebook.weight.detach().to(b.encoder.codebook.weight.dtype))
+    save_pretrained(b.encoder, folder, ema_count=ema.get("ema_count"), ema_weight=ema.get("ema_weight"))
+    tt.export_branch(b, folder)
+    src = Path(tokenizer_dir) / ta.ASR_PIECES
+    if src.is_file():
+        (folder / ta.ASR_PIECES).write_bytes(src.read_bytes())
+    return folder
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from glm4voice.train.engine import add_train_args
+
+    parser.add_argument("--tokenizer", required=True,
+                        help="a tokenizer folder with a word-piece ASR branch (`glm4voice train tokenizer-asr`)")
+    parser.add_argument("--pieces", default=None,
+                        help=f"the branch's word-piece vocabulary (default: the tokenizer folder's {ta.ASR_PIECES}; "
+                             f"older exports: the tokenizer-asr run's pieces.json)")
+    parser.add_argument("--corpus", required=True, help="corpus folder made by `glm4voice data synth`")
+    parser.add_argument("--teacher-corpus", default=None,
+                        help="the corpus the tokenizer was trained on: its training voices are distilled")
+    parser.add_argument("--distill", type=float, default=1.0, help="weight of the distillation term (0: off)")
+    parser.add_argument("--export", default=None, help="write the adapted tokenizer folder here at the end")
+    parser.add_argument("--max-seconds", type=float, default=10.0, help="skip longer utterances")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on a seeded sample of this many")
+    parser.add_argument("--eval-size", type=int, default=96, help="held-out utterances evaluated")
+    parser.add_argument("--agreement-size", type=int, default=48,
+                        help="known-voice training utterances whose codes are compared with the original's")
+    parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
+    parser.add_argument("--speed-perturb", type=float, default=0.0, help="as `train tokenizer`")
+    parser.add_argument("--vtlp", type=float, default=0.0, help="as `train tokenizer`")
+    parser.add_argument("--spec-masks", type=int, default=0, help="as `train tokenizer`")
+    add_train_args(parser, lr=3e-4, steps=2000, batch_size=24, warmup=100, eval_every=250, save_every=100)
+
+
+def known_voices(corpus_dir: str | None) -> set[str] | None:
+    """Training voices of ``corpus_dir`` (None: no corpus given, every voice counts as known)."""
+    if corpus_dir is None:
+        return None
+    from glm4voice.train.corpus import load_manifest
+
+    voices = {r["voice"] for r in load_manifest(corpus_dir).rows if r["split"] == "train"}
+    if not voices:
+        raise ConfigError(f"{corpus_dir}: no training utterances, so no known voices")
+    return voices
+
+
+def main(args: argparse.Namespace) -> int:
+    from glm4voice.train.engine import Trainer, config_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = config_from_args(args)
+    torch.manual_seed(cfg.seed)
+    branch = tt.load_for_asr(args.tokenizer)
+    pieces_path = Path(args.pieces) if args.pieces else Path(args.tokenizer) / ta.ASR_PIECES
+    if not pieces_path.is_file():
+        raise ConfigError(f"{pieces_path} not found: pass --pieces (the tokenizer-asr run's pieces.json)")
+    piece_tok, pieces = ta.read_pieces(pieces_path)
+    if branch.pieces is not None and pieces != branch.pieces:
+        raise CheckpointError(f"{pieces_path} is not the vocabulary of {args.tokenizer}'s ASR branch")
+    model = EncoderAdapt(branch, distill=args.distill)
+    known = known_voices(args.teacher_corpus)
+    train = tt.load_corpus(args.corpus, split="train", max_seconds=args.max_seconds, limit=args.train_limit,
+                           seed=cfg.seed)
+    held = tt.load_corpus(args.corpus, split="heldout", max_seconds=args.max_seconds, limit=args.eval_size, seed=1)
+    if not train:
+        raise ConfigError(f"{args.corpus}: no training utterances up to {args.max_seconds} s")
+    pool = [u for u in train if known is None or u.voice in known]
+    agree = random.Random(2).sample(pool, min(args.agreement_size, len(pool)))
+    new_voices = sorted({u.voice for u in train} - (known or set()))
+    log.info("tokenizer-adapt: %d train (%d of voices new to the tokenizer: %d voices) / %d held-out utterances, "
+             "%.2fM trained parameters", len(train), len(train) - len(pool), len(new_voices), len(held),
+             sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
+        {"tokenizer": args.tokenizer, "corpus": args.corpus, "teacher_corpus": args.teacher_corpus,
+         "distill": args.distill, "train_limit": args.train_limit, "speed_perturb": args.speed_perturb,
+         "vtlp": args.vtlp, "spec_masks": args.spec_masks, "new_voices": new_voices}, indent=2))
+    batches = AdaptBatches(train, piece_tok, cfg.batch_size, cfg.seed, known_voices=known,
+                           speed=args.speed_perturb, vtlp=args.vtlp, spec_masks=args.spec_masks)
+    trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=lambda m, b: m(*b),
+                      eval_fn=make_eval(held, agree) if held or agree else None)
+    trainer.fit(until=args.until)
+    if args.export and trainer.step >= cfg.steps:
+        export(trainer.model, args.tokenizer, args.export)
+        log.info("exported the adapted tokenizer to %s", args.export)
+    return 0

@@ -1,0 +1,169 @@
+"""Adapting a tokenizer's encoder to new voices with its codebook and ASR branch frozen (train/tokenizer_adapt.py)."""
+
+import argparse
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+from test_train_tokenizer import SPEC, _utts
+
+from glm4voice.errors import CheckpointError, ConfigError
+from glm4voice.train import tokenizer_adapt as tad
+from glm4voice.train import tokenizer_asr as ta
+from glm4voice.train import tokenizer_trainer as tt
+from glm4voice.train.engine import TrainConfig, Trainer
+
+WORDS = ["one", "two", "three", "four"]
+
+
+def _tokenizer(tmp_path):
+    """A tiny tokenizer with a word-piece branch and its vocabulary, exported as `train tokenizer-asr` does."""
+    torch.manual_seed(0)
+    model = tt.TokenizerTrainModel(replace(SPEC, vq_loss_scale=1.0)).eval()
+    with torch.no_grad():
+        model.vq.codebook.weight.normal_()
+    byte_dir = tt.export(model, tmp_path / "tok")
+    branch = tt.load_for_asr(byte_dir)
+    piece_tok, pieces = ta.train_pieces(WORDS * 4, 270)
+    branch.use_pieces(pieces)
+    return ta.export(ta.CodesASR(branch), byte_dir, tmp_path / "tok_pieces", piece_tok), byte_dir
+
+
+def _new_voice(utts):
+    """The same words in a 'new voice': every tone an octave up, louder."""
+    out = []
+    for u in utts:
+        t = np.arange(len(u.pcm)) / 16000
+        f = 2 * (200 + 50 * WORDS.index(u.text))
+        out.append(tt.Utterance(u.id + "n", u.text, "en", "new", (0.5 * np.sin(2 * np.pi * f * t) * 32767)
+                                .astype(np.int16)))
+    return out
+
+
+def test_only_the_pre_vq_encoder_trains_and_the_teacher_is_not_saved(tmp_path):
+    folder, _ = _tokenizer(tmp_path)
+    branch = tt.load_for_asr(folder)
+    model = tad.EncoderAdapt(branch, distill=1.0)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(tuple("branch." + p for p in tad.TRAINED_PREFIXES)) for n in trained)
+    assert not any("codebook" in n or "embed_positions2" in n for n in trained)
+    assert not any(k.startswith("teacher") for k in model.state_dict())
+    piece_tok, _ = ta.read_pieces(folder / ta.ASR_PIECES)
+    utts = _utts(8)
+    batch = tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices={"v"})(0, 0, 1)
+    model.train()
+    loss, stats = model(*batch)
+    assert stats["distill_loss"] == pytest.approx(0.0, abs=1e-9)  # the student starts as the teacher
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and grads <= trained
+    assert not model.branch.vq.training  # the codebook never takes EMA updates
+    res = tad.make_eval(utts[:4], utts[4:])(model)
+    assert res["code_agreement"] == 1.0 and "wer_en" in res
+
+
+def test_adaptation_moves_the_new_voice_and_keeps_codebook_branch_and_known_codes(tmp_path):
+    folder, _ = _tokenizer(tmp_path)
+    branch = tt.load_for_asr(folder)
+    model = tad.EncoderAdapt(branch, distill=1.0)
+    frozen = {k: v.clone() for k, v in branch.state_dict().items() if not k.startswith("encoder.")
+              or "codebook" in k or "embed_positions2" in k}
+    enc0 = {k: v.clone() for k, v in branch.state_dict().items() if k.startswith("encoder.layers.")}
+    piece_tok, _ = ta.read_pieces(folder / ta.ASR_PIECES)
+    known, new = _utts(8), _new_voice(_utts(8))
+    batches = tad.AdaptBatches(known + new, piece_tok, 16, seed=0, known_voices={"v"})
+    feats, mask, targets, flags = batches(0, 0, 1)
+    assert flags.tolist() == [u.voice == "v" for u in batches.utts]  # batch of 16 = all, sorted by length
+    with torch.no_grad():
+        model.train()
+        before = model(feats, mask, targets, flags)[1]["asr_loss"]
+    torch.manual_seed(0)
+    Trainer(TrainConfig(out_dir=str(tmp_path / "run"), steps=60, lr=3e-3, warmup=5, log_every=30, eval_every=0,
+                        save_every=60), model, batch_fn=batches, loss_fn=lambda m, b: m(*b)).fit()
+    with torch.no_grad():
+        model.train()
+        after = model(feats, mask, targets, flags)[1]
+    assert after["asr_loss"] < before  # the frozen branch reads the adapted codes better
+    for k, v in model.branch.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+    assert any(not torch.equal(model.branch.state_dict()[k], v) for k, v in enc0.items())
+    out = tad.export(model, folder, tmp_path / "adapted")
+    again = tt.load_for_asr(out)
+    assert again.pieces == model.branch.pieces
+    assert (out / ta.ASR_PIECES).read_bytes() == (folder / ta.ASR_PIECES).read_bytes()
+    sd, sd0 = load_file(str(out / "model.safetensors")), load_file(str(folder / "model.safetensors"))
+    assert torch.equal(sd["codebook.weight"], sd0["codebook.weight"]) and torch.equal(sd["ema_count"], sd0["ema_count"])
+    assert not torch.equal(sd["layers.0.self_attn.q_proj.weight"], sd0["layers.0.self_attn.q_proj.weight"])
+    _, codes = again.transcribe(*tt.featurize([new[0].pcm]))
+    _, codes_model = model.branch.transcribe(*tt.featurize([new[0].pcm]))
+    assert codes == codes_model
+
+
+def test_refuses_a_byte_branch_and_a_foreign_vocabulary(tmp_path):
+    folder, byte_dir = _tokenizer(tmp_path)
+    with pytest.raises(CheckpointError, match="word-piece"):
+        tad.EncoderAdapt(tt.load_for_asr(byte_dir))
+    with pytest.raises(ConfigError, match="distill"):
+        tad.EncoderAdapt(tt.load_for_asr(folder), distill=-1.0)
+    other, _ = ta.train_pieces(["completely different words here"] * 4, 262)
+    bad = tmp_path / "other.json"
+    bad.write_text(other.to_str())
+    corpus = _corpus(tmp_path)
+    with pytest.raises(CheckpointError, match="not the vocabulary"):
+        tad.main(_args(tmp_path, folder, corpus, pieces=bad))
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a word-piece vocabulary"):
+        tad.main(_args(tmp_path, folder, corpus, pieces=tmp_path / "junk.json"))
+
+
+def _corpus(tmp_path):
+    """Known voice 'v' (train + held-out) and a new voice (train)."""
+    root = tmp_path / "corpus"
+    (root / "audio16k").mkdir(parents=True, exist_ok=True)
+    utts = _utts(6) + _new_voice(_utts(4))
+    rows = []
+    for i, u in enumerate(utts):
+        path = f"audio16k/{u.id}.flac"
+        sf.write(root / path, u.pcm, 16000)
+        rows.append({"id": u.id, "text": u.text, "language": "en", "voice": u.voice, "style": "", "role": "question",
+                     "item_id": f"i{i}", "split": "heldout" if i in (4, 5) else "train",
+                     "duration": len(u.pcm) / 16000, "path": path, "sample_rate": 16000})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teacher = tmp_path / "teacher_corpus"
+    teacher.mkdir(exist_ok=True)
+    (teacher / "audio16k").symlink_to(root / "audio16k")
+    (teacher / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    return str(root)
+
+
+def _args(tmp_path, folder, corpus, **kw):
+    p = argparse.ArgumentParser()
+    tad.add_args(p)
+    argv = ["--tokenizer", str(folder), "--corpus", corpus, "--teacher-corpus", str(tmp_path / "teacher_corpus"),
+            "--out", str(tmp_path / "run"), "--steps", "6", "--batch-size", "4", "--eval-every", "3",
+            "--save-every", "3", "--export", str(tmp_path / "export")]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return p.parse_args(argv)
+
+
+def test_cli_trains_resumes_and_exports(tmp_path):
+    folder, _ = _tokenizer(tmp_path)
+    corpus = _corpus(tmp_path)
+    assert tad.main(_args(tmp_path, folder, corpus, until=3)) == 0
+    assert not (tmp_path / "export").exists()
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["new_voices"] == ["new"]
+    assert tad.main(_args(tmp_path, folder, corpus)) == 0  # resumes at step 3
+    evals = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    evals = [e for e in evals if e["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [3, 6] and all(0.0 <= e["code_agreement"] <= 1.0 for e in evals)
+    assert tt.load_for_asr(tmp_path / "export").pieces is not None
+    with pytest.raises(ConfigError, match="--pieces"):  # an older export without its vocabulary
+        (tmp_path / "export" / ta.ASR_PIECES).unlink()
+        tad.main(_args(tmp_path, tmp_path / "export", corpus, out=tmp_path / "run2"))
