@@ -44,10 +44,11 @@ def _new_voice(utts):
     return out
 
 
-def test_only_the_pre_vq_encoder_trains_and_the_teacher_is_not_saved(tmp_path):
+@pytest.mark.parametrize("assign", tad.ASSIGN)
+def test_only_the_pre_vq_encoder_trains_and_the_teacher_is_not_saved(tmp_path, assign):
     folder, _ = _tokenizer(tmp_path)
     branch = tt.load_for_asr(folder)
-    model = tad.EncoderAdapt(branch, distill=1.0)
+    model = tad.EncoderAdapt(branch, distill=1.0, assign=assign)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained and all(n.startswith(tuple("branch." + p for p in tad.TRAINED_PREFIXES)) for n in trained)
     assert not any("codebook" in n or "embed_positions2" in n for n in trained)
@@ -57,7 +58,10 @@ def test_only_the_pre_vq_encoder_trains_and_the_teacher_is_not_saved(tmp_path):
     batch = tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices={"v"})(0, 0, 1)
     model.train()
     loss, stats = model(*batch)
-    assert stats["distill_loss"] == pytest.approx(0.0, abs=1e-9)  # the student starts as the teacher
+    if assign == "ste":
+        assert stats["distill_loss"] == pytest.approx(0.0, abs=1e-9)  # the student starts as the teacher
+    else:  # cross-entropy of the soft assignment: positive, and below that of a uniform choice of codes
+        assert 0.0 < stats["distill_loss"] < np.log(SPEC.codebook) and stats["tau"] > 0
     loss.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert grads and grads <= trained
@@ -66,10 +70,11 @@ def test_only_the_pre_vq_encoder_trains_and_the_teacher_is_not_saved(tmp_path):
     assert res["code_agreement"] == 1.0 and "wer_en" in res
 
 
-def test_adaptation_moves_the_new_voice_and_keeps_codebook_branch_and_known_codes(tmp_path):
+@pytest.mark.parametrize("assign", tad.ASSIGN)
+def test_adaptation_moves_the_new_voice_and_keeps_codebook_branch_and_known_codes(tmp_path, assign):
     folder, _ = _tokenizer(tmp_path)
     branch = tt.load_for_asr(folder)
-    model = tad.EncoderAdapt(branch, distill=1.0)
+    model = tad.EncoderAdapt(branch, distill=1.0, assign=assign)
     frozen = {k: v.clone() for k, v in branch.state_dict().items() if not k.startswith("encoder.")
               or "codebook" in k or "embed_positions2" in k}
     enc0 = {k: v.clone() for k, v in branch.state_dict().items() if k.startswith("encoder.layers.")}
@@ -110,6 +115,8 @@ def test_refuses_a_byte_branch_and_a_foreign_vocabulary(tmp_path):
         tad.EncoderAdapt(tt.load_for_asr(byte_dir))
     with pytest.raises(ConfigError, match="distill"):
         tad.EncoderAdapt(tt.load_for_asr(folder), distill=-1.0)
+    with pytest.raises(ConfigError, match="assign"):
+        tad.EncoderAdapt(tt.load_for_asr(folder), assign="gumbel")
     other, _ = ta.train_pieces(["completely different words here"] * 4, 262)
     bad = tmp_path / "other.json"
     bad.write_text(other.to_str())

@@ -9,13 +9,16 @@ convolutions and attention layers that make the 12.5 Hz states). The codebook, t
 word-piece ASR branch of ``train tokenizer-asr`` stay frozen: the branch fixes what each code means, and the encoder
 learns to send the new voices' speech to the codes that mean the right words. The loss, per utterance:
 
-- CTC of the frozen word-piece branch reading the straight-through quantised states (the codes' gradient reaches
-  the encoder, as in the tokenizer trainer);
-- the commitment term (``vq_loss_scale`` x 0.25 x MSE to the chosen code), so states stay near their codes;
-- ``--distill`` x MSE between the encoder's states and the original encoder's (frozen copy), divided by the
-  original states' mean square, on utterances of voices the original tokenizer was trained on (``--teacher-corpus``:
-  the corpus it was trained on; every utterance if not given). It keeps the codes of known voices, which the LM
-  learned, where they are.
+- CTC of the frozen word-piece branch reading the quantised states. ``--assign ste``: the nearest codes with the
+  straight-through gradient, as in the tokenizer trainer. ``--assign soft``: the codebook average weighted by
+  softmax(-squared distance / tau), tau the batch's mean gap between the nearest and the second-nearest code's
+  squared distance (detached), so the gradient says which *code* would read better, not only where the state
+  should move;
+- the commitment term (``vq_loss_scale`` x 0.25 x MSE to the nearest code), so states stay near their codes;
+- ``--distill`` x a term that keeps the codes of voices the original tokenizer was trained on (``--teacher-corpus``:
+  the corpus it was trained on; every utterance if not given) where they were, since the LM learned them. With
+  ``ste``: MSE between the encoder's states and the original encoder's (frozen copy), over the original states'
+  mean square; with ``soft``: cross-entropy of the same soft assignment against the original encoder's codes.
 
 Data: the corpus's audio (``--train-limit`` utterances at most, a seeded sample; audio is held in memory), with the
 tokenizer trainer's augmentation options. The evaluation reports the held-out ASR error through the codes and
@@ -44,6 +47,7 @@ from glm4voice.train import tokenizer_trainer as tt
 log = logging.getLogger("glm4voice.train.tokenizer_adapt")
 
 # encoder parameters that make the pre-VQ states; the codebook and embed_positions2 (post-VQ) stay frozen
+ASSIGN = ("ste", "soft")  # how the CTC term reads the states: nearest codes + straight-through, or soft codes
 TRAINED_PREFIXES = ("encoder.conv1.", "encoder.conv2.", "encoder.embed_positions.", "encoder.layers.")
 
 
@@ -52,15 +56,17 @@ class EncoderAdapt(nn.Module):
     of its encoder as it was given is the distillation teacher (kept out of the state dict: it is the tokenizer
     folder's, and a resumed run rebuilds it from there)."""
 
-    def __init__(self, branch: tt.TokenizerTrainModel, *, distill: float = 1.0):
+    def __init__(self, branch: tt.TokenizerTrainModel, *, distill: float = 1.0, assign: str = "ste"):
         super().__init__()
         if branch.pieces is None:
             raise CheckpointError("tokenizer-adapt needs a word-piece ASR branch (`glm4voice train tokenizer-asr`); "
                                   "this tokenizer has the byte branch of its trainer")
         if distill < 0:
             raise ConfigError(f"--distill must be >= 0, not {distill}")
+        if assign not in ASSIGN:
+            raise ConfigError(f"--assign must be one of {ASSIGN}, not {assign!r}")
         self.branch = branch
-        self.distill = distill
+        self.distill, self.assign = distill, assign
         for name, p in branch.named_parameters():
             p.requires_grad_(name.startswith(TRAINED_PREFIXES))
         branch.steps_seen.fill_(branch.spec.vq_warmup)  # the branch reads codes: evaluate through the quantiser
@@ -80,20 +86,35 @@ class EncoderAdapt(nn.Module):
         b = self.branch
         h, valid = b.encode(feats, frame_mask)
         hf = h.float()
+        cb = b.vq.codebook.weight.float()
         with torch.no_grad():
             ids = b.vq.nearest(hf.detach().reshape(-1, hf.shape[-1])).view(h.shape[:2])
-            code = b.vq.codebook(ids)
-        q = hf + (code - hf).detach()  # straight-through
+            code = b.vq.codebook(ids).float()
+        stats = {}
+        if self.assign == "soft":
+            dist = (hf * hf).sum(-1, keepdim=True) - 2 * hf @ cb.t() + (cb * cb).sum(-1)  # (B, T, K)
+            with torch.no_grad():
+                two = dist[valid].topk(2, dim=-1, largest=False).values
+                tau = (two[:, 1] - two[:, 0]).mean().clamp(min=1e-6)
+            logits = -dist / tau
+            q = logits.softmax(-1) @ cb
+            stats["tau"] = float(tau)
+        else:
+            q = hf + (code - hf).detach()  # straight-through
         ctc = b.asr.loss(b.memory(q.to(h.dtype), valid), valid, targets)
         commit = ((hf - code) ** 2).mean(-1)[valid].mean() * 0.25 * b.spec.vq_loss_scale
         loss = ctc + commit
-        stats = {"asr_loss": float(ctc.detach()), "commit_loss": float(commit.detach())}
+        stats.update(asr_loss=float(ctc.detach()), commit_loss=float(commit.detach()))
         if self.distill and bool(known.any()):
+            w = valid & known[:, None].to(valid.device)
             with torch.no_grad():
                 ref, _ = self.teacher.encode(feats, frame_mask)
                 ref = ref.float()
-            w = valid & known[:, None].to(valid.device)
-            d = ((hf - ref) ** 2).mean(-1)[w].mean() / (ref ** 2).mean(-1)[w].mean().clamp(min=1e-8)
+            if self.assign == "soft":
+                ref_ids = b.vq.nearest(ref.reshape(-1, ref.shape[-1])).view(ref.shape[:2])
+                d = torch.nn.functional.cross_entropy(logits[w], ref_ids[w])
+            else:
+                d = ((hf - ref) ** 2).mean(-1)[w].mean() / (ref ** 2).mean(-1)[w].mean().clamp(min=1e-8)
             loss = loss + self.distill * d
             stats["distill_loss"] = float(d.detach())
         return loss, stats
@@ -168,6 +189,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-corpus", default=None,
                         help="the corpus the tokenizer was trained on: its training voices are distilled")
     parser.add_argument("--distill", type=float, default=1.0, help="weight of the distillation term (0: off)")
+    parser.add_argument("--assign", choices=ASSIGN, default="ste",
+                        help="ste: CTC reads the nearest codes (straight-through); soft: a softmax over the codes")
     parser.add_argument("--export", default=None, help="write the adapted tokenizer folder here at the end")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="skip longer utterances")
     parser.add_argument("--train-limit", type=int, default=None, help="train on a seeded sample of this many")
@@ -206,7 +229,7 @@ def main(args: argparse.Namespace) -> int:
     piece_tok, pieces = ta.read_pieces(pieces_path)
     if branch.pieces is not None and pieces != branch.pieces:
         raise CheckpointError(f"{pieces_path} is not the vocabulary of {args.tokenizer}'s ASR branch")
-    model = EncoderAdapt(branch, distill=args.distill)
+    model = EncoderAdapt(branch, distill=args.distill, assign=args.assign)
     known = known_voices(args.teacher_corpus)
     train = tt.load_corpus(args.corpus, split="train", max_seconds=args.max_seconds, limit=args.train_limit,
                            seed=cfg.seed)
@@ -222,8 +245,9 @@ def main(args: argparse.Namespace) -> int:
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
         {"tokenizer": args.tokenizer, "corpus": args.corpus, "teacher_corpus": args.teacher_corpus,
-         "distill": args.distill, "train_limit": args.train_limit, "speed_perturb": args.speed_perturb,
-         "vtlp": args.vtlp, "spec_masks": args.spec_masks, "new_voices": new_voices}, indent=2))
+         "distill": args.distill, "assign": args.assign, "train_limit": args.train_limit,
+         "speed_perturb": args.speed_perturb,         "vtlp": args.vtlp, "spec_masks": args.spec_masks,
+         "new_voices": new_voices}, indent=2))
     batches = AdaptBatches(train, piece_tok, cfg.batch_size, cfg.seed, known_voices=known,
                            speed=args.speed_perturb, vtlp=args.vtlp, spec_masks=args.spec_masks)
     trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=lambda m, b: m(*b),
