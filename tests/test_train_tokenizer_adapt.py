@@ -164,6 +164,13 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     corpus = _corpus(tmp_path)
     assert tad.main(_args(tmp_path, folder, corpus, until=3)) == 0
     assert not (tmp_path / "export").exists()
+    mid = tmp_path / "mid"
+    args = _args(tmp_path, folder, corpus, export=mid)
+    args.export_only = True
+    assert tad.main(args) == 0  # the step-3 encoder, exported without training on
+    assert not torch.equal(load_file(str(mid / "model.safetensors"))["conv1.weight"],
+                           load_file(str(folder / "model.safetensors"))["conv1.weight"])
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["new_voices"] == ["new"]
     assert tad.main(_args(tmp_path, folder, corpus)) == 0  # resumes at step 3
@@ -171,6 +178,10 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     evals = [e for e in evals if e["kind"] == "eval"]
     assert [e["step"] for e in evals] == [3, 6] and all(0.0 <= e["code_agreement"] <= 1.0 for e in evals)
     assert tt.load_for_asr(tmp_path / "export").pieces is not None
+    args = _args(tmp_path, folder, corpus, out=tmp_path / "empty_run")
+    args.export_only = True
+    with pytest.raises(ConfigError, match="nothing to export"):
+        tad.main(args)
     with pytest.raises(ConfigError, match="--pieces"):  # an older export without its vocabulary
         (tmp_path / "export" / ta.ASR_PIECES).unlink()
         tad.main(_args(tmp_path, tmp_path / "export", corpus, out=tmp_path / "run2"))

@@ -177,6 +177,25 @@ def export(model: EncoderAdapt, tokenizer_dir: str | Path, folder: str | Path) -
     return folder
 
 
+def export_checkpoint(model: EncoderAdapt, tokenizer_dir: str, run_dir: str, folder: str | None) -> int:
+    """``--export-only``: the run's last.pt (read as weights only) exported to ``folder``."""
+    from glm4voice.train.engine import CHECKPOINT
+
+    path = Path(run_dir) / CHECKPOINT
+    if not folder:
+        raise ConfigError("--export-only needs --export FOLDER")
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: nothing to export")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a tokenizer-adapt checkpoint of this tokenizer ({e})") from e
+    export(model, tokenizer_dir, folder)
+    log.info("exported step %d of %s to %s", int(state["step"]), run_dir, folder)
+    return 0
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     from glm4voice.train.engine import add_train_args
 
@@ -198,6 +217,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agreement-size", type=int, default=48,
                         help="known-voice training utterances whose codes are compared with the original's")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export the run's last.pt to --export now (e.g. mid-run) without training")
     parser.add_argument("--speed-perturb", type=float, default=0.0, help="as `train tokenizer`")
     parser.add_argument("--vtlp", type=float, default=0.0, help="as `train tokenizer`")
     parser.add_argument("--spec-masks", type=int, default=0, help="as `train tokenizer`")
@@ -230,6 +251,8 @@ def main(args: argparse.Namespace) -> int:
     if branch.pieces is not None and pieces != branch.pieces:
         raise CheckpointError(f"{pieces_path} is not the vocabulary of {args.tokenizer}'s ASR branch")
     model = EncoderAdapt(branch, distill=args.distill, assign=args.assign)
+    if args.export_only:
+        return export_checkpoint(model, args.tokenizer, cfg.out_dir, args.export)
     known = known_voices(args.teacher_corpus)
     train = tt.load_corpus(args.corpus, split="train", max_seconds=args.max_seconds, limit=args.train_limit,
                            seed=cfg.seed)
