@@ -1,6 +1,6 @@
 """The shipped embedded model (glm4voice/assets/embedded): complete, small, loadable through the defaults, and able
 to run a spoken question through the whole pipeline. Answer correctness is the slow guard in test_eval_embedded.py
-(v6 does not pass it yet; see docs/model_card.md)."""
+(v7 does not pass it yet; see docs/model_card.md)."""
 
 import json
 from pathlib import Path
