@@ -131,7 +131,9 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")
              if json.loads(line)["kind"] == "eval"]
     assert steps == [3, 6]
-    assert tt.load_for_asr(tmp_path / "export").pieces is not None
+    exported = tt.load_for_asr(tmp_path / "export")
+    assert exported.pieces is not None  # and the vocabulary that makes its targets travels with it
+    assert ta.read_pieces(tmp_path / "export" / ta.ASR_PIECES)[1] == exported.pieces
     with pytest.raises(Exception, match="word-piece"):  # refitting a refitted branch is refused
         ta.main(_args(tmp_path, tmp_path / "export", corpus, out=tmp_path / "run2"))
 
