@@ -87,12 +87,10 @@ class EncoderAdapt(nn.Module):
         h, valid = b.encode(feats, frame_mask)
         hf = h.float()
         cb = b.vq.codebook.weight.float()
-        with torch.no_grad():
-            ids = b.vq.nearest(hf.detach().reshape(-1, hf.shape[-1])).view(h.shape[:2])
-            code = b.vq.codebook(ids).float()
+        dist = (hf * hf).sum(-1, keepdim=True) - 2 * hf @ cb.t() + (cb * cb).sum(-1)  # (B, T, K) squared distances
+        code = cb[dist.detach().argmin(-1)]  # the nearest codes, as the quantiser picks them
         stats = {}
         if self.assign == "soft":
-            dist = (hf * hf).sum(-1, keepdim=True) - 2 * hf @ cb.t() + (cb * cb).sum(-1)  # (B, T, K)
             with torch.no_grad():
                 two = dist[valid].topk(2, dim=-1, largest=False).values
                 tau = (two[:, 1] - two[:, 0]).mean().clamp(min=1e-6)
@@ -141,14 +139,16 @@ def make_eval(held: list[tt.Utterance], known: list[tt.Utterance], batch_size: i
     """Held-out ASR error through the codes (the tokenizer trainer's evaluation) and the share of codes of
     ``known`` utterances that equal the original tokenizer's."""
     asr_eval = tt.make_eval(held, batch_size)
+    batches = [tt.featurize([u.pcm for u in known[i: i + batch_size]]) for i in range(0, len(known), batch_size)]
+    original: list[tuple[Tensor, Tensor]] = []  # (valid, codes) of the frozen original, computed once
 
     def evaluate(model: EncoderAdapt) -> dict:
         res = asr_eval(model.branch)
+        if not original:
+            original.extend(model.teacher.read(feats, mask)[1:] for feats, mask in batches)
         same = total = 0
-        for i in range(0, len(known), batch_size):
-            feats, mask = tt.featurize([u.pcm for u in known[i: i + batch_size]])
-            _, _, new = model.branch.read(feats, mask)
-            _, valid, old = model.teacher.read(feats, mask)
+        for (feats, mask), (valid, old) in zip(batches, original, strict=True):
+            new = model.branch.read(feats, mask)[2]
             same += int((new == old)[valid].sum())
             total += int(valid.sum())
         if total:
@@ -159,18 +159,8 @@ def make_eval(held: list[tt.Utterance], known: list[tt.Utterance], batch_size: i
 
 
 def export(model: EncoderAdapt, tokenizer_dir: str | Path, folder: str | Path) -> Path:
-    """The adapted tokenizer: the new encoder with the original EMA buffers, codebook, branch and vocabulary."""
-    from safetensors import safe_open
-
-    with safe_open(str(Path(tokenizer_dir) / "model.safetensors"), "pt") as f:
-        ema = {k: f.get_tensor(k) for k in ("ema_count", "ema_weight") if k in f.keys()}
-    folder = Path(folder)
-    from glm4voice.tokenizer.load import save_pretrained
-
-    b = model.branch
-    b.encoder.codebook.weight.data.copy_(b.vq.codebook.weight.detach().to(b.encoder.codebook.weight.dtype))
-    save_pretrained(b.encoder, folder, ema_count=ema.get("ema_count"), ema_weight=ema.get("ema_weight"))
-    tt.export_branch(b, folder)
+    """The adapted tokenizer: the new encoder with the original codebook, EMA state, branch and vocabulary."""
+    folder = tt.export(model.branch, folder)
     src = Path(tokenizer_dir) / ta.ASR_PIECES
     if src.is_file():
         (folder / ta.ASR_PIECES).write_bytes(src.read_bytes())

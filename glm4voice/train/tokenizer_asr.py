@@ -168,7 +168,7 @@ def export(model: CodesASR, tokenizer_dir: str | Path, folder: str | Path, piece
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for f in Path(tokenizer_dir).iterdir():
-        if f.is_file() and not f.name.startswith(("asr_branch", "asr_pieces")):
+        if f.is_file() and f.name not in (tt.ASR_BRANCH_WEIGHTS, tt.ASR_BRANCH_CONFIG, ASR_PIECES):
             shutil.copy2(f, folder / f.name)
     if piece_tok is not None:
         (folder / ASR_PIECES).write_text(piece_tok.to_str(), encoding="utf-8")

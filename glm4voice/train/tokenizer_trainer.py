@@ -460,6 +460,7 @@ def export_branch(model: TokenizerTrainModel, folder: str | Path) -> Path:
 
 def load_for_asr(folder: str | Path, *, device: str = "cpu") -> TokenizerTrainModel:
     """A tokenizer folder with its ASR branch, ready for ``transcribe`` (evaluation of ASR through the codes)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from glm4voice.errors import CheckpointError
@@ -477,6 +478,10 @@ def load_for_asr(folder: str | Path, *, device: str = "cpu") -> TokenizerTrainMo
     enc = load_encoder(folder)
     model.encoder.load_state_dict(enc.state_dict())
     model.vq.codebook.weight.data.copy_(enc.codebook.weight)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:  # the EMA state, so an export keeps it
+        for key in ("ema_count", "ema_weight"):
+            if key in f.keys():
+                getattr(model.vq, key).copy_(f.get_tensor(key))
     missing, unexpected = model.load_state_dict(load_file(str(folder / ASR_BRANCH_WEIGHTS)), strict=False)
     bad = [k for k in missing if k.split(".")[0] in ("post", "post_ln", "asr")] + list(unexpected)
     if bad:
