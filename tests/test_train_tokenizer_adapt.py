@@ -185,3 +185,93 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     with pytest.raises(ConfigError, match="--pieces"):  # an older export without its vocabulary
         (tmp_path / "export" / ta.ASR_PIECES).unlink()
         tad.main(_args(tmp_path, tmp_path / "export", corpus, out=tmp_path / "run2"))
+
+
+def _tone(freq, seconds=1.0):
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
+
+
+def test_shifted_features_move_frequencies_and_keep_the_frames():
+    pcm = _tone(500.0)
+    feats, mask = tt.featurize([pcm])
+    frames = int(mask[0].sum())
+    same = tad.shifted_features(pcm, 0.0, frames)
+    assert torch.equal(same, feats[0, :, :frames])
+    up, down = tad.shifted_features(pcm, 12.0, frames), tad.shifted_features(pcm, -12.0, frames)
+    assert up.shape == down.shape == (feats.shape[1], frames)  # frame-aligned with the clean utterance
+    peak = [int(f[:, frames // 2].argmax()) for f in (down, same, up)]
+    assert peak[0] < peak[1] < peak[2]  # an octave down / up moves the tone's mel band
+    octave_up = tt.featurize([_tone(1000.0)])[0][0, :, frames // 2].argmax()
+    assert abs(peak[2] - int(octave_up)) <= 1
+    bright = tad.tilt(same, 12.0)
+    gain = (bright - same).mean(-1)
+    assert float(gain[-1] - gain[0]) == pytest.approx(12.0 / 40.0, rel=1e-4)
+    assert float(gain.mean()) == pytest.approx(0, abs=1e-6)
+
+
+def test_consistency_batches_pair_clean_and_augmented_copies(tmp_path):
+    folder, _ = _tokenizer(tmp_path)
+    piece_tok, _ = ta.read_pieces(folder / ta.ASR_PIECES)
+    utts = _utts(8)
+    plain = tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None)(0, 0, 1)
+    untouched = tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, consistency=True, pitch=3,
+                                 clean_share=1.0)(0, 0, 1)
+    assert len(plain) == 4 and len(untouched) == 5
+    feats, mask, _, known, clean = untouched
+    assert torch.equal(feats, clean) and torch.equal(clean, plain[0]) and bool(known.all())
+    feats, mask, _, _, clean = tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, consistency=True,
+                                                pitch=3, tilt=6, clean_share=0.0)(0, 0, 1)
+    assert feats.shape == clean.shape and torch.equal(clean, plain[0])
+    for b in range(8):
+        n = int(mask[b].sum())
+        assert not torch.equal(feats[b, :, :n], clean[b, :, :n])  # every copy augmented
+        assert torch.equal(feats[b, :, n:], clean[b, :, n:])  # padding untouched
+    with pytest.raises(ConfigError, match="consistency"):
+        tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, pitch=3)
+    with pytest.raises(ConfigError, match="clean-share"):
+        tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, consistency=True, clean_share=1.5)
+
+
+def test_consistency_training_gives_shifted_speech_the_clean_codes(tmp_path):
+    folder, _ = _tokenizer(tmp_path)
+    branch = tt.load_for_asr(folder)
+    utts = _utts(8)
+    with torch.no_grad():  # a codebook of states of clean and pitch-shifted tones: the codes hear the pitch
+        states = []
+        for shift in (-4.0, 0.0, 4.0):
+            feats, mask = tt.featurize([u.pcm for u in utts[:4]])
+            for b, u in enumerate(utts[:4]):
+                n = int(mask[b].sum())
+                feats[b, :, :n] = tad.shifted_features(u.pcm, shift, n)
+            h, valid = branch.encode(feats, mask)
+            states.append(h[valid])
+        states = torch.cat(states)
+        pick = torch.randperm(len(states), generator=torch.Generator().manual_seed(0))[:SPEC.codebook]
+        branch.vq.codebook.weight.copy_(states[pick])
+    model = tad.EncoderAdapt(branch, distill=1.0, assign="ste", ctc_weight=0.0)
+    piece_tok, _ = ta.read_pieces(folder / ta.ASR_PIECES)
+    batches = tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, consistency=True, pitch=4,
+                               clean_share=0.0)
+
+    def agreement():  # codes of fixed pitch-shifted copies against the original tokenizer's codes of the originals
+        feats, mask = tt.featurize([u.pcm for u in utts])
+        shifted = feats.clone()
+        for b, u in enumerate(utts):
+            n = int(mask[b].sum())
+            shifted[b, :, :n] = tad.shifted_features(u.pcm, 3.0 if b % 2 else -3.0, n)
+        with torch.no_grad():
+            _, valid, old = model.teacher.read(feats, mask)
+            new = model.branch.read(shifted, mask)[2]
+        return float((new == old)[valid].float().mean())
+
+    before = agreement()
+    feats, mask, targets, known, clean = batches(0, 0, 1)
+    ste = tad.EncoderAdapt(tt.load_for_asr(folder), assign="ste").train()
+    with torch.no_grad():  # the teacher reads the clean copy: no distillation loss only when the student does too
+        assert ste(clean, mask, targets, known, clean)[1]["distill_loss"] == pytest.approx(0.0, abs=1e-9)
+        assert ste(feats, mask, targets, known, clean)[1]["distill_loss"] > 1e-5
+    torch.manual_seed(0)
+    Trainer(TrainConfig(out_dir=str(tmp_path / "run"), steps=120, lr=1e-3, warmup=5, log_every=60, eval_every=0,
+                        save_every=120), model, batch_fn=batches, loss_fn=lambda m, b: m(*b)).fit()
+    assert before < 0.95 and agreement() > before + 0.05
