@@ -26,7 +26,6 @@ import torch
 
 def main() -> None:
     from glm4voice.train import phonemes
-    from glm4voice.train import tokenizer_adapt as tad
     from glm4voice.train import tokenizer_trainer as tt
     from glm4voice.train.voices import HELDOUT_VOICE_NAMES
 
@@ -36,6 +35,8 @@ def main() -> None:
     ap.add_argument("--encoder", default=None, help="a tokenizer folder whose encoder replaces the run's")
     ap.add_argument("--n", type=int, default=1500, help="held-out rows sampled")
     ap.add_argument("--pitch", type=float, nargs="*", default=[], help="semitone shifts for the training voices")
+    ap.add_argument("--unquantized", action="store_true",
+                    help="read the states before the quantiser (a run still in its VQ warm-up)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,7 +51,8 @@ def main() -> None:
         if not torch.equal(other.encoder.codebook.weight.float(), model.vq.codebook.weight.float()):
             raise SystemExit(f"{args.encoder} has another codebook than {run}: its codes mean something else")
         model.encoder.load_state_dict(other.encoder.state_dict())
-    model.steps_seen.fill_(max(int(model.steps_seen), model.spec.vq_warmup))  # read through the quantiser
+    # through the quantiser unless asked (make_eval quantises once the warm-up has passed)
+    model.steps_seen.fill_(0 if args.unquantized else max(int(model.steps_seen), model.spec.vq_warmup))
     model.eval()
     utts = tt.load_corpus(args.corpus, split="heldout", max_seconds=10, limit=args.n, seed=3)
     index = {s: i for i, s in enumerate(json.loads((run / "phones.json").read_text(encoding="utf-8")))}
@@ -65,7 +67,8 @@ def main() -> None:
         with torch.no_grad():
             return tt.make_eval(us, features=features)(model)["phone_error"]
 
-    print(f"{run} step {int(state['step'])}" + (f", encoder of {args.encoder}" if args.encoder else ""))
+    print(f"{run} step {int(state['step'])}" + (f", encoder of {args.encoder}" if args.encoder else "")
+          + (", unquantized" if args.unquantized else ""))
     shifts = "".join(f" {s:+g} st |" for s in args.pitch)
     print(f"\n| voice | held out | rows | phoneme error |{shifts}\n|---|---|---|---|" + "---|" * len(args.pitch))
     for voice, us in sorted(by_voice.items(), key=lambda kv: (kv[0] in HELDOUT_VOICE_NAMES, kv[0])):
@@ -80,7 +83,7 @@ def main() -> None:
                 feats, mask = tt.featurize(pcms)
                 for b, p in enumerate(pcms):
                     n = int(mask[b].sum())
-                    feats[b, :, :n] = tad.shifted_features(p, s, n)
+                    feats[b, :, :n] = tt.shifted_features(p, s, n)
                 return feats, mask
 
             row += f" {score(us, shifted):.3f} |"

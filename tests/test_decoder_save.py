@@ -86,3 +86,32 @@ def test_save_replaces_other_format_and_trained_weight_norm_is_exact(small, tmp_
 def test_save_rejects_unknown_format(small, tmp_path):
     with pytest.raises(ValueError, match="weights"):
         small.save_pretrained(tmp_path, weights="bin")
+
+
+def test_flow_steps_are_a_config_field_written_only_when_not_official(small, tmp_path):
+    import dataclasses
+
+    official = DecoderConfig.small(vocab_size=256)
+    assert official.flow.cfm.n_timesteps == 10 and "n_timesteps" not in official.to_yaml()
+    four = dataclasses.replace(official, flow=dataclasses.replace(
+        official.flow, cfm=dataclasses.replace(official.flow.cfm, n_timesteps=4)))
+    (tmp_path / "config.yaml").write_text(four.to_yaml())
+    assert DecoderConfig.from_yaml(tmp_path / "config.yaml").flow.cfm.n_timesteps == 4
+    for bad in ("0", "2.5", "'many'"):
+        (tmp_path / "config.yaml").write_text(four.to_yaml().replace("n_timesteps: 4", f"n_timesteps: {bad}"))
+        with pytest.raises(ConfigError, match="n_timesteps"):
+            DecoderConfig.from_yaml(tmp_path / "config.yaml")
+    # the solver takes that many estimator steps, and its output differs from the 10-step one
+    calls = []
+    est = small.flow.decoder.estimator
+    hook = est.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        ten = small.decode(CODES)
+        n10, calls[:] = len(calls), []
+        small.flow.cfg = four.flow
+        fewer = small.decode(CODES)
+    finally:
+        hook.remove()
+        small.flow.cfg = official.flow
+    assert n10 == 10 and len(calls) == 4
+    assert ten.shape == fewer.shape and not torch.allclose(ten, fewer)

@@ -196,15 +196,15 @@ def test_shifted_features_move_frequencies_and_keep_the_frames():
     pcm = _tone(500.0)
     feats, mask = tt.featurize([pcm])
     frames = int(mask[0].sum())
-    same = tad.shifted_features(pcm, 0.0, frames)
+    same = tt.shifted_features(pcm, 0.0, frames)
     assert torch.equal(same, feats[0, :, :frames])
-    up, down = tad.shifted_features(pcm, 12.0, frames), tad.shifted_features(pcm, -12.0, frames)
+    up, down = tt.shifted_features(pcm, 12.0, frames), tt.shifted_features(pcm, -12.0, frames)
     assert up.shape == down.shape == (feats.shape[1], frames)  # frame-aligned with the clean utterance
     peak = [int(f[:, frames // 2].argmax()) for f in (down, same, up)]
     assert peak[0] < peak[1] < peak[2]  # an octave down / up moves the tone's mel band
     octave_up = tt.featurize([_tone(1000.0)])[0][0, :, frames // 2].argmax()
     assert abs(peak[2] - int(octave_up)) <= 1
-    bright = tad.tilt(same, 12.0)
+    bright = tt.tilt(same, 12.0)
     gain = (bright - same).mean(-1)
     assert float(gain[-1] - gain[0]) == pytest.approx(12.0 / 40.0, rel=1e-4)
     assert float(gain.mean()) == pytest.approx(0, abs=1e-6)
@@ -243,7 +243,7 @@ def test_consistency_training_gives_shifted_speech_the_clean_codes(tmp_path):
             feats, mask = tt.featurize([u.pcm for u in utts[:4]])
             for b, u in enumerate(utts[:4]):
                 n = int(mask[b].sum())
-                feats[b, :, :n] = tad.shifted_features(u.pcm, shift, n)
+                feats[b, :, :n] = tt.shifted_features(u.pcm, shift, n)
             h, valid = branch.encode(feats, mask)
             states.append(h[valid])
         states = torch.cat(states)
@@ -259,7 +259,7 @@ def test_consistency_training_gives_shifted_speech_the_clean_codes(tmp_path):
         shifted = feats.clone()
         for b, u in enumerate(utts):
             n = int(mask[b].sum())
-            shifted[b, :, :n] = tad.shifted_features(u.pcm, 3.0 if b % 2 else -3.0, n)
+            shifted[b, :, :n] = tt.shifted_features(u.pcm, 3.0 if b % 2 else -3.0, n)
         with torch.no_grad():
             _, valid, old = model.teacher.read(feats, mask)
             new = model.branch.read(shifted, mask)[2]

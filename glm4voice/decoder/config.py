@@ -115,7 +115,9 @@ class EstimatorConfig:
 
 @dataclass(frozen=True)
 class CFMConfig:
-    """ConditionalCFM sampler (SPEC §3.3). n_timesteps and temperature are fixed by flow.inference."""
+    """ConditionalCFM sampler (SPEC §3.3). The official ``flow.inference`` fixes n_timesteps at 10 and the
+    temperature at 1; a glm4voice config may set ``n_timesteps`` in ``cfm_params`` (our extension, ignored by the
+    official code: the embedded decoder uses 4, which its judge WER does not tell apart from 10, docs/decoder.md)."""
 
     spk_emb_dim: int = 80
     inference_cfg_rate: float = 0.7
@@ -272,7 +274,7 @@ def config_from_data(doc: dict, *, source: str = "config.yaml") -> DecoderConfig
     _check("flow.decoder", cfm_d, {"spk_emb_dim"}, _CFM_IGNORED, nested={"cfm_params", "estimator"})
     params = _section(cfm_d, "cfm_params", "flow.decoder")
     params = params.get("content", params) if isinstance(params, Tagged) or "content" in params else params
-    _check("flow.decoder.cfm_params", params, {"inference_cfg_rate"}, _CFM_IGNORED, _CFM_REQUIRED)
+    _check("flow.decoder.cfm_params", params, {"inference_cfg_rate", "n_timesteps"}, _CFM_IGNORED, _CFM_REQUIRED)
     est_d = _section(cfm_d, "estimator", "flow.decoder")
     _check("flow.decoder.estimator", est_d, _EST_USED, set(), _EST_REQUIRED)
     hift_d = _section(top, "hift", source)
@@ -285,7 +287,7 @@ def config_from_data(doc: dict, *, source: str = "config.yaml") -> DecoderConfig
     try:
         encoder = EncoderConfig(**_pick(enc_d, _ENC_USED))
         estimator = EstimatorConfig(**_pick(est_d, _EST_USED))
-        cfm = CFMConfig(**_pick(cfm_d, {"spk_emb_dim"}), **_pick(params, {"inference_cfg_rate"}))
+        cfm = CFMConfig(**_pick(cfm_d, {"spk_emb_dim"}), **_pick(params, {"inference_cfg_rate", "n_timesteps"}))
         flow = FlowConfig(**_pick(flow_d, _FLOW_USED), encoder=encoder, estimator=estimator, cfm=cfm,
                           regulator_channels=reg_d.get("channels", 80),
                           regulator_stages=len(reg_d.get("sampling_ratios", [1, 1, 1, 1])))
@@ -307,6 +309,8 @@ def validate(cfg: DecoderConfig) -> None:
         raise ConfigError("flow.encoder.output_size must be divisible by attention_heads")
     if f.estimator.in_channels != 4 * f.output_size:
         raise ConfigError(f"flow.decoder.estimator.in_channels {f.estimator.in_channels} != 4 x {f.output_size}")
+    if not isinstance(f.cfm.n_timesteps, int) or isinstance(f.cfm.n_timesteps, bool) or f.cfm.n_timesteps < 1:
+        raise ConfigError(f"flow.decoder.cfm_params.n_timesteps must be a positive integer, not {f.cfm.n_timesteps!r}")
     if f.cfm.spk_emb_dim != f.output_size:
         raise ConfigError(f"flow.decoder.spk_emb_dim {f.cfm.spk_emb_dim} != flow.output_size {f.output_size}")
     if h.in_channels != f.output_size:
@@ -386,6 +390,8 @@ def config_to_yaml(cfg: DecoderConfig) -> str:
     cfm_params = {"content": {"sigma_min": _Raw("1.0e-06"), "solver": "euler", "t_scheduler": "cosine",
                               "training_cfg_rate": 0.2, "inference_cfg_rate": f.cfm.inference_cfg_rate,
                               "reg_loss_type": "l1"}}
+    if f.cfm.n_timesteps != CFMConfig.n_timesteps:  # written only when it differs from the official 10
+        cfm_params["content"]["n_timesteps"] = f.cfm.n_timesteps
     estimator = {"in_channels": est.in_channels, "out_channels": est.out_channels, "channels": est.channels,
                  "dropout": 0, "attention_head_dim": est.attention_head_dim, "n_blocks": est.n_blocks,
                  "num_mid_blocks": est.num_mid_blocks, "num_heads": est.num_heads, "act_fn": "gelu"}

@@ -25,8 +25,9 @@ utterance and the student an augmented copy of it, time-aligned, and the student
 utterance's codes (those the LM was trained on, as ``glm4voice data tokens`` made them). The augmentations keep
 the tempo, so the frames line up: ``--pitch S`` scales every frequency by 2^(s/12), s drawn from [-S, S] semitones
 (pitch and formants together, as a different speaker would: the audio is resampled and its features stretched
-back to the original frame count, ``shifted_features``); ``--tilt D`` adds a spectral slope of up to +-D dB across
-the band (another microphone or voice quality); ``--vtlp`` and ``--spec-masks`` as in the tokenizer trainer.
+back to the original frame count, ``tokenizer_trainer.shifted_features``); ``--tilt D`` adds a spectral slope of
+up to +-D dB across the band (another microphone or voice quality); ``--vtlp`` and ``--spec-masks`` as in the
+tokenizer trainer.
 ``--clean-share`` of the utterances stay unaugmented. Session 12 measured why: the shipped tokenizer's phoneme
 error on the training voices' held-out phrasings rises from 0.31 to 0.43 (kal_diphone) when sox shifts the pitch
 three semitones down, and the held-out voices it fails (flite awb, festival ked_diphone: 0.52 against 0.09-0.16 for
@@ -49,7 +50,6 @@ import logging
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -134,31 +134,6 @@ class EncoderAdapt(nn.Module):
         return loss, stats
 
 
-def shifted_features(pcm: np.ndarray, semitones: float, frames: int) -> Tensor:
-    """Features (n_mels, ``frames``) of ``pcm`` with every frequency scaled by 2^(semitones/12), at the original
-    tempo. Resampling the audio scales frequency and duration together (a speaker with a shorter or longer vocal
-    tract and a higher or lower voice); the features' valid frames are then stretched back to ``frames`` (the clean
-    utterance's valid frame count), so they line up with the clean utterance's frame by frame."""
-    r = 2.0 ** (semitones / 12.0)
-    x = pcm.astype(np.float32)
-    if r != 1.0 and len(x) >= 2:
-        n = max(2, round(len(x) / r))
-        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
-    feats, mask = tt.featurize([x])
-    m = max(1, int(mask[0].sum()))
-    part = feats[:, :, :m]
-    if m != frames:
-        part = torch.nn.functional.interpolate(part, size=frames, mode="linear", align_corners=True)
-    return part[0]
-
-
-def tilt(feats: Tensor, db: float) -> Tensor:
-    """``feats`` (n_mels, frames; Whisper log-mel, 1 unit = 40 dB) with a spectral slope of ``db`` dB from the
-    lowest to the highest band (positive: brighter)."""
-    n = feats.shape[0]
-    return feats + (db / 40.0) * torch.linspace(-0.5, 0.5, n, dtype=feats.dtype)[:, None]
-
-
 class AdaptBatches(tt.Batches):
     """The tokenizer trainer's batches with word-piece targets and a flag per utterance: is its voice known to the
     original tokenizer (distilled)? With ``consistency`` each batch also carries the clean features, frame-aligned
@@ -192,12 +167,12 @@ class AdaptBatches(tt.Batches):
             if rng.random() < self.clean_share:
                 continue
             frames = int(mask[b].sum())
-            aug = shifted_features(pcm, rng.uniform(-self.pitch, self.pitch), frames) if self.pitch \
+            aug = tt.shifted_features(pcm, rng.uniform(-self.pitch, self.pitch), frames) if self.pitch \
                 else clean[b, :, :frames]
             if self.vtlp:
                 aug = tt.vtlp_warp(aug, rng.uniform(1 - self.vtlp, 1 + self.vtlp))
             if self.tilt:
-                aug = tilt(aug, rng.uniform(-self.tilt, self.tilt))
+                aug = tt.tilt(aug, rng.uniform(-self.tilt, self.tilt))
             feats[b, :, :frames] = aug
         if self.spec_masks:
             self._mask(feats, mask, rng)

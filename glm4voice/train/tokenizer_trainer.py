@@ -302,6 +302,31 @@ def vtlp_warp(feats: Tensor, alpha: float, *, knee: float = 0.85) -> Tensor:
     return feats[lo] * (1 - w) + feats[hi] * w
 
 
+def shifted_features(pcm: np.ndarray, semitones: float, frames: int) -> Tensor:
+    """Features (n_mels, ``frames``) of ``pcm`` with every frequency scaled by 2^(semitones/12), at the original
+    tempo. Resampling the audio scales frequency and duration together (a speaker with a shorter or longer vocal
+    tract and a higher or lower voice); the features' valid frames are then stretched back to ``frames`` (the clean
+    utterance's valid frame count), so they line up with the clean utterance's frame by frame."""
+    r = 2.0 ** (semitones / 12.0)
+    x = pcm.astype(np.float32)
+    if r != 1.0 and len(x) >= 2:
+        n = max(2, round(len(x) / r))
+        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
+    feats, mask = featurize([x])
+    m = max(1, int(mask[0].sum()))
+    part = feats[:, :, :m]
+    if m != frames:
+        part = torch.nn.functional.interpolate(part, size=frames, mode="linear", align_corners=True)
+    return part[0]
+
+
+def tilt(feats: Tensor, db: float) -> Tensor:
+    """``feats`` (n_mels, frames; Whisper log-mel, 1 unit = 40 dB) with a spectral slope of ``db`` dB from the
+    lowest to the highest band (positive: brighter)."""
+    n = feats.shape[0]
+    return feats + (db / 40.0) * torch.linspace(-0.5, 0.5, n, dtype=feats.dtype)[:, None]
+
+
 def text_ids(text: str) -> list[int]:
     """ASR targets: UTF-8 bytes of the lower-cased transcript."""
     return list(text.lower().encode("utf-8"))
@@ -318,13 +343,16 @@ class Batches:
     (SpecAugment)."""
 
     def __init__(self, utts: list[Utterance], batch_size: int, seed: int, *, speed: float = 0.0,
-                 spec_masks: int = 0, vtlp: float = 0.0):
+                 spec_masks: int = 0, vtlp: float = 0.0, pitch: float = 0.0, tilt: float = 0.0):
+        if pitch < 0 or tilt < 0:
+            raise ValueError(f"pitch and tilt ranges must be >= 0, not {pitch}, {tilt}")
         if not 0.0 <= speed < 0.5 or spec_masks < 0 or not 0.0 <= vtlp < 0.5:
             raise ValueError(f"speed perturbation and VTLP must be in [0, 0.5) and spec masks >= 0, not {speed}, "
                              f"{vtlp}, {spec_masks}")
         self.utts = sorted(utts, key=lambda u: len(u.pcm))
         self.batch_size, self.seed = batch_size, seed
         self.speed, self.spec_masks, self.vtlp = speed, spec_masks, vtlp
+        self.pitch, self.tilt = pitch, tilt
 
     def __call__(self, step: int, rank: int, world: int):
         part, rng = self.pick(step, rank)
@@ -341,10 +369,19 @@ class Batches:
 
     def features(self, part: list[Utterance], rng: random.Random) -> tuple[Tensor, Tensor]:
         """Augmented features of ``part`` and their valid-frame mask."""
-        feats, mask = featurize([self._perturb(u.pcm, rng) for u in part])
+        pcms = [self._perturb(u.pcm, rng) for u in part]
+        feats, mask = featurize(pcms)
+        if self.pitch:  # new draws come after the older options' draws, so runs without them keep their batches
+            for b, pcm in enumerate(pcms):
+                frames = int(mask[b].sum())
+                feats[b, :, :frames] = shifted_features(pcm, rng.uniform(-self.pitch, self.pitch), frames)
         if self.vtlp:  # after the speed draws, so runs without it keep their batches
             for b in range(feats.shape[0]):
                 feats[b] = vtlp_warp(feats[b], rng.uniform(1 - self.vtlp, 1 + self.vtlp))
+        if self.tilt:
+            for b in range(feats.shape[0]):
+                frames = int(mask[b].sum())
+                feats[b, :, :frames] = tilt(feats[b, :, :frames], rng.uniform(-self.tilt, self.tilt))
         if self.spec_masks:
             self._mask(feats, mask, rng)
         return feats, mask
@@ -505,11 +542,45 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "factor in [1-x, 1+x] (e.g. 0.1; formants move, pitch and tempo do not)")
     parser.add_argument("--spec-masks", type=int, default=0,
                         help="SpecAugment: frequency and time masks per training utterance (e.g. 2)")
+    parser.add_argument("--pitch", type=float, default=0.0,
+                        help="scale every frequency of each training utterance by 2^(s/12), s random in [-x, x] "
+                             "semitones, at the same tempo (pitch and formants: another speaker; e.g. 4)")
+    parser.add_argument("--tilt", type=float, default=0.0,
+                        help="a random spectral slope of up to +-x dB across the band per training utterance")
+    parser.add_argument("--oversample", default="",
+                        help="repeat the training utterances of some voices, ENGINE_OR_VOICE=TIMES,... (e.g. "
+                             "'flite=3,festival=3': the few natural-sounding voices among many espeak ones)")
     for f in TokenizerTrainSpec.__dataclass_fields__.values():
         if f.name != "phones":  # the inventory size comes from the corpus
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     parser.add_argument("--phone-jobs", type=int, default=2, help="espeak-ng processes making phoneme targets")
     add_train_args(parser, lr=1e-3, steps=3000, batch_size=24, warmup=200, eval_every=250, save_every=100)
+
+
+def oversample(utts: list[Utterance], spec: str) -> list[Utterance]:
+    """``utts`` with the utterances of some voices repeated: ``spec`` is ``KEY=TIMES,...`` where KEY is an engine
+    (``flite``) or a full voice name (``flite:rms``); a voice name wins over its engine. The repeats share audio."""
+    from glm4voice.errors import ConfigError
+
+    times: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, _, n = part.partition("=")
+        try:
+            times[key.strip()] = int(n)
+        except ValueError:
+            raise ConfigError(f"--oversample: {part!r} is not KEY=TIMES") from None
+        if times[key.strip()] < 1:
+            raise ConfigError(f"--oversample: {part!r}: TIMES must be >= 1")
+    if not times:
+        return utts
+    unknown = set(times) - {u.voice for u in utts} - {u.voice.partition(":")[0] for u in utts}
+    if unknown:
+        raise ConfigError(f"--oversample: no training utterances of {', '.join(sorted(unknown))}")
+    out = []
+    for u in utts:
+        out += [u] * times.get(u.voice, times.get(u.voice.partition(":")[0], 1))
+    log.info("oversampled: %d -> %d training utterances (%s)", len(utts), len(out), spec)
+    return out
 
 
 def attach_phones(corpus_dir: str, out_dir: str, train: list[Utterance], held: list[Utterance], *,
@@ -551,8 +622,10 @@ def main(args: argparse.Namespace) -> int:
              sum(p.numel() for p in model.parameters()) / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    train = oversample(train, args.oversample)
     trainer = Trainer(cfg, model, batch_fn=Batches(train, cfg.batch_size, cfg.seed, speed=args.speed_perturb,
-                                                       spec_masks=args.spec_masks, vtlp=args.vtlp),
+                                                       spec_masks=args.spec_masks, vtlp=args.vtlp, pitch=args.pitch,
+                                                       tilt=args.tilt),
                       loss_fn=lambda m, b: m(*b), eval_fn=make_eval(held) if held else None)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= cfg.steps:
