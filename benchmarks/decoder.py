@@ -4,6 +4,7 @@
     python benchmarks/decoder.py --sizes full --device cuda --lengths 50,100,200,400
     python benchmarks/decoder.py --schedules           # low-latency schedule variants (seams, deviation, FLOPs)
     python benchmarks/decoder.py --streams 1,2,4       # several streams: separate steps vs step_many
+    python benchmarks/decoder.py --sizes "" --flow-steps 10,6,4   # the embedded decoder with fewer flow steps
 
 Weights are random (timing only; the tiny size loads the reference checkpoint when it is found, so the seam and
 deviation numbers come from a fixed model). Timings on a shared machine are noisy: compare ratios within one run.
@@ -356,6 +357,37 @@ def bench_vocoder_seams(device: str, n: int) -> None:
            "RMS elsewhere"], rows)
 
 
+def bench_flow_steps(folder: str, device: str, steps: list[int], n: int, repeats: int) -> None:
+    """A decoder folder (default: the embedded one) with each flow step count: first low-latency chunk, stream and
+    offline RTF. The step counts alternate within every repeat (medians), so machine noise hits them alike."""
+    import statistics
+
+    from glm4voice.checkpoints import embedded_dir
+
+    dec = SpeechDecoder.from_pretrained(folder or embedded_dir("decoder"), device=device)
+    base = dec.flow.cfg
+    toks = codes(n, dec.cfg.flow.vocab_size)
+    audio = dec.frames(n) * dec.samples_per_frame() / dec.sample_rate
+    dec.decode(codes(10, dec.cfg.flow.vocab_size))  # warm-up
+    got: dict[int, list[tuple[float, float, float]]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k in steps:
+            dec.flow.cfg = dataclasses.replace(base, cfm=dataclasses.replace(base.cfm, n_timesteps=k))
+            t_off, _ = timed(dec, lambda: dec.decode(toks))
+            t_ll, first_ll, _, _ = stream(dec, "low_latency", toks)
+            got[k].append((first_ll, t_ll / audio, t_off / audio))
+    dec.flow.cfg = base
+    rows = []
+    for k in steps:
+        first, rtf_ll, rtf_off = (statistics.median(x[i] for x in got[k]) for i in range(3))
+        first0 = statistics.median(x[0] for x in got[steps[0]])
+        rows.append([k, first, first / first0, rtf_ll, rtf_off])
+    table(f"flow steps, {folder or 'embedded decoder'}, {n} tokens ({audio:.1f} s), {device}, threads "
+          f"{torch.get_num_threads()}, median of {repeats}",
+          ["flow steps", "first chunk s (low latency, 10 tok)", f"first chunk / {steps[0]} steps",
+           "RTF low-latency stream", "RTF offline"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="tiny", help="comma list of tiny, full (full on CPU takes many minutes)")
@@ -365,6 +397,8 @@ def main() -> None:
     ap.add_argument("--schedule-tokens", type=int, default=130)
     ap.add_argument("--streams", default="", help="comma list of stream counts for the step_many table, e.g. 1,4")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--flow-steps", default="", help="comma list of flow step counts to time on --decoder, e.g. 10,4")
+    ap.add_argument("--decoder", default="", help="decoder folder for --flow-steps (default: the embedded one)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -373,6 +407,9 @@ def main() -> None:
         bench_size(size, args.device, lengths)
     if args.streams:
         bench_multistream("tiny", args.device, 60, [int(x) for x in args.streams.split(",")], args.repeats)
+    if args.flow_steps:
+        bench_flow_steps(args.decoder, args.device, [int(x) for x in args.flow_steps.split(",")], 100,
+                         max(3, args.repeats))
     if args.schedules:
         bench_schedules(args.device, args.schedule_tokens)
         bench_vocoder_seams(args.device, args.schedule_tokens)

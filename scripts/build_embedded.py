@@ -9,6 +9,7 @@
 - decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``); a part the run did not train
   (e.g. a ``--part flow`` run) comes from ``--decoder-init`` (the decoder folder the run was started from).
 A component whose source is not given is kept as it is (e.g. only ``--lm-run`` to ship a new LM).
+``--flow-steps N`` sets the decoder flow's Euler steps in its config.yaml (the official 10; v8 ships 4).
 Writes ``MANIFEST.json`` with the provenance (run folders, steps reached) and the file sizes.
 """
 
@@ -99,6 +100,20 @@ def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
     return {"source": str(run), "init": None if init is None else str(init), "steps": steps}
 
 
+def set_flow_steps(folder: Path, steps: int) -> dict:
+    """Rewrite ``folder``'s config.yaml with ``steps`` Euler steps of the flow (``cfm_params.n_timesteps``)."""
+    import dataclasses
+
+    from glm4voice.decoder.config import DecoderConfig
+
+    path = folder / "config.yaml"
+    cfg = DecoderConfig.from_yaml(path)
+    cfg = dataclasses.replace(cfg, flow=dataclasses.replace(cfg.flow, cfm=dataclasses.replace(
+        cfg.flow.cfm, n_timesteps=steps)))
+    path.write_text(cfg.to_yaml())
+    return {"flow_steps": steps}
+
+
 def keep(out: Path, name: str) -> dict:
     """A component that is not rebuilt: it must be in ``out`` already; its provenance is carried over."""
     if not (out / name).is_dir():
@@ -115,13 +130,19 @@ def main() -> int:
     p.add_argument("--decoder-run", type=Path, default=None, help="decoder run folder (omit: keep the current one)")
     p.add_argument("--decoder-init", type=Path, default=None,
                    help="decoder folder for the part(s) the decoder run did not train")
+    p.add_argument("--flow-steps", type=int, default=None,
+                   help="Euler steps of the decoder's flow (official: 10; omit: keep the decoder's setting)")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
     a = p.parse_args()
+    if a.flow_steps is not None and a.flow_steps < 1:
+        raise SystemExit(f"--flow-steps must be >= 1, not {a.flow_steps}")
     manifest = {
         "tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer") if a.tokenizer else keep(a.out, "tokenizer"),
         "lm": build_lm(a.lm_run, a.out / "lm") if a.lm_run else keep(a.out, "lm"),
         "decoder": (build_decoder(a.decoder_run, a.out / "decoder", a.decoder_init) if a.decoder_run
                     else keep(a.out, "decoder"))}
+    if a.flow_steps is not None:
+        manifest["decoder"].update(set_flow_steps(a.out / "decoder", a.flow_steps))
     manifest["files"] = {str(f.relative_to(a.out)): f.stat().st_size for f in sorted(a.out.rglob("*")) if f.is_file()
                          and f.name != "MANIFEST.json"}
     manifest["total_bytes"] = sum(manifest["files"].values())

@@ -97,3 +97,24 @@ def test_build_script_leaves_an_unchanged_tokenizer_file_alone(tmp_path):
     with pytest.raises(SystemExit):
         _build_script(["--out", str(out), "--tokenizer", str(src)])
     assert torch.equal(load_file(str(weights))[name], sd[name].to(torch.bfloat16))
+
+
+def test_build_script_sets_the_flow_steps_of_a_kept_decoder(tmp_path):
+    import shutil
+
+    import pytest
+
+    from glm4voice.decoder.config import DecoderConfig
+
+    out = tmp_path / "embedded"
+    shutil.copytree(EMBEDDED, out)
+    with pytest.raises(SystemExit) as done:
+        _build_script(["--out", str(out), "--flow-steps", "3"])
+    assert done.value.code == 0
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert manifest["decoder"]["flow_steps"] == 3 and manifest["decoder"]["kept"]
+    cfg, shipped = DecoderConfig.from_yaml(out / "decoder" / "config.yaml"), DecoderConfig.from_yaml(
+        EMBEDDED / "decoder" / "config.yaml")
+    assert cfg.flow.cfm.n_timesteps == 3 and cfg.flow.estimator == shipped.flow.estimator and cfg.hift == shipped.hift
+    with pytest.raises(SystemExit, match="flow-steps"):
+        _build_script(["--out", str(out), "--flow-steps", "0"])
