@@ -143,6 +143,39 @@ def test_vtlp_batches_are_seeded_and_leave_lengths_and_padding():
         tt.Batches(utts, 3, seed=0, vtlp=0.6)
 
 
+def test_pitch_and_tilt_batches_are_seeded_and_keep_lengths_padding_and_older_draws():
+    utts = _utts(4)
+    plain = tt.Batches(utts, 4, seed=0)(3, 0, 1)
+    vtlp_only = tt.Batches(utts, 4, seed=0, vtlp=0.1)(3, 0, 1)
+    shifted = tt.Batches(utts, 4, seed=0, pitch=4, tilt=6)
+    a, b = shifted(3, 0, 1), shifted(3, 0, 1)
+    assert torch.equal(a[0], b[0])  # same step, same batch (resume)
+    assert torch.equal(a[1], plain[1]) and a[2] == plain[2]  # same utterances, lengths (tempo kept), transcripts
+    for i in range(4):
+        n = int(plain[1][i].sum())
+        assert not torch.equal(a[0][i, :, :n], plain[0][i, :, :n])
+        assert torch.equal(a[0][i, :, n:], plain[0][i, :, n:])  # padding untouched
+    # a run without the new options draws exactly what it drew before they existed
+    assert torch.equal(tt.Batches(utts, 4, seed=0, vtlp=0.1, pitch=0, tilt=0)(3, 0, 1)[0], vtlp_only[0])
+    with pytest.raises(ValueError, match="pitch and tilt"):
+        tt.Batches(utts, 3, seed=0, pitch=-1)
+
+
+def test_oversample_repeats_the_named_voices():
+    from glm4voice.errors import ConfigError
+
+    utts = [tt.Utterance(f"u{i}", "one", "en", v, np.zeros(1600, np.int16))
+            for i, v in enumerate(["espeak:en-us", "flite:rms", "flite:slt", "festival:kal_diphone"])]
+    assert tt.oversample(utts, "") == utts
+    out = tt.oversample(utts, "flite=3, flite:slt=2")
+    assert [u.id for u in out].count("u1") == 3 and [u.id for u in out].count("u2") == 2  # a voice beats its engine
+    assert [u.id for u in out].count("u0") == 1 and [u.id for u in out].count("u3") == 1
+    assert out[1] is out[2]  # repeats share the audio
+    for bad, msg in (("flite", "KEY=TIMES"), ("flite=0", ">= 1"), ("piper=2", "piper")):
+        with pytest.raises(ConfigError, match=msg):
+            tt.oversample(utts, bad)
+
+
 def test_attention_head_variant_trains_a_step():
     spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "ctc": 0})
     model = tt.TokenizerTrainModel(spec)
