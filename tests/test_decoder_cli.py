@@ -49,3 +49,28 @@ def test_synthesize_cli_bad_codes_exit_code(reference_dir, tmp_path, capsys):
 def test_convert_cli(reference_dir, tmp_path):
     rc = main(["convert", "decoder", str(reference_dir / "decoder"), "-o", str(tmp_path / "st")])
     assert rc == 0 and (tmp_path / "st" / "flow.safetensors").is_file()
+
+
+def test_synthesize_cli_flow_steps(reference_dir, tmp_path, capsys):
+    import numpy as np
+
+    from glm4voice.decoder import SpeechDecoder
+
+    codes = list(range(0, 240, 9))
+    (tmp_path / "codes.json").write_text(json.dumps(codes))
+    outs = {}
+    for steps in ("10", "3"):
+        out = tmp_path / f"out{steps}.wav"
+        assert main(["synthesize", str(tmp_path / "codes.json"), "-o", str(out), "--decoder",
+                     str(reference_dir / "decoder"), "--flow-steps", steps]) == 0
+        outs[steps] = sf.read(out)[0]
+    default = tmp_path / "default.wav"
+    assert main(["synthesize", str(tmp_path / "codes.json"), "-o", str(default), "--decoder",
+                 str(reference_dir / "decoder")]) == 0
+    assert np.array_equal(sf.read(default)[0], outs["10"])  # the reference config's 10 steps
+    assert len(outs["3"]) == len(outs["10"]) and not np.allclose(outs["3"], outs["10"])
+    dec = SpeechDecoder.from_pretrained(reference_dir / "decoder", flow_steps=3)
+    assert dec.cfg.flow.cfm.n_timesteps == dec.flow.cfg.cfm.n_timesteps == 3  # saved configs say 3 too
+    rc = main(["synthesize", str(tmp_path / "codes.json"), "-o", str(tmp_path / "x.wav"), "--decoder",
+               str(reference_dir / "decoder"), "--flow-steps", "0"])
+    assert rc == 2 and "n_timesteps" in capsys.readouterr().err

@@ -298,3 +298,11 @@ def test_concurrent_spoken_answers_share_decoder_blocks(chat, decoded_answer):
             shared = True
             break
     assert shared
+
+
+def test_flow_steps_reach_the_decoder(models):
+    fast = VoiceChat.from_pretrained(model=models, max_sessions=1, max_seq=256, flow_steps=3)
+    assert fast.decoder.cfg.flow.cfm.n_timesteps == 3 and fast.decoder.flow.cfg.cfm.n_timesteps == 3
+    with fast.session(ChatSettings(output="audio", max_new_tokens=60, seed=0)) as s:
+        events = list(s.respond(user_text="hi"))
+    assert events[-1].reason in ("stop", "max_tokens")

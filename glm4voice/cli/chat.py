@@ -29,6 +29,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="LM dtype")
     g.add_argument("--max-seq", type=int, default=None, help="context length (tokens) of the KV cache")
+    g.add_argument("--flow-steps", type=int, default=None,
+                   help="Euler steps of the decoder's flow (default: the decoder's config; official 10, embedded 4)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +65,7 @@ def load_chat(args, *, max_sessions: int = 1, speech: bool = True):
     return VoiceChat.from_pretrained(model=args.model, tokenizer=args.tokenizer, lm=args.lm, decoder=args.decoder,
                                      lm_url=args.lm_url, lm_api_key=args.lm_api_key, device=args.device,
                                      dtype=getattr(torch, args.dtype), max_sessions=max_sessions,
-                                     max_seq=args.max_seq, speech=speech)
+                                     max_seq=args.max_seq, speech=speech, flow_steps=args.flow_steps)
 
 
 def settings_from(args):

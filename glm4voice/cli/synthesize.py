@@ -17,6 +17,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tokens_file", help="codes: whitespace-separated ints, a JSON list, or {name: [codes]}")
     parser.add_argument("-o", "--output", required=True, help="output WAV (22,050 Hz, float32 PCM written as 16-bit)")
     parser.add_argument("--decoder", default=None, help="decoder folder, 'official', a hub id (default: embedded)")
+    parser.add_argument("--flow-steps", type=int, default=None,
+                        help="Euler steps of the flow (default: the decoder's config; official 10, embedded 4)")
     parser.add_argument("--key", default=None, help="entry of a {name: [codes]} JSON file")
     parser.add_argument("--stream", action="store_true", help="synthesise block by block as a live stream would")
     parser.add_argument("--mode", choices=["official", "low_latency"], default="low_latency",
@@ -54,14 +56,14 @@ def read_codes(path: str | Path, key: str | None = None) -> list[int]:
 
 
 def synthesize(codes: list[int], *, decoder=None, stream: bool = False, mode: str = "low_latency",
-               device: str = "cpu"):
+               device: str = "cpu", flow_steps: int | None = None):
     """Return float32 PCM (n,) at the decoder's sample rate."""
     import torch
 
     from glm4voice.decoder import SpeechDecoder
     from glm4voice.decoder.stream import StreamingDecoder
 
-    dec = SpeechDecoder.from_pretrained(decoder, device=device)
+    dec = SpeechDecoder.from_pretrained(decoder, device=device, flow_steps=flow_steps)
     dec.codes_tensor(codes)  # empty / out-of-codebook codes fail before any work
     if not stream:
         return dec.decode(codes), dec.sample_rate
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     import soundfile as sf
 
     codes = read_codes(args.tokens_file, args.key)
-    pcm, sr = synthesize(codes, decoder=args.decoder, stream=args.stream, mode=args.mode, device=args.device)
+    pcm, sr = synthesize(codes, decoder=args.decoder, stream=args.stream, mode=args.mode, device=args.device,
+                         flow_steps=args.flow_steps)
     sf.write(args.output, pcm.cpu().numpy(), sr)
     print(f"wrote {args.output}: {pcm.numel() / sr:.2f} s at {sr} Hz from {len(codes)} codes")
     return 0

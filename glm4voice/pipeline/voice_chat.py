@@ -44,11 +44,12 @@ class VoiceChat:
     def from_pretrained(cls, *, model: str | os.PathLike | None = None, tokenizer=None, lm=None, decoder=None,
                         lm_url: str | None = None, lm_api_key: str | None = None, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, max_sessions: int = 4, max_seq: int | None = None,
-                        speech: bool = True) -> VoiceChat:
+                        speech: bool = True, flow_steps: int | None = None) -> VoiceChat:
         """Load the three components. ``model`` is a folder with ``tokenizer/``, ``lm/`` and ``decoder/`` (or
         ``"official"`` for the THUDM checkpoints); ``tokenizer``/``lm``/``decoder`` override one component;
         nothing given means the embedded model. With ``lm_url`` the LM runs in another server and ``lm`` only
-        provides the text tokenizer files. ``speech=False`` loads only the LM (an LM-only server)."""
+        provides the text tokenizer files. ``speech=False`` loads only the LM (an LM-only server). ``flow_steps``
+        overrides the decoder's flow steps (``SpeechDecoder.set_flow_steps``)."""
         from glm4voice.checkpoints import resolve
 
         paths = {c: _component_spec(model, c, given) for c, given in
@@ -62,7 +63,7 @@ class VoiceChat:
             from glm4voice.tokenizer import SpeechTokenizer
 
             tok = SpeechTokenizer.from_pretrained(paths["tokenizer"], device=device)  # fp32 (SPEC §7)
-            dec = SpeechDecoder.from_pretrained(paths["decoder"], device=device)
+            dec = SpeechDecoder.from_pretrained(paths["decoder"], device=device, flow_steps=flow_steps)
         return cls(lm=backend, text_tokenizer=text_tokenizer, tokenizer=tok, decoder=dec, max_seq=seq,
                    max_sessions=max_sessions, device=device)
 
