@@ -227,8 +227,8 @@ def test_consistency_batches_pair_clean_and_augmented_copies(tmp_path):
         n = int(mask[b].sum())
         assert not torch.equal(feats[b, :, :n], clean[b, :, :n])  # every copy augmented
         assert torch.equal(feats[b, :, n:], clean[b, :, n:])  # padding untouched
-    with pytest.raises(ConfigError, match="consistency"):
-        tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, pitch=3)
+    single = tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, pitch=3)(0, 0, 1)
+    assert len(single) == 4 and not torch.equal(single[0], plain[0])  # the trainer's augmentation, no clean copy
     with pytest.raises(ConfigError, match="clean-share"):
         tad.AdaptBatches(utts, piece_tok, 8, seed=0, known_voices=None, consistency=True, clean_share=1.5)
 
