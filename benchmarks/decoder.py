@@ -365,18 +365,18 @@ def bench_flow_steps(folder: str, device: str, steps: list[int], n: int, repeats
     from glm4voice.checkpoints import embedded_dir
 
     dec = SpeechDecoder.from_pretrained(folder or embedded_dir("decoder"), device=device)
-    base = dec.flow.cfg
+    base = dec.cfg.flow.cfm.n_timesteps
     toks = codes(n, dec.cfg.flow.vocab_size)
     audio = dec.frames(n) * dec.samples_per_frame() / dec.sample_rate
     dec.decode(codes(10, dec.cfg.flow.vocab_size))  # warm-up
     got: dict[int, list[tuple[float, float, float]]] = {k: [] for k in steps}
     for _ in range(repeats):
         for k in steps:
-            dec.flow.cfg = dataclasses.replace(base, cfm=dataclasses.replace(base.cfm, n_timesteps=k))
+            dec.set_flow_steps(k)
             t_off, _ = timed(dec, lambda: dec.decode(toks))
             t_ll, first_ll, _, _ = stream(dec, "low_latency", toks)
             got[k].append((first_ll, t_ll / audio, t_off / audio))
-    dec.flow.cfg = base
+    dec.set_flow_steps(base)
     rows = []
     for k in steps:
         first, rtf_ll, rtf_off = (statistics.median(x[i] for x in got[k]) for i in range(3))

@@ -102,14 +102,14 @@ def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
 
 def set_flow_steps(folder: Path, steps: int) -> dict:
     """Rewrite ``folder``'s config.yaml with ``steps`` Euler steps of the flow (``cfm_params.n_timesteps``)."""
-    import dataclasses
-
     from glm4voice.decoder.config import DecoderConfig
+    from glm4voice.errors import ConfigError
 
     path = folder / "config.yaml"
-    cfg = DecoderConfig.from_yaml(path)
-    cfg = dataclasses.replace(cfg, flow=dataclasses.replace(cfg.flow, cfm=dataclasses.replace(
-        cfg.flow.cfm, n_timesteps=steps)))
+    try:
+        cfg = DecoderConfig.from_yaml(path).with_flow_steps(steps)
+    except ConfigError as e:
+        raise SystemExit(f"--flow-steps {steps}: {e}") from e
     path.write_text(cfg.to_yaml())
     return {"flow_steps": steps}
 
@@ -134,8 +134,6 @@ def main() -> int:
                    help="Euler steps of the decoder's flow (official: 10; omit: keep the decoder's setting)")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
     a = p.parse_args()
-    if a.flow_steps is not None and a.flow_steps < 1:
-        raise SystemExit(f"--flow-steps must be >= 1, not {a.flow_steps}")
     manifest = {
         "tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer") if a.tokenizer else keep(a.out, "tokenizer"),
         "lm": build_lm(a.lm_run, a.out / "lm") if a.lm_run else keep(a.out, "lm"),

@@ -179,6 +179,13 @@ class DecoderConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     hift: HiftConfig = field(default_factory=HiftConfig)
 
+    def with_flow_steps(self, steps: int) -> DecoderConfig:
+        """This config with ``steps`` Euler steps of the flow (``cfm_params.n_timesteps``); validated."""
+        cfm = dataclasses.replace(self.flow.cfm, n_timesteps=steps)
+        cfg = dataclasses.replace(self, flow=dataclasses.replace(self.flow, cfm=cfm))
+        validate(cfg)
+        return cfg
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> DecoderConfig:
         return config_from_data(read_yaml_as_data(path), source=str(path))

@@ -79,14 +79,8 @@ class SpeechDecoder(nn.Module):
     def set_flow_steps(self, steps: int) -> None:
         """Solve the flow's ODE in ``steps`` Euler steps (official: 10). Fewer steps cost proportionally less flow
         compute; the embedded decoder's 4 were chosen by judge WER (docs/decoder.md, "Flow steps")."""
-        import dataclasses
-
-        from glm4voice.decoder.config import validate
-        cfm = dataclasses.replace(self.cfg.flow.cfm, n_timesteps=steps)
-        cfg = dataclasses.replace(self.cfg, flow=dataclasses.replace(self.cfg.flow, cfm=cfm))
-        validate(cfg)  # a ConfigError names a bad value
-        self.cfg = cfg
-        self.flow.cfg = cfg.flow
+        self.cfg = self.cfg.with_flow_steps(steps)  # a ConfigError names a bad value
+        self.flow.cfg = self.cfg.flow
 
     @classmethod
     def from_config(cls, cfg: DecoderConfig, *, device: torch.device | str = "cpu",

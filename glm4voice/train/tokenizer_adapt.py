@@ -160,19 +160,8 @@ class AdaptBatches(tt.Batches):
         pcms = [self._perturb(u.pcm, rng) for u in part]  # speed perturbation: teacher and student alike
         clean, mask = tt.featurize(pcms)
         feats = clean.clone()
-        for b, pcm in enumerate(pcms):
-            if rng.random() < self.clean_share:
-                continue
-            frames = int(mask[b].sum())
-            aug = tt.shifted_features(pcm, rng.uniform(-self.pitch, self.pitch), frames) if self.pitch \
-                else clean[b, :, :frames]
-            if self.vtlp:
-                aug = tt.vtlp_warp(aug, rng.uniform(1 - self.vtlp, 1 + self.vtlp))
-            if self.tilt:
-                aug = tt.tilt(aug, rng.uniform(-self.tilt, self.tilt))
-            feats[b, :, :frames] = aug
-        if self.spec_masks:
-            self._mask(feats, mask, rng)
+        rows = [b for b in range(len(pcms)) if rng.random() >= self.clean_share]
+        self.augment(feats, mask, pcms, rng, rows)
         return feats, mask, targets, known, clean
 
 

@@ -371,20 +371,28 @@ class Batches:
         """Augmented features of ``part`` and their valid-frame mask."""
         pcms = [self._perturb(u.pcm, rng) for u in part]
         feats, mask = featurize(pcms)
-        if self.pitch:  # new draws come after the older options' draws, so runs without them keep their batches
-            for b, pcm in enumerate(pcms):
+        self.augment(feats, mask, pcms, rng)
+        return feats, mask
+
+    def augment(self, feats: Tensor, mask: Tensor, pcms: list[np.ndarray], rng: random.Random,
+                rows: list[int] | None = None) -> None:
+        """Pitch, VTLP and tilt on ``rows`` of ``feats`` (default: all; ``pcms`` their audio), then spec masks on
+        every row, in place. Each option draws in its own pass, in the order the options were added, so runs
+        without the newer options keep their batches."""
+        rows = list(range(feats.shape[0])) if rows is None else rows
+        if self.pitch:
+            for b in rows:
                 frames = int(mask[b].sum())
-                feats[b, :, :frames] = shifted_features(pcm, rng.uniform(-self.pitch, self.pitch), frames)
-        if self.vtlp:  # after the speed draws, so runs without it keep their batches
-            for b in range(feats.shape[0]):
+                feats[b, :, :frames] = shifted_features(pcms[b], rng.uniform(-self.pitch, self.pitch), frames)
+        if self.vtlp:
+            for b in rows:
                 feats[b] = vtlp_warp(feats[b], rng.uniform(1 - self.vtlp, 1 + self.vtlp))
         if self.tilt:
-            for b in range(feats.shape[0]):
+            for b in rows:
                 frames = int(mask[b].sum())
                 feats[b, :, :frames] = tilt(feats[b, :, :frames], rng.uniform(-self.tilt, self.tilt))
         if self.spec_masks:
             self._mask(feats, mask, rng)
-        return feats, mask
 
     def _perturb(self, pcm: np.ndarray, rng: random.Random) -> np.ndarray:
         if not self.speed or len(pcm) < 2:
