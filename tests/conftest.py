@@ -21,6 +21,34 @@ def reference_dir() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device the reference-parity tests build their models on: $GLM4VOICE_TEST_DEVICE, default "cpu".
+
+    Set e.g. ``GLM4VOICE_TEST_DEVICE=cuda`` (or ``cuda:1``) to check that a GPU reproduces the official outputs
+    with the same tolerances as the CPU. Only the numeric parity tests use it; loader, config and CLI tests stay
+    on the CPU. A CUDA device on a machine without CUDA fails the tests instead of silently testing the CPU.
+    """
+    dev = torch.device(os.environ.get("GLM4VOICE_TEST_DEVICE", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"GLM4VOICE_TEST_DEVICE={os.environ['GLM4VOICE_TEST_DEVICE']} but torch.cuda.is_available() is "
+                    f"False (torch {torch.__version__}, built for CUDA {torch.version.cuda}); unset it to test on CPU")
+    return dev
+
+
+@pytest.fixture(scope="module")
+def cuda_full_fp32(device):
+    """cuDNN runs fp32 convolutions in TF32 by default; the official outputs are CPU fp32. On an H200 (session 13)
+    TF32 moved the decoder's mels by ~1e-3 (inaudible, and the library keeps PyTorch's default for speed), so the
+    decoder's parity tests turn it off on CUDA to check the computation at the CPU's tolerances. No effect on CPU.
+    (The tokenizer needs no such help: it runs its convolutions without TF32 itself.)"""
+    before = torch.backends.cudnn.allow_tf32
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
 def load_expected(component_dir: Path) -> dict:
     return json.loads((component_dir / "expected.json").read_text())
 

@@ -3,7 +3,8 @@
 Parity tolerances (measured max |diff| on this machine in brackets; the reference README expects mel ~1e-5
 and speech 1e-5..1e-4 because the NSF source integrates f0 with a float32 cumsum):
 mel 1e-5 [3.2e-6], speech 1e-4 [2.0e-5], f0 1e-3 Hz [2.7e-4], source 2e-4 [8.2e-5], encoder/mu 1e-5 [7e-7].
-Noise draws must be bit-exact.
+Noise draws must be bit-exact. On CUDA ($GLM4VOICE_TEST_DEVICE, cuDNN TF32 off) an H200 measured source 4.0e-4 and
+speech 1.2e-4 (the float32 cumsum of the phase runs as a parallel scan there), so those two are doubled on CUDA.
 """
 
 import json
@@ -23,6 +24,8 @@ from glm4voice.errors import CheckpointError, ConfigError, TokenError
 from tests.conftest import load_expected
 
 TOL = {"mel": 1e-5, "speech": 1e-4, "f0": 1e-3, "source": 2e-4, "hidden": 1e-5}
+TOL_CUDA = {**TOL, "speech": 2e-4, "source": 5e-4}
+pytestmark = pytest.mark.usefixtures("cuda_full_fp32")
 # reference array name (after "offline/") -> (trace key, tolerance group, transpose to the reference layout)
 OFFLINE_TRACE = {
     "intermediate_encoder_out": ("encoder_out", "hidden", False),
@@ -45,8 +48,13 @@ def ref(reference_dir):
 
 
 @pytest.fixture(scope="module")
-def dec(ref):
-    return SpeechDecoder.from_pretrained(ref[0])
+def dec(ref, device):
+    return SpeechDecoder.from_pretrained(ref[0], device=device)
+
+
+@pytest.fixture(scope="module")
+def tol(device):
+    return TOL_CUDA if device.type == "cuda" else TOL
 
 
 def maxdiff(a, b):
@@ -55,7 +63,7 @@ def maxdiff(a, b):
 
 # --- parity ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg_batched", [True, False])
-def test_offline_parity(dec, ref, cfg_batched):
+def test_offline_parity(dec, ref, tol, cfg_batched):
     _, exp, arr = ref
     tokens = torch.tensor([exp["offline"]["tokens"]])
     assert torch.equal(tokens, arr["offline/tokens"])
@@ -66,31 +74,31 @@ def test_offline_parity(dec, ref, cfg_batched):
     finally:
         dec.cfg_batched = True
     assert list(mel.shape) == exp["offline"]["mel_shape"] and list(speech.shape) == exp["offline"]["speech_shape"]
-    assert maxdiff(mel, arr["offline/mel"]) < TOL["mel"]
-    assert maxdiff(speech, arr["offline/speech"]) < TOL["speech"]
+    assert maxdiff(mel, arr["offline/mel"]) < tol["mel"]
+    assert maxdiff(speech, arr["offline/speech"]) < tol["speech"]
     checked = 0
     for name in exp["arrays"]["expected/outputs.safetensors"]:
         group, _, leaf = name.partition("/")
         if group != "offline" or leaf not in OFFLINE_TRACE:
             continue
-        key, tol, transpose = OFFLINE_TRACE[leaf]
+        key, group_tol, transpose = OFFLINE_TRACE[leaf]
         ours = trace[key].transpose(1, 2) if transpose else trace[key]
         assert ours.shape == arr[name].shape, name
-        if tol == "exact":
+        if group_tol == "exact":
             assert torch.equal(ours.cpu(), arr[name]), f"{name} is not bit-exact"
         else:
-            assert maxdiff(ours, arr[name]) < TOL[tol], name
+            assert maxdiff(ours, arr[name]) < tol[group_tol], name
         checked += 1
     assert checked >= 3  # the noise draws at least (the intermediates are optional debugging arrays)
 
 
-def test_decode_matches_offline_and_has_no_global_rng_side_effect(dec, ref):
+def test_decode_matches_offline_and_has_no_global_rng_side_effect(dec, ref, tol):
     _, exp, arr = ref
     before = torch.get_rng_state()
     pcm = dec.decode(exp["offline"]["tokens"])
     assert torch.equal(before, torch.get_rng_state())
     assert pcm.dtype == torch.float32 and pcm.dim() == 1
-    assert maxdiff(pcm, arr["offline/speech"][0]) < TOL["speech"]
+    assert maxdiff(pcm, arr["offline/speech"][0]) < tol["speech"]
 
 
 def _stream_official(dec, tokens, blocks=None, feed=7):
@@ -104,7 +112,7 @@ def _stream_official(dec, tokens, blocks=None, feed=7):
     return torch.cat(chunks), state.trace
 
 
-def test_web_demo_schedule_parity(dec, ref):
+def test_web_demo_schedule_parity(dec, ref, tol):
     _, exp, arr = ref
     spec = exp["web_demo_streaming"]
     tokens = spec["tokens"]
@@ -114,13 +122,13 @@ def test_web_demo_schedule_parity(dec, ref):
         i = blk["block"]
         assert list(tr["speech"].shape) == blk["speech_shape"]
         assert list(tr["mel_returned"].shape) == blk["mel_returned_shape"]
-        assert maxdiff(tr["mel_returned"], arr[f"web_demo/block{i}/mel_returned"]) < TOL["mel"]
-        assert maxdiff(tr["speech"], arr[f"web_demo/block{i}/speech"]) < TOL["speech"]
+        assert maxdiff(tr["mel_returned"], arr[f"web_demo/block{i}/mel_returned"]) < tol["mel"]
+        assert maxdiff(tr["speech"], arr[f"web_demo/block{i}/speech"]) < tol["speech"]
     assert list(pcm.shape) == spec["speech_concat_shape"][1:]
-    assert maxdiff(pcm, arr["web_demo/speech_concat"][0]) < TOL["speech"]
+    assert maxdiff(pcm, arr["web_demo/speech_concat"][0]) < tol["speech"]
 
 
-def test_stream_inference_parity(dec, ref):
+def test_stream_inference_parity(dec, ref, tol):
     _, exp, arr = ref
     spec = exp["stream_inference"]
     block = spec["blocks"][0]["num_tokens"]
@@ -128,9 +136,9 @@ def test_stream_inference_parity(dec, ref):
     assert [list(t["mel_returned"].shape) for t in trace] == [b["mel_returned_shape"] for b in spec["blocks"]]
     assert [list(t["speech"].shape) for t in trace] == [b["speech_shape"] for b in spec["blocks"]]
     for blk, tr in zip(spec["blocks"], trace, strict=True):
-        assert maxdiff(tr["mel_returned"], arr[f"stream_inference/block{blk['block']}/mel_returned"]) < TOL["mel"]
+        assert maxdiff(tr["mel_returned"], arr[f"stream_inference/block{blk['block']}/mel_returned"]) < tol["mel"]
     assert list(pcm.shape) == spec["speech_concat_shape"][1:]
-    assert maxdiff(pcm, arr["stream_inference/speech_concat"][0]) < TOL["speech"]
+    assert maxdiff(pcm, arr["stream_inference/speech_concat"][0]) < tol["speech"]
 
 
 def test_feat_len_matches_official_formula():
@@ -223,11 +231,11 @@ def test_checkpoint_key_and_shape_errors_name_the_key(ref, tmp_path):
         SpeechDecoder.from_pretrained(folder)
 
 
-def test_safetensors_conversion_roundtrip(dec, ref, tmp_path):
+def test_safetensors_conversion_roundtrip(dec, ref, tmp_path, device):
     from glm4voice.cli.convert import convert_decoder
     out = convert_decoder(ref[0], tmp_path / "converted")
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "flow.safetensors", "hift.safetensors"}
-    dec2 = SpeechDecoder.from_pretrained(out)
+    dec2 = SpeechDecoder.from_pretrained(out, device=device)
     for (k, a), (k2, b) in zip(dec.state_dict().items(), dec2.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
 

@@ -10,10 +10,12 @@ from glm4voice.decoder import SpeechDecoder
 from glm4voice.decoder.stream import LowLatencySchedule, StreamingDecoder, seam_jumps
 from tests.conftest import load_expected
 
+pytestmark = pytest.mark.usefixtures("cuda_full_fp32")
+
 
 @pytest.fixture(scope="module")
-def dec(reference_dir):
-    return SpeechDecoder.from_pretrained(reference_dir / "decoder")
+def dec(reference_dir, device):
+    return SpeechDecoder.from_pretrained(reference_dir / "decoder", device=device)
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ def expected(ref):
 
 
 @pytest.fixture(scope="module")
-def tok(ref):
-    return SpeechTokenizer.from_pretrained(ref)
+def tok(ref, device):
+    return SpeechTokenizer.from_pretrained(ref, device=device)
 
 
 def _inputs(ref, expected):
@@ -83,28 +83,29 @@ def test_token_count_is_ceil_samples_over_1280(ref, expected, tok):
         assert load_audio(ref / name).shape[0] == n
 
 
-def test_single_call_detail_features_distances(ref, expected, tok):
+def test_single_call_detail_features_distances(ref, expected, tok, device):
     for fname in _array_file(expected, "input_features"):
         arrays = load_file(ref / fname)
         [stem] = [_stem(n) for n in expected["all_files_one_call"]["file_order"] if _stem(n) in fname]
         wav = load_audio(ref / "inputs" / f"{stem}.wav")
         padded_len = math.ceil(wav.shape[0] / 1280) * 1280
-        feats = log_mel_whisper(torch.nn.functional.pad(wav, (0, padded_len - wav.shape[0]))[None])
+        # features on the model's device, as SpeechTokenizer.encode_chunks computes them
+        feats = log_mel_whisper(torch.nn.functional.pad(wav, (0, padded_len - wav.shape[0]))[None].to(device))
         ref_feats = torch.from_numpy(arrays["input_features"])
         assert feats.shape == ref_feats.shape
-        assert (feats - ref_feats).abs().max() <= FEATURE_TOL
+        assert (feats.cpu() - ref_feats).abs().max() <= FEATURE_TOL
         frame_mask = (torch.arange(feats.shape[-1]) * 160 < wav.shape[0]).int()
         assert torch.equal(frame_mask[None], torch.from_numpy(arrays["attention_mask"]))
-        ids, h = tok.model(feats, frame_mask[None])
-        assert torch.equal(ids, torch.from_numpy(arrays["quantized_token_ids"]))
-        assert (h - torch.from_numpy(arrays["prequant_hidden"])).abs().max() <= HIDDEN_TOL
+        ids, h = tok.model(feats, frame_mask[None].to(device))
+        assert torch.equal(ids.cpu(), torch.from_numpy(arrays["quantized_token_ids"]))
+        assert (h.cpu() - torch.from_numpy(arrays["prequant_hidden"])).abs().max() <= HIDDEN_TOL
         flat = h[0]
         book = tok.model.codebook.weight
         dist = (book**2).sum(1) + (flat**2).sum(1, keepdim=True) - 2 * flat @ book.t()
-        assert (dist - torch.from_numpy(arrays["distances"])).abs().max() <= DISTANCE_TOL
+        assert (dist.cpu() - torch.from_numpy(arrays["distances"])).abs().max() <= DISTANCE_TOL
 
 
-def test_edge_length_features_single_vs_batched(ref, expected):
+def test_edge_length_features_single_vs_batched(ref, expected, device):
     """The last valid frames of a file whose length is a multiple of 1280 depend on the batch padding."""
     for fname in _array_file(expected, "single_call_last8_valid_frames"):
         arrays = load_file(ref / fname)
@@ -114,7 +115,8 @@ def test_edge_length_features_single_vs_batched(ref, expected):
         batch_len = max(expected["all_files_one_call"]["chunk_lengths_16k_in_batch_order"])
         for key, padded_len in (("single_call_last8_valid_frames", math.ceil(wav.shape[0] / 1280) * 1280),
                                 ("batched_call_last8_valid_frames", math.ceil(batch_len / 1280) * 1280)):
-            feats = log_mel_whisper(torch.nn.functional.pad(wav, (0, padded_len - wav.shape[0]))[None])[0]
+            feats = log_mel_whisper(torch.nn.functional.pad(wav, (0, padded_len - wav.shape[0]))[None].to(device))
+            feats = feats[0].cpu()
             assert (feats[:, n_valid - 8: n_valid] - torch.from_numpy(arrays[key])).abs().max() <= FEATURE_TOL, key
 
 
@@ -214,7 +216,7 @@ def test_dtype_and_device_are_arguments(ref):
     assert len(ids) > 0 and all(0 <= i < tok.cfg.quantize_vocab_size for i in ids)
 
 
-def test_save_pretrained_writes_the_official_layout(ref, tmp_path, tok):
+def test_save_pretrained_writes_the_official_layout(ref, tmp_path, tok, device):
     """Saving the reference model reproduces its config.json exactly, and the tensors round-trip bit-exactly."""
     from glm4voice.tokenizer.load import save_pretrained
 
@@ -227,7 +229,7 @@ def test_save_pretrained_writes_the_official_layout(ref, tmp_path, tok):
     for key, value in sd_ref.items():
         assert saved[key].dtype == value.dtype and (saved[key] == value).all(), key
     wav = _inputs(ref, load_expected(ref))[0]
-    assert SpeechTokenizer.from_pretrained(tmp_path).encode([wav]) == tok.encode([wav])
+    assert SpeechTokenizer.from_pretrained(tmp_path, device=device).encode([wav]) == tok.encode([wav])
 
 
 def test_save_pretrained_of_a_new_model_loads_and_keeps_training_fields(tmp_path):

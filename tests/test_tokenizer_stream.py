@@ -28,8 +28,8 @@ def speech_files(ref, min_seconds=0.0, max_seconds=30.0):
 
 
 @pytest.fixture(scope="module")
-def tok(ref):
-    return SpeechTokenizer.from_pretrained(ref)
+def tok(ref, device):
+    return SpeechTokenizer.from_pretrained(ref, device=device)
 
 
 def stream(tok, wav, chunk, **kw):
@@ -80,9 +80,9 @@ def test_stream_restarts_every_30s_like_offline(ref, tok):
     assert early == offline[1] and rest == []
 
 
-def test_stream_in_bfloat16(ref):
+def test_stream_in_bfloat16(ref, device):
     """The stream runs in the model's dtype (features stay float32); same number of codes as offline."""
-    tok16 = SpeechTokenizer.from_pretrained(ref, dtype=torch.bfloat16)
+    tok16 = SpeechTokenizer.from_pretrained(ref, dtype=torch.bfloat16, device=device)
     wav = load_audio(speech_files(ref, 2.0)[0])
     early, rest, _ = stream(tok16, wav, 1600)
     offline = tok16.encode([wav], batched=False)[0]

@@ -96,7 +96,9 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     R = H // G
     mask = mask[:, :, None].expand(B, 1, R, T, S).reshape(B, 1, R * T, S)
     y = F.scaled_dot_product_attention(q.reshape(B, G, R * T, D), k, v, attn_mask=mask)
-    return y.view(B, H, T, D)
+    # reshape, not view: CUDA's SDPA kernels may return (B, G, R*T, D) in another memory layout (a decode step
+    # through the cache failed with view on an H200, session 13)
+    return y.reshape(B, H, T, D)
 
 
 class MLP(nn.Module):

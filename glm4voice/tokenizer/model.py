@@ -16,6 +16,7 @@ place (no concatenation: ``torch.cat`` of growing caches cost more than the bloc
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -113,12 +114,13 @@ class WhisperVQEncoder(nn.Module):
         T = ceil(n / 2). Otherwise ``feats`` are frames 2*t0 - 4 .. 2*t1 - 2 (4 frames of left context) and
         the outputs are positions t0..t1-1, bit-for-bit what the full causal convolution gives there.
         """
-        if at_start:
-            feats = F.pad(feats, (2, 0))
-        h = F.gelu(self.conv1(feats))
-        if at_start:
-            h = F.pad(h, (2, 0))
-        return F.gelu(self.conv2(h)).transpose(1, 2)
+        with _no_tf32_convs(feats.device):
+            if at_start:
+                feats = F.pad(feats, (2, 0))
+            h = F.gelu(self.conv1(feats))
+            if at_start:
+                h = F.pad(h, (2, 0))
+            return F.gelu(self.conv2(h)).transpose(1, 2)
 
     def add_positions(self, x: Tensor, start: int) -> Tensor:
         return x + self.embed_positions.weight[start: start + x.shape[1]]
@@ -167,3 +169,20 @@ class WhisperVQEncoder(nn.Module):
         x, _ = self.run_layers(x, mask)
         h = self.pool(x)
         return self.quantize(h), h
+
+
+@contextmanager
+def _no_tf32_convs(device: torch.device):
+    """Run cuDNN convolutions in full fp32 inside the block. cuDNN uses TF32 for fp32 convolutions by default
+    (``torch.backends.cudnn.allow_tf32``); on an H200 that moved the reference's pre-quantisation states by 3e-3
+    against 1e-5 on the CPU (session 13), enough to flip a code near a tie. The two front convolutions are a tiny
+    share of the encoder's work. (The flag is process-wide: a decoder convolution in another thread during this
+    block also runs in full fp32, which is harmless.)"""
+    if device.type != "cuda" or not torch.backends.cudnn.allow_tf32:
+        yield
+        return
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
