@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from glm4voice.train.engine import TrainConfig, Trainer, add_train_args, config_from_args, lr_at, read_metrics
+from glm4voice.train.engine import (
+    TrainConfig,
+    Trainer,
+    add_train_args,
+    config_from_args,
+    cpu_lacks_native_bf16,
+    lr_at,
+    read_metrics,
+)
 
 
 def _task():
@@ -59,6 +67,20 @@ def test_resume_is_exact(tmp_path):
 def test_bf16_autocast_runs(tmp_path):
     t = _fit(tmp_path, 10, precision="bf16")
     assert all(p.dtype == torch.float32 for p in t.model.parameters())
+
+
+def test_cpu_bf16_support_is_read_from_the_cpu_flags(tmp_path):
+    def info(flags):
+        p = tmp_path / "cpuinfo"
+        p.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        return str(p)
+
+    assert cpu_lacks_native_bf16(info("fpu sse avx2 fma"))            # AVX2 only (the session-13 AMD EPYC)
+    assert not cpu_lacks_native_bf16(info("avx2 avx512f avx512_bf16"))  # Cooper Lake / Zen 4
+    assert not cpu_lacks_native_bf16(info("avx2 amx_bf16 amx_tile"))    # Sapphire Rapids
+    assert not cpu_lacks_native_bf16(str(tmp_path / "missing"))          # unreadable: claim nothing
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert not cpu_lacks_native_bf16(str(tmp_path / "noflags"))
 
 
 def test_schedule_and_args():
