@@ -5,13 +5,16 @@
 #   bash scripts/gpu_check.sh bench OUT         # benchmarks: embedded pipeline, and the official sizes with random
 #                                               # weights (tokenizer 32 layers, GLM 40 layers, decoder)
 #   bash scripts/gpu_check.sh all OUT
+#   bash scripts/gpu_check.sh train OUT CORPUS  # 30 steps of each trainer on CUDA; CORPUS: a small corpus with its
+#                                               # token cache, made where the TTS engines are (the GPU machine has
+#                                               # none): glm4voice data synth --out C --num 30 && glm4voice data tokens C
 #
 # Needs the package importable (pip install -e . or PYTHONPATH=repo) and the reference vectors at
 # $GLM4VOICE_REFERENCE or ../shared/reference. Every step has its own time limit and goes on after a failure; the
 # output of each step is written to OUT/<step>.txt and a summary line per step to OUT/summary.txt.
 set -uo pipefail
-phase="${1:?usage: gpu_check.sh correctness|bench|all OUT}"
-out="${2:?usage: gpu_check.sh correctness|bench|all OUT}"
+phase="${1:?usage: gpu_check.sh correctness|bench|all|train OUT [CORPUS]}"
+out="${2:?usage: gpu_check.sh correctness|bench|all|train OUT [CORPUS]}"
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -54,4 +57,17 @@ if [[ $phase == bench || $phase == all ]]; then
     step bench_tokenizer 75 python3 benchmarks/tokenizer.py --device cuda --sizes full --lengths 3,10 \
         --batch-files 64 --batch-size 32
     step bench_pipeline 75 python3 benchmarks/pipeline.py --device cuda --runs 3 --sessions 1,4,16
+fi
+
+if [[ $phase == train ]]; then
+    corpus="${3:?train needs a CORPUS folder}"
+    step train_tokenizer 120 python3 -m glm4voice train tokenizer --corpus "$corpus" --out "$out/runs/tokenizer" \
+        --steps 30 --warmup 5 --batch-size 8 --eval-every 30 --eval-size 8 --phone-weight 1.0 --pitch 4 --tilt 6 \
+        --vtlp 0.08 --device cuda --precision bf16 --log-every 10
+    step train_decoder 120 python3 -m glm4voice train decoder --corpus "$corpus" \
+        --voice festival:cmu_us_slt_arctic_hts --out "$out/runs/decoder" --steps 30 --warmup 5 --batch-size 4 \
+        --eval-every 30 --part both --device cuda --log-every 10
+    step train_lm 120 python3 -m glm4voice train lm --corpus "$corpus" --init glm4voice/assets/embedded/lm \
+        --out "$out/runs/lm" --steps 30 --warmup 5 --batch-size 8 --seq-len 512 --precision bf16 --device cuda \
+        --eval-every 30 --eval-answers 4 --log-every 10
 fi

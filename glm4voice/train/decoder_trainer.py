@@ -107,10 +107,11 @@ def make_flow_eval(flow_batches: FlowBatches | None, n_batches: int = 4, n_sampl
         l1 = []
         for k in range(n_sampled):
             batch = flow_batches(20_000 + k)
-            tokens, mel = batch.tokens[:1], batch.mel[:1]
             flow = model.flow
-            prompt = torch.zeros(1, mel.shape[1], 0)
-            out = flow(tokens, prompt, batch.z[:1], flow.speaker(None, 1))
+            dev = next(flow.parameters()).device  # batches are made on the CPU (a CUDA run failed here, session 13)
+            tokens, mel, z = batch.tokens[:1].to(dev), batch.mel[:1].to(dev), batch.z[:1].to(dev)
+            prompt = torch.zeros(1, mel.shape[1], 0, device=dev)
+            out = flow(tokens, prompt, z, flow.speaker(None, 1))
             l1.append((out - mel).abs().mean().item())
         return {"heldout_flow_loss": sum(losses) / len(losses), "heldout_mel_l1": sum(l1) / len(l1)}
 

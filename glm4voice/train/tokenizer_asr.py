@@ -51,6 +51,8 @@ class CodesASR(nn.Module):
 
     def forward(self, codes: Tensor, valid: Tensor, targets: list[list[int]]) -> tuple[Tensor, dict]:
         b = self.branch
+        dev = b.vq.codebook.weight.device  # batches are made on the CPU
+        codes, valid = codes.to(dev), valid.to(dev)
         q = b.vq.codebook(codes.clamp(min=0))
         loss = b.asr.loss(b.memory(q, valid), valid, targets)
         return loss, {"asr_loss": float(loss.detach())}
@@ -58,6 +60,7 @@ class CodesASR(nn.Module):
     @torch.no_grad()
     def transcribe_codes(self, codes: Tensor, valid: Tensor) -> list[str]:
         b = self.branch
+        codes, valid = codes.to(b.vq.codebook.weight.device), valid.to(b.vq.codebook.weight.device)
         out = b.asr.greedy(b.memory(b.vq.codebook(codes.clamp(min=0)), valid), valid)
         return [b.decode_text(row) for row in out]
 

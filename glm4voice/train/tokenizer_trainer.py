@@ -118,8 +118,10 @@ class TokenizerTrainModel(nn.Module):
         self.pieces = list(pieces)
 
     def encode(self, feats: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Pre-VQ hidden states (B, N/8, d) and their validity (B, N/8), as the inference encoder computes."""
+        """Pre-VQ hidden states (B, N/8, d) and their validity (B, N/8), as the inference encoder computes. The
+        batches are made on the CPU; they move to the model's device here (a CUDA run failed without, session 13)."""
         enc = self.encoder
+        feats, frame_mask = feats.to(enc.conv1.weight.device), frame_mask.to(enc.conv1.weight.device)
         x = enc.add_positions(enc.conv_front(feats, at_start=True), 0)
         mask = block_causal_mask(frame_mask[:, ::2], 0, x.shape[1], self.cfg.quantize_causal_block_size, x.dtype)
         x, _ = enc.run_layers(x, mask)
@@ -217,7 +219,7 @@ class CTCHead(nn.Module):
     def loss(self, memory: Tensor, valid: Tensor, targets: list[list[int]]) -> Tensor:
         logp = self.logits(memory).float().log_softmax(-1).transpose(0, 1)  # (T, B, C)
         in_len = valid.sum(1) * self.up
-        tgt = torch.tensor([b for t in targets for b in t], dtype=torch.long)
+        tgt = torch.tensor([b for t in targets for b in t], dtype=torch.long, device=memory.device)
         tgt_len = torch.tensor([len(t) for t in targets])
         return torch.nn.functional.ctc_loss(logp, tgt, in_len.cpu(), tgt_len, blank=self.blank, zero_infinity=True)
 
