@@ -5,7 +5,8 @@
 
 - tokenizer: the trainer's export (official layout), weights stored in bf16 without the training-only EMA buffers
   (the loader upcasts to the requested dtype), plus its ASR branch in bf16 (only the evaluation reads it);
-- lm: the run's last.pt (finished or not) exported in bf16 with its text tokenizer (``lm_trainer.export``);
+- lm: the run's last.pt (finished or not) exported in bf16 with its text tokenizer (``lm_trainer.export``), or
+  (``--lm-export``) a folder already exported that way, loaded once as a check;
 - decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``); a part the run did not train
   (e.g. a ``--part flow`` run) comes from ``--decoder-init`` (the decoder folder the run was started from).
 A component whose source is not given is kept as it is (e.g. only ``--lm-run`` to ship a new LM).
@@ -77,6 +78,26 @@ def build_lm(run: Path, out: Path) -> dict:
     return {"source": str(run), "step": step, "steps": steps}
 
 
+def copy_lm_export(src: Path, out: Path, note: str) -> dict:
+    """An LM already exported (bf16, official layout with its text tokenizer), e.g. the only thing a GPU machine
+    sent back; checked by loading it before it replaces ``out``."""
+    from glm4voice.lm.load import load_lm
+    from glm4voice.lm.text_tokenizer import TextTokenizer
+
+    load_lm(src, device="cpu", dtype=torch.float32)  # strict loader: a broken export fails here, not in users' hands
+    TextTokenizer.from_dir(src)
+    tmp = out.with_name(out.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {"source": str(src), "note": note}
+
+
 def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
     # As for the LM: export beside `out` first, since `init` may be the folder being replaced.
     tmp = out.with_name(out.name + ".new")
@@ -127,6 +148,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer export (omit: keep the current one)")
     p.add_argument("--lm-run", type=Path, default=None, help="LM run folder (omit: keep the current LM)")
+    p.add_argument("--lm-export", type=Path, default=None,
+                   help="an exported LM folder instead of --lm-run (e.g. what a GPU machine sent back)")
+    p.add_argument("--lm-note", default="", help="provenance of --lm-export for MANIFEST.json (run, steps, machine)")
     p.add_argument("--decoder-run", type=Path, default=None, help="decoder run folder (omit: keep the current one)")
     p.add_argument("--decoder-init", type=Path, default=None,
                    help="decoder folder for the part(s) the decoder run did not train")
@@ -134,9 +158,12 @@ def main() -> int:
                    help="Euler steps of the decoder's flow (official: 10; omit: keep the decoder's setting)")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
     a = p.parse_args()
+    if a.lm_run and a.lm_export:
+        raise SystemExit("give --lm-run or --lm-export, not both")
     manifest = {
         "tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer") if a.tokenizer else keep(a.out, "tokenizer"),
-        "lm": build_lm(a.lm_run, a.out / "lm") if a.lm_run else keep(a.out, "lm"),
+        "lm": (build_lm(a.lm_run, a.out / "lm") if a.lm_run else
+               copy_lm_export(a.lm_export, a.out / "lm", a.lm_note) if a.lm_export else keep(a.out, "lm")),
         "decoder": (build_decoder(a.decoder_run, a.out / "decoder", a.decoder_init) if a.decoder_run
                     else keep(a.out, "decoder"))}
     if a.flow_steps is not None:
