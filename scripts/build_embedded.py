@@ -63,18 +63,27 @@ def build_tokenizer(src: Path, out: Path) -> dict:
     return {"source": str(src), "asr_branch": has_branch}
 
 
-def build_lm(run: Path, out: Path) -> dict:
-    from glm4voice.train.lm_trainer import export_run
-
-    # Export next to `out` first: the run's tokenizer may be the folder being replaced (runs started with
-    # `--init glm4voice/assets/embedded/lm` read their tokenizer from there).
+def _fresh_beside(out: Path) -> Path:
+    """An empty-to-be path next to ``out`` to build the new folder in first: the source may read from ``out``
+    (e.g. runs started with ``--init glm4voice/assets/embedded/lm`` read their tokenizer there)."""
     tmp = out.with_name(out.name + ".new")
     if tmp.exists():
         shutil.rmtree(tmp)
-    step, steps = export_run(run, tmp, dtype="bf16")
+    return tmp
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def build_lm(run: Path, out: Path) -> dict:
+    from glm4voice.train.lm_trainer import export_run
+
+    tmp = _fresh_beside(out)
+    step, steps = export_run(run, tmp, dtype="bf16")
+    _swap_in(tmp, out)
     return {"source": str(run), "step": step, "steps": steps}
 
 
@@ -86,23 +95,16 @@ def copy_lm_export(src: Path, out: Path, note: str) -> dict:
 
     load_lm(src, device="cpu", dtype=torch.float32)  # strict loader: a broken export fails here, not in users' hands
     TextTokenizer.from_dir(src)
-    tmp = out.with_name(out.name + ".new")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = _fresh_beside(out)
     shutil.copytree(src, tmp)
     for f in tmp.iterdir():
-        f.chmod(0o644)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+        f.chmod(0o644)  # an export unpacked from a transfer may be private to its owner
+    _swap_in(tmp, out)
     return {"source": str(src), "note": note}
 
 
 def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
-    # As for the LM: export beside `out` first, since `init` may be the folder being replaced.
-    tmp = out.with_name(out.name + ".new")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = _fresh_beside(out)  # `init` may be the folder being replaced
     cmd = [sys.executable, "-m", "glm4voice", "train", "decoder", "--out", str(run), "--export-only",
            "--export", str(tmp), "--export-dtype", "fp16"]
     if init is not None:
@@ -115,9 +117,7 @@ def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
             steps[part] = [int(ck["step"]), int(ck["config"]["steps"])]
         else:
             steps[part] = f"from {init}"
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _swap_in(tmp, out)
     return {"source": str(run), "init": None if init is None else str(init), "steps": steps}
 
 

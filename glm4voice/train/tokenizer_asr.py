@@ -49,10 +49,13 @@ class CodesASR(nn.Module):
         for name, p in branch.named_parameters():
             p.requires_grad_(name.split(".")[0] in ("post", "post_ln", "asr"))
 
+    def _on_device(self, codes: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        dev = self.branch.vq.codebook.weight.device  # batches are made on the CPU
+        return codes.to(dev), valid.to(dev)
+
     def forward(self, codes: Tensor, valid: Tensor, targets: list[list[int]]) -> tuple[Tensor, dict]:
         b = self.branch
-        dev = b.vq.codebook.weight.device  # batches are made on the CPU
-        codes, valid = codes.to(dev), valid.to(dev)
+        codes, valid = self._on_device(codes, valid)
         q = b.vq.codebook(codes.clamp(min=0))
         loss = b.asr.loss(b.memory(q, valid), valid, targets)
         return loss, {"asr_loss": float(loss.detach())}
@@ -60,7 +63,7 @@ class CodesASR(nn.Module):
     @torch.no_grad()
     def transcribe_codes(self, codes: Tensor, valid: Tensor) -> list[str]:
         b = self.branch
-        codes, valid = codes.to(b.vq.codebook.weight.device), valid.to(b.vq.codebook.weight.device)
+        codes, valid = self._on_device(codes, valid)
         out = b.asr.greedy(b.memory(b.vq.codebook(codes.clamp(min=0)), valid), valid)
         return [b.decode_text(row) for row in out]
 
