@@ -3,6 +3,7 @@ how many concurrent sessions keep up with real-time playback.
 
     python benchmarks/pipeline.py                      # embedded model if installed, else the tiny test model
     python benchmarks/pipeline.py --model DIR --device cuda --runs 5 --sessions 1,2,4,8
+    python benchmarks/pipeline.py --first-voc-frames 0,8,16,24 --runs 15   # the first vocoder call's length
 
 Stages (``pipeline/events.py``): tokenize (the 3 s question, offline tokenizer), LM prefill (whole first-turn
 prompt), LM decoding until the tokens of the first audio block exist, speech decode of that block, and time to
@@ -136,6 +137,47 @@ def capacity_table(args):
               f"{audio / wall:>12.2f}{max(stalls):>11.2f} s  {'yes' if ok else 'no'}")
 
 
+def first_chunk_table(args):
+    """Alternating turns with different ``LowLatencySchedule.first_voc_frames`` (the first vocoder call's length):
+    on a noisy machine only turns measured side by side compare; the last column is the median of the paired
+    differences against the first value."""
+    from dataclasses import replace
+
+    from glm4voice.pipeline.session import ChatSettings
+
+    ks = [int(k) for k in args.first_voc_frames.split(",")]
+    chat, label = load_chat(args, 1)
+    question = QUESTION.read_bytes()
+    settings = ChatSettings(seed=0)
+    driver = chat.decoders().driver("low_latency")
+    base = driver.schedule
+    one_turn(chat, settings, question)  # warm-up
+    rows = {k: {"time_to_first_audio": [], "speech_decode": [], "lm_first_audio_block": [], "stall": []} for k in ks}
+    try:
+        for _ in range(args.runs):
+            for k in ks:
+                driver.schedule = replace(base, first_voc_frames=k)
+                t, arrivals, _ = one_turn(chat, settings, question)
+                for stage in ("time_to_first_audio", "speech_decode", "lm_first_audio_block"):
+                    rows[k][stage].append(t[stage])
+                rows[k]["stall"].append(stall_seconds(arrivals))
+    finally:
+        driver.schedule = base
+    print(f"\nfirst vocoder call ({label}); {args.runs} alternating turns per row (median)")
+    header = (f"{'first_voc_frames':>16}{'speech_decode':>15}{'LM first block':>16}{'first audio':>13}"
+              f"{'worst stall':>13}{'first audio vs ' + str(ks[0]):>22}")
+    print(header)
+    print("-" * len(header))
+    for k in ks:
+        r = rows[k]
+        paired = statistics.median(a - b for a, b in zip(r["time_to_first_audio"],
+                                                          rows[ks[0]]["time_to_first_audio"], strict=True))
+        print(f"{k:>16}{statistics.median(r['speech_decode']) * 1000:>12.0f} ms"
+              f"{statistics.median(r['lm_first_audio_block']) * 1000:>13.0f} ms"
+              f"{statistics.median(r['time_to_first_audio']) * 1000:>10.0f} ms{max(r['stall']):>11.2f} s"
+              f"{paired * 1000:>+19.0f} ms")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="folder with tokenizer/, lm/, decoder/ (default: embedded or tiny)")
@@ -147,9 +189,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (on a shared, oversubscribed machine 1 avoids OpenMP spin-wait "
                         "thrash that made the decoder 50-100x slower in our runs)")
+    p.add_argument("--first-voc-frames", default="",
+                   help="compare first vocoder call lengths in alternating turns instead, e.g. 0,16 (0: whole block)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.first_voc_frames:
+        first_chunk_table(args)
+        return
     latency_table(args)
     capacity_table(args)
 

@@ -255,6 +255,48 @@ def test_trained_answer_comes_back_through_inference_generation(env, tmp_path):
     assert lt.answer_accuracy(model, tok, sp, [dialogue]) == {"eval_answer_acc": 1.0, "eval_layout_acc": 1.0}
 
 
+def test_greedy_answers_match_the_inference_generator(env):
+    from glm4voice.lm.generate import generate
+    from glm4voice.lm.sampling import SamplingParams
+
+    tok = load_tokenizer(env["tok"])
+    sp = ls.Specials.from_tokenizer(tok, CODEBOOK)
+    model = _tiny_model(tok).eval()
+    dialogues = ls.load_lm_data(env["corpus"]).dialogues[:3]
+    prompts = [ls.dialogue_prompt(tok, sp, d.question.codes) for d in dialogues]
+    for limit in (1, 7, 30):
+        outs, stopped = lt.greedy_answers(model, prompts, {sp.user, sp.eot}, limit)
+        for prompt, out, done in zip(prompts, outs, stopped, strict=True):
+            ref = list(generate(model, prompt, params=SamplingParams(temperature=0), max_new_tokens=limit,
+                                stop_ids=[sp.user, sp.eot]))
+            ended = bool(ref) and ref[-1] in (sp.user, sp.eot)
+            assert out == (ref[:-1] if ended else ref) and done == ended
+
+
+def test_speech_consistency_scores_each_answers_speech_against_its_own_text(env, monkeypatch):
+    tok = load_tokenizer(env["tok"])
+    sp = ls.Specials.from_tokenizer(tok, CODEBOOK)
+    dialogues = [d for d in ls.load_lm_data(env["corpus"]).dialogues if d.answer.language == "en"][:3]
+    words = {7: "cat", 8: "is", 9: "the"}
+    answers = [  # (text, codes, stopped): said right; said wrong; a runaway without speech
+        ("the cat", [9, 7], True), ("the cat", [9, 9, 8], True), ("cat", [], False)]
+    outs = [tok.encode(t)[:1] + sp.audio_ids(c) + tok.encode(t)[1:] for t, c, _ in answers]
+    monkeypatch.setattr(lt, "greedy_answers", lambda *a, **k: (outs, [s for *_, s in answers]))
+    heard = []
+
+    class FakeASR:  # transcribes a code as its word
+        def transcribe_codes(self, codes, valid):
+            rows = [c[v].tolist() for c, v in zip(codes, valid, strict=True)]
+            heard.extend(rows)
+            return [" ".join(words[x] for x in r) for r in rows]
+
+    out = lt.speech_consistency(None, tok, sp, dialogues, FakeASR())
+    assert heard == [[9, 7], [9, 9, 8]]  # each answer's own codes, in order; the speechless one is not asked
+    assert out["eval_speech_wer_en"] == pytest.approx(2 / 4)  # "the the is" vs "the cat": 2 errors / 4 words
+    assert out["eval_speech_cer_en"] == pytest.approx(5 / 12)  # "thetheis" vs "thecat": 5 edits / 12 letters
+    assert out["eval_runaway"] == pytest.approx(1 / 3) and out["eval_speechless"] == pytest.approx(1 / 3)
+
+
 def test_train_command_dispatch(env, tmp_path, capsys, monkeypatch):
     from glm4voice.cli import main
     from glm4voice.cli import train as cli_train

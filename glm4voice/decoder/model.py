@@ -46,6 +46,15 @@ def frame_noise(start: int, stop: int, channels: int = 80, seed: int = FLOW_SEED
     return z.t().unsqueeze(0).contiguous()
 
 
+def frame_source_noise(start: int, stop: int, harmonics: int, hop: int, seed: int = FLOW_SEED + 1) -> torch.Tensor:
+    """Frame-anchored NSF sine noise (1, harmonics, hop · (stop − start)) for the samples of mel frames
+    [start, stop): the samples of frame f always get the same values, however the frames are split into vocoder
+    calls (the low-latency stream vocodes the first block in two calls). Another seed than the flow noise."""
+    n = max(0, stop - start)
+    z = frame_noise(start, stop, harmonics * hop, seed)[0]  # (harmonics·hop, n), row h·hop + s
+    return z.view(harmonics, hop, n).permute(0, 2, 1).reshape(1, harmonics, n * hop)
+
+
 @dataclass
 class Token2WavOut:
     """One official ``token2wav``-style call: new mel (1, 80, F_new), speech (1, n), source (1, 1, n)."""

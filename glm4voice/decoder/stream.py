@@ -26,8 +26,11 @@ also flushes the held 34 mel frames when no codes are pending (the demo loses th
 - mel cross-fade of ``overlap_frames`` regenerated frames (Hamming in float64 as official, but normalised to
   sum to one: the official weights scale the faded log-mel by up to 8 %);
 - vocoder continuity: ``voc_context`` earlier mel frames (and their source samples) as left context, the NSF
-  harmonic phases continued across calls, and the last ``voc_holdback`` frames of audio held back and
-  cross-faded with their re-synthesis (raised cosine) once right context exists.
+  harmonic phases continued across calls, frame-anchored NSF noise (``model.frame_source_noise``), and the last
+  ``voc_holdback`` frames of audio held back and cross-faded with their re-synthesis (raised cosine) once right
+  context exists;
+- a short first vocoder call: the first block's first ``first_voc_frames`` final frames are vocoded and returned
+  at once, the rest by the next ``step`` (``owes_audio`` says when a ``step([])`` has audio to return).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 
 from glm4voice.constants import HIFT_CACHE_FRAMES, HIFT_CACHE_SAMPLES, MEL_OVERLAP_FRAMES, OFFICIAL_STREAM_BLOCKS
 from glm4voice.decoder.hift import SourceNoise
-from glm4voice.decoder.model import SpeechDecoder, frame_noise, new_generator
+from glm4voice.decoder.model import SpeechDecoder, frame_noise, frame_source_noise, new_generator
 
 MODES = ("official", "low_latency")
 
@@ -54,6 +57,10 @@ class LowLatencySchedule:
     overlap_frames: int = 17  # regenerated mel frames cross-faded between blocks (0.2 s)
     voc_context: int = 12  # mel frames of vocoder left context (about the HiFT receptive field)
     voc_holdback: int = 4  # mel frames of audio held back and cross-faded with their re-synthesis
+    # final frames of the FIRST block vocoded at once; the rest of that block is vocoded by the next step() (or
+    # finish()), so the first audio waits for a short vocoder call instead of the whole block (0: off). The
+    # vocoder has a large fixed cost per call on a CPU, so 16 frames take ~40 % of the time of 51 (docs/decoder.md)
+    first_voc_frames: int = 16
     normalized_fade: bool = True  # mel cross-fade weights summing to one (the official ones reach 1.08)
 
     def __post_init__(self):
@@ -63,6 +70,8 @@ class LowLatencySchedule:
             raise ValueError("context_tokens must cover at least overlap_frames mel frames")
         if self.voc_context < self.voc_holdback:
             raise ValueError("voc_context must be >= voc_holdback")
+        if self.first_voc_frames and self.first_voc_frames <= self.voc_holdback:
+            raise ValueError("first_voc_frames must be 0 (off) or more than voc_holdback (else no first audio)")
 
 
 def hamming_fade(new: torch.Tensor, old: torch.Tensor, normalized: bool = False) -> torch.Tensor:
@@ -106,6 +115,7 @@ class VocoderState:
     phase_end: torch.Tensor | None = None  # (1, H+1) NSF harmonic phases (cycles) at the end of ctx
     rand_phase: torch.Tensor | None = None  # (1, H+1, 1) random initial phases, drawn once per stream
     tail: torch.Tensor | None = None  # (n,) held-back audio of the last voc_holdback frames
+    next_frame: int = 0  # global index of the first final frame not vocoded yet (anchors the NSF noise)
 
 
 @dataclass
@@ -118,6 +128,7 @@ class LowLatencyState:
     final_frames: int = 0  # global index of the first frame not yet final
     overlap: torch.Tensor | None = None  # (1, 80, overlap_frames) provisional frames
     voc: VocoderState = field(default_factory=VocoderState)
+    deferred: torch.Tensor | None = None  # (1, 80, n) final frames of the first block not vocoded yet
     finished: bool = False
     trace: list[dict] | None = None
 
@@ -175,7 +186,7 @@ class StreamingDecoder:
         for codes, (_, state) in zip(new_codes, items, strict=True):
             state.pending.extend(codes)
         blocks = self.blocks if self.mode == "official" else self.schedule.blocks
-        outs: list[list[torch.Tensor]] = [[] for _ in items]
+        outs: list[list[torch.Tensor]] = [[self._drain(st)] for _, st in items]
         while True:
             jobs = []
             for i, (_, st) in enumerate(items):
@@ -187,19 +198,27 @@ class StreamingDecoder:
                 break
             for i, pcm in self._run(jobs):
                 outs[i].append(pcm)
-        return [(torch.cat(o) if o else self._empty(), st) for o, (_, st) in zip(outs, items, strict=True)]
+        return [(torch.cat(o), st) for o, (_, st) in zip(outs, items, strict=True)]
+
+    @staticmethod
+    def owes_audio(state) -> bool:
+        """Whether ``state`` holds audio that the next ``step`` (codes or not) returns at once: the rest of the
+        first block (``LowLatencySchedule.first_voc_frames``). Callers that want it without waiting for the next
+        code call ``step([], state)``."""
+        return getattr(state, "deferred", None) is not None
 
     def finish(self, state) -> torch.Tensor:
         """End of generation (``<|user|>``, ``<|endoftext|>``, max tokens, error…): synthesise everything left."""
         if state.finished:
             return self._empty()
         try:
+            head = self._drain(state)  # the deferred rest of the first block comes before anything else
             if state.pending:
                 block, state.pending = state.pending, []
-                return self._run([(0, self._plan(block, state, final=True))])[0][1]
+                return torch.cat([head, self._run([(0, self._plan(block, state, final=True))])[0][1]])
             if state.overlap is not None:
-                return self._flush_overlap(state)
-            return self._empty()
+                return torch.cat([head, self._flush_overlap(state)])
+            return head
         finally:
             state.finished = True
 
@@ -245,6 +264,7 @@ class StreamingDecoder:
             st.tokens += job.block
             return speech
         sch, dec = self.schedule, self.dec
+        head = self._drain(st)  # vocoder calls stay in frame order, however the codes arrive
         if not job.final:
             st.overlap, mel = mel[:, :, -sch.overlap_frames:], mel[:, :, :-sch.overlap_frames]
         st.tokens += job.block
@@ -252,8 +272,19 @@ class StreamingDecoder:
         keep_from = dec.frames(max(0, len(st.tokens) - sch.context_tokens))
         full = mel if st.final_mel is None else torch.cat([st.final_mel, mel], dim=2)
         st.final_mel, st.mel_start = full[:, :, keep_from - st.mel_start:], keep_from
+        first = st.final_frames == 0
         st.final_frames += mel.shape[-1]
-        return self._vocode_ll(mel, st, job.generator, job.final)
+        k = sch.first_voc_frames
+        if first and k and not job.final and mel.shape[-1] > k:
+            st.deferred, mel = mel[:, :, k:], mel[:, :, :k]
+        return torch.cat([head, self._vocode_ll(mel, st, job.generator, job.final)])
+
+    def _drain(self, st) -> torch.Tensor:
+        """Vocode the deferred rest of the first block (never the end of the stream: the overlap follows it)."""
+        if getattr(st, "deferred", None) is None:
+            return self._empty()
+        mel, st.deferred = st.deferred, None
+        return self._vocode_ll(mel, st, new_generator(), final=False)  # (the generator draws only once per stream)
 
     # --- official ------------------------------------------------------------------------------------------
     def _official_vocode(self, mel: torch.Tensor, st: OfficialState, gen: torch.Generator, final: bool):
@@ -289,7 +320,8 @@ class StreamingDecoder:
             mel_in = mel if c == 0 else torch.cat([vs.ctx_mel, mel], dim=2)
             if vs.rand_phase is None:
                 vs.rand_phase = hift.draw_noise(0, gen).phase
-            noise = torch.randn(1, hift.cfg.nb_harmonics + 1, mel.shape[-1] * hop, generator=gen)
+            noise = frame_source_noise(vs.next_frame, vs.next_frame + mel.shape[-1], hift.cfg.nb_harmonics + 1, hop)
+            vs.next_frame += mel.shape[-1]
             f0 = hift.f0_predictor(mel_in)
             s_new, vs.phase_end = hift.source(f0[:, c:], SourceNoise(vs.rand_phase, noise), vs.phase_end)
             s = s_new if c == 0 else torch.cat([vs.ctx_source, s_new], dim=2)

@@ -35,6 +35,12 @@ class DecoderPool:
     def init_state(self, mode: str):
         return self.driver(mode).init_state()
 
+    @staticmethod
+    def owes_audio(state) -> bool:
+        from glm4voice.decoder.stream import StreamingDecoder
+
+        return StreamingDecoder.owes_audio(state)
+
     def _completes_block(self, mode: str, codes: list[int], state) -> bool:
         drv = self.driver(mode)
         blocks = drv.blocks if mode == "official" else drv.schedule.blocks

@@ -279,6 +279,11 @@ class Session:
                         if pcm.numel():
                             samples_out += pcm.numel()  # counted as delivered once handed to the caller
                             yield from self._audio_events(pcm, time.perf_counter() - t, stats, t_start)
+                        if chat.decoders().owes_audio(dec_state):  # the first block's rest: now, not a code later
+                            t = time.perf_counter()
+                            pcm, dec_state = chat.decoders().step(mode, [], dec_state)
+                            samples_out += pcm.numel()
+                            yield from self._audio_events(pcm, time.perf_counter() - t, stats, t_start)
             if audio_out and reason != "cancelled":
                 t = time.perf_counter()
                 pcm = chat.decoders().finish(mode, dec_state)

@@ -30,6 +30,7 @@ import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -276,6 +277,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
     parser.add_argument("--eval-answers", type=int, default=32,
                         help="SFT: held-out spoken questions answered greedily per evaluation (0: off)")
+    parser.add_argument("--eval-speech", type=int, default=0,
+                        help="SFT: held-out spoken questions answered in full per evaluation whose speech codes the "
+                             "--eval-speech-tokenizer's ASR branch transcribes, against the answer's own text (0: off)")
+    parser.add_argument("--eval-speech-tokenizer", default="embedded",
+                        help="the glm4voice-trained tokenizer (with asr_branch.*) whose codes the corpus tokens are")
     parser.add_argument("--export", default=None, help="write the final model here (official format)")
     parser.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="bf16")
     parser.add_argument("--export-only", action="store_true",
@@ -381,10 +387,18 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
         m = ls.Mixture(tok, sp, held, ratios, sft_loss=args.sft_loss, max_audio=args.max_audio)
         fixed = [ls.pack_batch(m.draw, seed=10_000 + cfg.seed, step=i, rank=0, batch_size=cfg.batch_size,
                                seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
-    dialogues = []
+    dialogues, spoken, asr = [], [], None
     if args.eval_answers and set(ratios) & set(ls.SFT_KINDS):
         dialogues = random.Random(cfg.seed).sample(held.dialogues, min(args.eval_answers, len(held.dialogues)))
-    if not fixed and not dialogues:
+    if args.eval_speech and set(ratios) & set(ls.SFT_KINDS):
+        from glm4voice.checkpoints import resolve
+        from glm4voice.train.tokenizer_asr import CodesASR
+        from glm4voice.train.tokenizer_trainer import load_for_asr
+
+        spoken = random.Random(cfg.seed + 1).sample(held.dialogues, min(args.eval_speech, len(held.dialogues)))
+        asr = CodesASR(load_for_asr(resolve(args.eval_speech_tokenizer, "tokenizer", allow_download=False),
+                                    device=cfg.device)).eval()
+    if not fixed and not dialogues and not spoken:
         log.info("no held-out data for the mixture: evaluation off")
         return None
 
@@ -392,6 +406,8 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
         out = evaluate_batches(model, fixed, sp) if fixed else {}
         if dialogues:
             out.update(answer_accuracy(model, tok, sp, dialogues))
+        if spoken:
+            out.update(speech_consistency(model, tok, sp, spoken, asr))
         return out
 
     return evaluate
@@ -441,3 +457,86 @@ def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.D
         first_audio = audio.index(True) if True in audio else -1
         layout_ok += good and first_audio == min(len(ref), TEXT_TOKENS_PER_BLOCK)
     return {"eval_answer_acc": text_ok / len(dialogues), "eval_layout_acc": layout_ok / len(dialogues)}
+
+
+@torch.no_grad()
+def greedy_answers(model: nn.Module, prompts: list[list[int]], stops: set[int], max_new_tokens: int
+                   ) -> tuple[list[list[int]], list[bool]]:
+    """Greedy continuations of several prompts at once (one KV-cache slot each): (generated ids without the stop
+    id, whether each one stopped before ``max_new_tokens``)."""
+    from glm4voice.lm.generate import Generator
+
+    gen = Generator(model, len(prompts), min(max(len(p) for p in prompts) + max_new_tokens + 1, model.cfg.seq_length))
+    logits = torch.stack([gen.prefill(p, slot=i) for i, p in enumerate(prompts)])
+    outs: list[list[int]] = [[] for _ in prompts]
+    stopped = [False] * len(prompts)
+    active = list(range(len(prompts)))
+    while active:
+        still = []
+        for slot, token in zip(active, logits.argmax(-1).tolist(), strict=True):
+            if token in stops:
+                stopped[slot] = True
+                continue
+            outs[slot].append(token)
+            if len(outs[slot]) < max_new_tokens and len(gen.held[slot]) < gen.max_seq:
+                still.append((slot, token))
+        active = [s for s, _ in still]
+        if active:
+            logits = gen.decode_step([t for _, t in still], active)
+    return outs, stopped
+
+
+def _char_error_rate(refs: list[str], hyps: list[str]) -> float:
+    """Character edits / reference characters after the harness's normalisation, spaces left out."""
+    import jiwer
+
+    from glm4voice.eval.metrics import normalize
+
+    errors = total = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        r, h = normalize(ref, "en").replace(" ", ""), normalize(hyp, "en").replace(" ", "")
+        total += len(r)
+        if not r or not h:
+            errors += max(len(r), len(h))
+            continue
+        out = jiwer.process_characters(r, h)
+        errors += out.substitutions + out.deletions + out.insertions
+    return errors / total if total else 0.0
+
+
+@torch.no_grad()
+def speech_consistency(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.Dialogue], asr, *,
+                       max_new_tokens: int = 400) -> dict:
+    """Does the speech of an answer say its text? Greedy full answers to spoken questions; their speech codes are
+    transcribed by a tokenizer's ASR branch (``asr``: ``tokenizer_asr.CodesASR`` of the tokenizer whose codes the
+    LM speaks) and compared with the answer's own text. A proxy for the intelligibility of the answers (the judge
+    of ``glm4voice eval`` needs the decoder and an ASR model; this needs neither) that a run can watch while it
+    trains. ``eval_speech_wer_en`` / ``eval_speech_cer_en`` / ``eval_speech_cer_zh``: error of the transcript
+    against the text;
+    ``eval_runaway``: share of answers that reached ``max_new_tokens`` without a stop (loops)."""
+    from glm4voice.train.tokenizer_asr import pad_codes
+    from glm4voice.train.tokenizer_trainer import error_rates
+
+    prompts = [ls.dialogue_prompt(tok, sp, d.question.codes) for d in dialogues]
+    outs, stopped = greedy_answers(model, prompts, {sp.user, sp.eot}, max_new_tokens)
+    texts, rows = [], []
+    for out in outs:
+        audio = [bool(sp.is_audio(t)) for t in out]
+        texts.append(tok.decode([t for t, a in zip(out, audio, strict=True) if not a and t not in (sp.boa, sp.eoa)]))
+        rows.append({"codes": np.asarray([t - sp.audio_offset for t, a in zip(out, audio, strict=True) if a],
+                                         dtype=np.int64)})
+    spoken = [i for i, r in enumerate(rows) if len(r["codes"]) and texts[i].strip()]
+    hyps = []
+    for i in range(0, len(spoken), 16):
+        hyps += asr.transcribe_codes(*pad_codes([rows[j] for j in spoken[i:i + 16]]))
+    langs = [dialogues[j].answer.language for j in spoken]
+    rates = error_rates([texts[j] for j in spoken], hyps, langs)
+    en = [(texts[j], h) for j, h, lang in zip(spoken, hyps, langs, strict=True) if lang == "en"]
+    if en:  # the ASR branch spells by pieces: characters grade its near-misses ("turnalals") that words cannot
+        rates["cer_en"] = _char_error_rate(*map(list, zip(*en, strict=True)))
+    out = {f"eval_speech_{k}": v for k, v in rates.items()}
+    out["eval_runaway"] = 1 - sum(stopped) / len(dialogues)
+    out["eval_speechless"] = 1 - len(spoken) / len(dialogues)  # answers without speech codes or without text
+    for j, h in list(zip(spoken, hyps, strict=True))[:2]:
+        log.info("answer text: %s | its speech: %s", texts[j], h)
+    return out
