@@ -5,6 +5,8 @@
 #   bash scripts/gpu_check.sh bench OUT         # benchmarks: embedded pipeline, and the official sizes with random
 #                                               # weights (tokenizer 32 layers, GLM 40 layers, decoder)
 #   bash scripts/gpu_check.sh all OUT
+#   bash scripts/gpu_check.sh probe OUT         # seconds: what the machine has for making training audio there
+#                                               # (TTS engines, sox, soundfile, CPUs, disk), to plan tokenizer runs
 #   bash scripts/gpu_check.sh train OUT CORPUS  # 30 steps of each trainer on CUDA; CORPUS: a small corpus with its
 #                                               # token cache, made where the TTS engines are (the GPU machine has
 #                                               # none): glm4voice data synth --out C --num 30 && glm4voice data tokens C
@@ -13,8 +15,8 @@
 # $GLM4VOICE_REFERENCE or ../shared/reference. Every step has its own time limit and goes on after a failure; the
 # output of each step is written to OUT/<step>.txt and a summary line per step to OUT/summary.txt.
 set -uo pipefail
-phase="${1:?usage: gpu_check.sh correctness|bench|all|train OUT [CORPUS]}"
-out="${2:?usage: gpu_check.sh correctness|bench|all|train OUT [CORPUS]}"
+phase="${1:?usage: gpu_check.sh correctness|bench|all|probe|train OUT [CORPUS]}"
+out="${2:?usage: gpu_check.sh correctness|bench|all|probe|train OUT [CORPUS]}"
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -57,6 +59,17 @@ if [[ $phase == bench || $phase == all ]]; then
     step bench_tokenizer 75 python3 benchmarks/tokenizer.py --device cuda --sizes full --lengths 3,10 \
         --batch-files 64 --batch-size 32
     step bench_pipeline 75 python3 benchmarks/pipeline.py --device cuda --runs 3 --sessions 1,4,16
+fi
+
+if [[ $phase == probe ]]; then
+    # The tokenizer trains on audio, and corpus_v6's 63 h do not fit what a call can carry (64 MiB): can the
+    # machine make the audio itself (glm4voice data synth), or must a subset be carried?
+    step probe 30 bash -c 'nproc; free -g | head -2; df -h . /tmp | tail -2; cat /etc/os-release | head -2
+        for b in espeak-ng flite text2wave festival sox ffmpeg; do printf "%s: " $b; command -v $b || echo missing; done
+        ls /usr/share/festival/voices/*/ 2>/dev/null; ls /usr/lib/x86_64-linux-gnu/espeak-ng-data 2>/dev/null | head -3
+        ldd --version | head -1
+        python3 -c "import soundfile, sys; print(\"soundfile\", soundfile.__version__, sys.version)" 2>&1 | tail -1
+        python3 -m pip list 2>/dev/null | grep -i -E "torch|numpy|soxr|tokenizers|tiktoken|jiwer|faster|ctranslate" '
 fi
 
 if [[ $phase == train ]]; then
