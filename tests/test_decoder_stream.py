@@ -155,6 +155,17 @@ def test_frame_noise_is_anchored_to_the_frame_grid():
     assert not torch.equal(whole[:, :, :64], whole[:, :, 64:128])  # segments are independently seeded
 
 
+def test_source_noise_is_anchored_to_the_frame_grid():
+    """The NSF noise of frame f is the same however the frames are split into vocoder calls."""
+    from glm4voice.decoder.model import frame_source_noise
+    whole = frame_source_noise(0, 60, 9, 256)
+    assert whole.shape == (1, 9, 60 * 256)
+    parts = [frame_source_noise(a, b, 9, 256) for a, b in ((0, 16), (16, 17), (17, 51), (51, 60))]
+    assert torch.equal(torch.cat(parts, dim=2), whole)
+    assert frame_source_noise(7, 7, 9, 256).shape == (1, 9, 0)
+    assert not torch.equal(whole[:, :, :256], whole[:, :, 256:512])  # frames differ
+
+
 def test_normalised_fade_is_a_convex_combination():
     from glm4voice.decoder.stream import hamming_fade
     x = torch.full((1, 80, 40), -6.0)

@@ -51,8 +51,13 @@ def frame_source_noise(start: int, stop: int, harmonics: int, hop: int, seed: in
     [start, stop): the samples of frame f always get the same values, however the frames are split into vocoder
     calls (the low-latency stream vocodes the first block in two calls). Another seed than the flow noise."""
     n = max(0, stop - start)
-    z = frame_noise(start, stop, harmonics * hop, seed)[0]  # (harmonics·hop, n), row h·hop + s
-    return z.view(harmonics, hop, n).permute(0, 2, 1).reshape(1, harmonics, n * hop)
+    if n == 0:
+        return torch.zeros(1, harmonics, 0)
+    segment = 8  # frames per seeded segment: a vocoder call draws little more than it needs (2,304 values a frame)
+    first, last = start // segment, (stop - 1) // segment
+    z = torch.cat([torch.randn(segment, harmonics * hop, generator=new_generator(seed * 1_000_003 + k))
+                   for k in range(first, last + 1)])[start - first * segment: stop - first * segment]
+    return z.view(n, harmonics, hop).permute(1, 0, 2).reshape(1, harmonics, n * hop)  # [h, f·hop + s]
 
 
 @dataclass
