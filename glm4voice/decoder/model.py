@@ -39,11 +39,15 @@ def frame_noise(start: int, stop: int, channels: int = 80, seed: int = FLOW_SEED
     and so that a stream and an offline decode can be compared noise for noise."""
     if stop <= start:
         return torch.zeros(1, channels, 0)
-    first, last = start // NOISE_SEGMENT, (stop - 1) // NOISE_SEGMENT
-    segs = [torch.randn(NOISE_SEGMENT, channels, generator=new_generator(seed * 1_000_003 + k))
-            for k in range(first, last + 1)]
-    z = torch.cat(segs)[start - first * NOISE_SEGMENT: stop - first * NOISE_SEGMENT]
-    return z.t().unsqueeze(0).contiguous()
+    return _anchored_rows(start, stop, channels, seed, NOISE_SEGMENT).t().unsqueeze(0).contiguous()
+
+
+def _anchored_rows(start: int, stop: int, width: int, seed: int, segment: int) -> torch.Tensor:
+    """Rows start..stop-1 (stop > start) of an endless (rows, width) normal table drawn ``segment`` rows at a
+    time, segment k from its own generator seeded ``seed * 1_000_003 + k``."""
+    first, last = start // segment, (stop - 1) // segment
+    segs = [torch.randn(segment, width, generator=new_generator(seed * 1_000_003 + k)) for k in range(first, last + 1)]
+    return torch.cat(segs)[start - first * segment: stop - first * segment]
 
 
 def frame_source_noise(start: int, stop: int, harmonics: int, hop: int, seed: int = FLOW_SEED + 1) -> torch.Tensor:
@@ -53,10 +57,8 @@ def frame_source_noise(start: int, stop: int, harmonics: int, hop: int, seed: in
     n = max(0, stop - start)
     if n == 0:
         return torch.zeros(1, harmonics, 0)
-    segment = 8  # frames per seeded segment: a vocoder call draws little more than it needs (2,304 values a frame)
-    first, last = start // segment, (stop - 1) // segment
-    z = torch.cat([torch.randn(segment, harmonics * hop, generator=new_generator(seed * 1_000_003 + k))
-                   for k in range(first, last + 1)])[start - first * segment: stop - first * segment]
+    # segments of 8 frames: a vocoder call draws little more than it needs (2,304 values a frame)
+    z = _anchored_rows(start, stop, harmonics * hop, seed, segment=8)
     return z.view(n, harmonics, hop).permute(1, 0, 2).reshape(1, harmonics, n * hop)  # [h, f·hop + s]
 
 

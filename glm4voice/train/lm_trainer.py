@@ -421,37 +421,25 @@ def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.D
     at the first wrong text token, or once the reference text could be complete (its text plus the audio blocks
     between), so this costs at most a few dozen decode steps."""
     from glm4voice.constants import AUDIO_TOKENS_PER_BLOCK, TEXT_TOKENS_PER_BLOCK
-    from glm4voice.lm.generate import Generator
 
     prompts = [ls.dialogue_prompt(tok, sp, d.question.codes) for d in dialogues]
     refs = [tok.encode(d.answer.text) for d in dialogues]
     budgets = [len(r) + AUDIO_TOKENS_PER_BLOCK * ((len(r) - 1) // TEXT_TOKENS_PER_BLOCK) + 1 for r in refs]
-    gen = Generator(model, len(dialogues), min(max(len(p) + b for p, b in zip(prompts, budgets, strict=True)) + 1,
-                                               model.cfg.seq_length))
-    logits = torch.stack([gen.prefill(p, slot=i) for i, p in enumerate(prompts)])
-    outs: list[list[int]] = [[] for _ in dialogues]
-    active = list(range(len(dialogues)))
     stops = {sp.user, sp.eot}
     n_text = [0] * len(dialogues)
-    while active:
-        nxt = logits.argmax(-1).tolist()
-        still = []
-        for slot, token in zip(active, nxt, strict=True):
-            outs[slot].append(token)
-            if not sp.is_audio(token) and token not in stops:  # a text token: stop at the first wrong one
-                k = n_text[slot]
-                n_text[slot] += 1
-                if k >= len(refs[slot]) or refs[slot][k] != token:
-                    continue
-            if token not in stops and len(outs[slot]) < budgets[slot]:
-                still.append((slot, token))
-        active = [s for s, _ in still]
-        if active:
-            logits = gen.decode_step([t for _, t in still], active)
+
+    def right_so_far(slot: int, token: int) -> bool:  # a text token: stop at the first wrong one
+        if sp.is_audio(token):
+            return True
+        k = n_text[slot]
+        n_text[slot] += 1
+        return k < len(refs[slot]) and refs[slot][k] == token
+
+    outs, _ = greedy_answers(model, prompts, stops, budgets, keep=right_so_far)
     text_ok = layout_ok = 0
     for ref, out in zip(refs, outs, strict=True):
         audio = [bool(sp.is_audio(t)) for t in out]
-        text = [t for t, a in zip(out, audio, strict=True) if not a and t not in stops]
+        text = [t for t, a in zip(out, audio, strict=True) if not a]
         good = text == ref
         text_ok += good
         first_audio = audio.index(True) if True in audio else -1
@@ -460,13 +448,16 @@ def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.D
 
 
 @torch.no_grad()
-def greedy_answers(model: nn.Module, prompts: list[list[int]], stops: set[int], max_new_tokens: int
-                   ) -> tuple[list[list[int]], list[bool]]:
+def greedy_answers(model: nn.Module, prompts: list[list[int]], stops: set[int], max_new_tokens: int | list[int], *,
+                   keep=None) -> tuple[list[list[int]], list[bool]]:
     """Greedy continuations of several prompts at once (one KV-cache slot each): (generated ids without the stop
-    id, whether each one stopped before ``max_new_tokens``)."""
+    id, whether each one stopped on a stop id). ``max_new_tokens``: one limit, or one per prompt; ``keep(slot,
+    token)``, called after each generated id, ends that prompt's generation when it returns False."""
     from glm4voice.lm.generate import Generator
 
-    gen = Generator(model, len(prompts), min(max(len(p) for p in prompts) + max_new_tokens + 1, model.cfg.seq_length))
+    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    gen = Generator(model, len(prompts), min(max(len(p) + n for p, n in zip(prompts, limits, strict=True)) + 1,
+                                             model.cfg.seq_length))
     logits = torch.stack([gen.prefill(p, slot=i) for i, p in enumerate(prompts)])
     outs: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
@@ -478,30 +469,14 @@ def greedy_answers(model: nn.Module, prompts: list[list[int]], stops: set[int], 
                 stopped[slot] = True
                 continue
             outs[slot].append(token)
-            if len(outs[slot]) < max_new_tokens and len(gen.held[slot]) < gen.max_seq:
+            if keep is not None and not keep(slot, token):
+                continue
+            if len(outs[slot]) < limits[slot] and len(gen.held[slot]) < gen.max_seq:
                 still.append((slot, token))
         active = [s for s, _ in still]
         if active:
             logits = gen.decode_step([t for _, t in still], active)
     return outs, stopped
-
-
-def _char_error_rate(refs: list[str], hyps: list[str]) -> float:
-    """Character edits / reference characters after the harness's normalisation, spaces left out."""
-    import jiwer
-
-    from glm4voice.eval.metrics import normalize
-
-    errors = total = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        r, h = normalize(ref, "en").replace(" ", ""), normalize(hyp, "en").replace(" ", "")
-        total += len(r)
-        if not r or not h:
-            errors += max(len(r), len(h))
-            continue
-        out = jiwer.process_characters(r, h)
-        errors += out.substitutions + out.deletions + out.insertions
-    return errors / total if total else 0.0
 
 
 @torch.no_grad()
@@ -533,7 +508,10 @@ def speech_consistency(model: nn.Module, tok, sp: ls.Specials, dialogues: list[l
     rates = error_rates([texts[j] for j in spoken], hyps, langs)
     en = [(texts[j], h) for j, h, lang in zip(spoken, hyps, langs, strict=True) if lang == "en"]
     if en:  # the ASR branch spells by pieces: characters grade its near-misses ("turnalals") that words cannot
-        rates["cer_en"] = _char_error_rate(*map(list, zip(*en, strict=True)))
+        from glm4voice.eval.metrics import corpus_error_rate
+
+        refs, hyps_en = map(list, zip(*en, strict=True))
+        rates["cer_en"] = corpus_error_rate(refs, hyps_en, ["zh"] * len(en))  # "zh": compared by characters
     out = {f"eval_speech_{k}": v for k, v in rates.items()}
     out["eval_runaway"] = 1 - sum(stopped) / len(dialogues)
     out["eval_speechless"] = 1 - len(spoken) / len(dialogues)  # answers without speech codes or without text
