@@ -26,6 +26,15 @@ COMMANDS = {
 }
 
 
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` of the commands that run models (``main`` applies it once, before the command runs)."""
+    from glm4voice.threads import parse_threads
+
+    parser.add_argument("--threads", type=parse_threads, default="auto",
+                        help="CPU threads for torch: a number, or 'auto' (default: measure; one thread when other "
+                             "work keeps the cores busy, see glm4voice/threads.py); OMP_NUM_THREADS wins over auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm4voice", description="GLM-4-Voice spoken chatbot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,15 +51,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_threads(args: argparse.Namespace):
+    """Set torch's CPU threads for a command that has ``--threads``; returns the count to restore afterwards
+    (``main`` may run in a process that goes on, e.g. a test), or None when nothing was changed."""
+    setting = getattr(args, "threads", None)
+    if setting is None or args.command == "train":  # the trainers' --threads is their own
+        return None
+    import torch
+
+    from glm4voice.threads import ThreadChoice, apply_threads
+
+    before = torch.get_num_threads()
+    on_cpu = str(getattr(args, "device", "cpu")).startswith("cpu")
+    args.thread_choice = (apply_threads(setting) if on_cpu or setting != "auto"
+                          else ThreadChoice(before, f"{before} (torch default; --device {args.device})"))
+    torch.set_num_threads(args.thread_choice.threads)
+    return before
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    restore = None
     try:
+        restore = _apply_threads(args)
         return int(args._run(args) or 0)
     except Glm4VoiceError as e:
         print(f"glm4voice {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if restore is not None:
+            import torch
+
+            torch.set_num_threads(restore)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from glm4voice.cli import add_threads_arg
+
 TIMING_ORDER = ("tokenize", "lm_prefill", "lm_first_audio_block", "speech_decode", "time_to_first_audio",
                 "time_to_first_text", "total")
 
@@ -31,6 +33,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seq", type=int, default=None, help="context length (tokens) of the KV cache")
     g.add_argument("--flow-steps", type=int, default=None,
                    help="Euler steps of the decoder's flow (default: the decoder's config; official 10, embedded 4)")
+    add_threads_arg(g)
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +118,8 @@ def _one_turn(session, args, *, audio=None, text=None, output=None) -> int:
         print("[no audio in this answer]", file=sys.stderr)
     if args.timings:
         print(format_timings(timings, end), file=sys.stderr)
+        if getattr(args, "thread_choice", None) is not None:
+            print(f"  threads: {args.thread_choice.reason}", file=sys.stderr)
     return 0 if end is not None and end.reason != "error" else 1
 
 

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from glm4voice.cli import add_threads_arg
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -32,6 +34,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help='write {"PATH": [codes], ...}')
     parser.add_argument("-o", "--output", default=None, help="write the codes here instead of standard output")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    add_threads_arg(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (fp32 = parity reference)")
     parser.add_argument("--per-file", action="store_true", help="one forward per file (official single-file call)")
     parser.add_argument("--batch-size", type=int, default=128, help="30 s chunks per forward (official: 128)")

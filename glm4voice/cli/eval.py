@@ -14,6 +14,8 @@ import logging
 import time
 from pathlib import Path
 
+from glm4voice.cli import add_threads_arg
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     from glm4voice.eval.judge import JUDGES
@@ -28,6 +30,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     for c in ("tokenizer", "lm", "decoder"):
         g.add_argument(f"--{c}", default=None, help=f"{c} folder, 'official' or a hub id (overrides --model)")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    add_threads_arg(g)
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
     g.add_argument("--max-new-tokens", type=int, default=1000)
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_data_options(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if getattr(args, "thread_choice", None) is not None:
+        logging.info("CPU threads: %s", args.thread_choice.reason)
     names = list(dict.fromkeys(n for s in args.suites for n in (ALL if s == "all" else (s,))))
     out = Path(args.out or f"eval-results/{'-'.join(args.suites)}-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = ModelSpec.from_args(args.model, tokenizer=args.tokenizer, lm=args.lm, decoder=args.decoder)
@@ -100,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     judge = getattr(ctx.judge, "name", None)
     meta = {"command": "glm4voice eval " + " ".join(args.suites), "model": spec.describe(),
             "data": args.data or "built-in held-out set", "asr_judge": judge, "device": args.device,
-            "dtype": args.dtype, "temperature": args.temperature, "seed": args.seed}
+            "dtype": args.dtype, "temperature": args.temperature, "seed": args.seed,
+            "threads": getattr(getattr(args, "thread_choice", None), "reason", None)}
     js, md = write_report(results, out, meta=meta)
     for r in results:
         shown = {k: v for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

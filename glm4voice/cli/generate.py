@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from glm4voice.cli import add_threads_arg
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm", default=None, help="LM folder, 'official', a hub id (default: embedded)")
@@ -32,6 +34,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", choices=["en", "zh"], default=None, help="language lock of the text tokens")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only quantisation")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps ...")
+    add_threads_arg(parser)
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                         help="auto: the checkpoint's torch_dtype (bfloat16 for the release: 19 GB; float32 would "
                              "need 38 GB)")

@@ -49,6 +49,8 @@ def run(args) -> int:
         print("glm4voice serve: --max-sessions must be >= 1", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if getattr(args, "thread_choice", None) is not None:
+        logging.getLogger("glm4voice.server").info("CPU threads: %s", args.thread_choice.reason)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         logging.getLogger("glm4voice.server").warning(
             "binding %s without --api-key: anyone who can reach this address can use the model", args.host)

@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from glm4voice.cli import add_threads_arg
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tokens_file", help="codes: whitespace-separated ints, a JSON list, or {name: [codes]}")
@@ -24,6 +26,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["official", "low_latency"], default="low_latency",
                         help="streaming schedule (with --stream)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_threads_arg(parser)
 
 
 def read_codes(path: str | Path, key: str | None = None) -> list[int]:
