@@ -120,10 +120,3 @@ def choose_threads(setting: str | int | None = "auto", *, default: int | None = 
     timing = ", ".join(f"{c}: {ms[c]:.1f} ms" for c in counts)
     busy = "; the CPU is busy" if n < default else ""
     return ThreadChoice(n, f"{n} (auto: {timing}{busy})", ms)
-
-
-def apply_threads(setting: str | int | None = "auto") -> ThreadChoice:
-    """Choose and set torch's intra-op thread count (CLI only: this changes process-global state)."""
-    choice = choose_threads(setting)
-    torch.set_num_threads(choice.threads)
-    return choice

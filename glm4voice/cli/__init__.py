@@ -59,11 +59,11 @@ def _apply_threads(args: argparse.Namespace):
         return None
     import torch
 
-    from glm4voice.threads import ThreadChoice, apply_threads
+    from glm4voice.threads import ThreadChoice, choose_threads
 
     before = torch.get_num_threads()
     on_cpu = str(getattr(args, "device", "cpu")).startswith("cpu")
-    args.thread_choice = (apply_threads(setting) if on_cpu or setting != "auto"
+    args.thread_choice = (choose_threads(setting) if on_cpu or setting != "auto"  # no probe when the model is on a GPU
                           else ThreadChoice(before, f"{before} (torch default; --device {args.device})"))
     torch.set_num_threads(args.thread_choice.threads)
     return before
