@@ -214,6 +214,8 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
     old.pop("spoken_rephrasings")
     old.pop("augment_set")
     old.pop("extra_voices")
+    old.pop("questions")
+    old.pop("target_voice_phrasings")
     old |= {"languages": ["en", "zh"], "kinds": None}
     (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
     meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
@@ -222,6 +224,8 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
         corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, spoken_rephrasings=1))
     with pytest.raises(ConfigError, match="augment_set"):
         corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, augment_set=2))
+    with pytest.raises(ConfigError, match="target_voice_phrasings"):
+        corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, target_voice_phrasings=1))
 
 
 def _pairs(text: str) -> set[tuple[str, str]]:
@@ -324,3 +328,28 @@ def test_extra_voices_add_new_training_speakers_only(items):
     assert len({u.voice for u in extra}) == len(EXTRA_VOICES_2)  # every new speaker is used
     with pytest.raises(ConfigError, match="extra_voices"):
         CorpusConfig(extra_voices=-1)
+
+
+def test_target_voice_phrasings_add_plain_training_speech_for_the_decoder(items):
+    base = plan(items, CorpusConfig(seed=0))
+    more = plan(items, CorpusConfig(seed=0, target_voice_phrasings=3, augment_set=2))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base  # the rest of the plan is unchanged
+    speech = [u for u in more if u.id not in ids]
+    by_id = {it.id: it for it in items}
+    per_item: dict[str, list[str]] = {}
+    for u in speech:
+        it = by_id[u.item_id]
+        assert it.split == "train" and u.split == "train" and u.role == "speech"
+        assert u.voice == TARGET_VOICES[it.language] and Style.parse(u.style).neutral
+        assert u.path_22k and u.path_22k.startswith("audio22k/")
+        per_item.setdefault(u.item_id, []).append(u.text)
+    assert len(per_item) == sum(it.split == "train" for it in items)
+    for item_id, said in per_item.items():
+        assert said[0] == by_id[item_id].question and len(set(said)) == len(said) <= 3
+    assert sum(len(t) == 3 for t in per_item.values()) > len(per_item) // 2  # most kinds have other phrasings
+
+    only = plan(items, CorpusConfig(seed=0, target_voice_phrasings=3, augment_set=2, questions=False, answers=False))
+    assert only == speech
+    with pytest.raises(ConfigError, match="target_voice_phrasings"):
+        CorpusConfig(target_voice_phrasings=-1)

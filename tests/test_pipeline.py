@@ -306,3 +306,59 @@ def test_flow_steps_reach_the_decoder(models):
     with fast.session(ChatSettings(output="audio", max_new_tokens=60, seed=0)) as s:
         events = list(s.respond(user_text="hi"))
     assert events[-1].reason in ("stop", "max_tokens")
+
+
+def test_run_ahead_iterates_the_same_ids_raises_where_the_lm_failed_and_closes_the_stream():
+    import threading
+
+    from glm4voice.pipeline.lm_backend import RunAhead
+
+    closed_in = []
+
+    def stream(n, fail_at=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise Glm4VoiceError("the LM failed")
+                yield i
+        finally:
+            closed_in.append(threading.current_thread().name)
+
+    assert list(RunAhead(stream(50))) == list(range(50))
+    it = RunAhead(stream(10, fail_at=4))
+    assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(Glm4VoiceError, match="the LM failed"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    before = threading.active_count()
+    it = RunAhead(stream(10**9))  # endless: closing must stop it
+    assert next(it) == 0
+    it.close()
+    assert closed_in[-1] == "glm4voice-lm-ahead"  # closed by the worker, before close() returned
+    assert threading.active_count() <= before and list(it) == []
+
+
+def test_lm_run_ahead_gives_the_same_answer_and_barge_in_keeps_the_cache_honest(models, decoded_answer):
+    chat = VoiceChat.from_pretrained(model=models, max_sessions=1, max_seq=1024)
+    chat.run_ahead = True
+    tok = chat.text_tokenizer
+    with chat.session() as s:
+        text, pcm, events = s.ask(user_text="What is the capital of France?")
+        assert text == ANSWER_TEXT and events[-1].audio_codes == ANSWER_CODES
+        assert pcm.shape == decoded_answer.shape
+        s.reset()
+        got = []
+        for ev in s.respond(user_text="Tell me a long story"):
+            got.append(ev)
+            if isinstance(ev, AudioChunk):
+                s.cancel()  # the LM thread is ahead of what was spoken
+        end = got[-1]
+        kept = int(sum(e.pcm.size for e in got if isinstance(e, AudioChunk)) // SAMPLES_PER_CODE)
+        assert end.reason == "cancelled" and end.audio_codes == ANSWER_CODES[:kept]
+        first_turn = build_turn(tok, text="Tell me a long story", system=SYSTEM_PROMPT_TEXT)
+        assert s.history == first_turn + answer_chain(tok)[: 13 + kept]
+        held = chat.lm.gen.held[s._lm.slot]
+        assert held == s.history[: len(held)]
+        text, _, _ = s.ask(user_text="Go on")
+        assert text == ANSWER_TEXT

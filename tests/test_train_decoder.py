@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import math
 
 import numpy as np
@@ -338,3 +339,25 @@ def test_other_sizes_in_the_same_run_folder_are_refused(corpus, tmp_path):
     dt.run_config(str(tmp_path), _tiny_cfg())
     with pytest.raises(ConfigError, match="another decoder architecture"):
         dt.main(_args("--out", str(tmp_path), "--corpus", str(corpus), "--d-model", "48"))
+
+
+def test_speech_rows_train_the_decoder_and_corpora_pool(tmp_path, caplog):
+    """A decoder-only corpus (`data synth --target-voice-phrasings`) has role "speech" rows; they load like answers,
+    question rows never do, and `--corpus a,b` pools the rows of both folders."""
+    extra = make_corpus(tmp_path / "speech", n=3, heldout=0, seed=1)
+    rows = [json.loads(x) for x in (extra / "manifest.jsonl").read_text().splitlines()]
+    rows[0]["role"] = "speech"
+    rows[1]["role"] = "question"  # a question with a 22 kHz file is still not target-voice speech
+    (extra / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    utts, skipped = dd.load_decoder_corpus(str(extra), split="train", vocab_size=VOCAB)
+    assert sorted(u.id for u in utts) == ["qa-00.a", "qa-02.a"] and not skipped
+
+    base = make_corpus(tmp_path / "base", n=4, heldout=1)
+    common = ["--part", "flow", "--steps", "1", "--batch-size", "2", "--max-tokens", "15", "--crop-frames", "16",
+              "--eval-every", "1", "--warmup", "1"]
+    with caplog.at_level(logging.INFO, logger="glm4voice.train.decoder"):
+        dt.main(_args("--out", str(tmp_path / "run"), "--corpus", f"{base},{extra}", *common))
+    assert "decoder: 6 train / 1 held-out utterances" in caplog.text
+    with pytest.raises(SystemExit, match="no usable"):
+        dt.main(_args("--out", str(tmp_path / "run2"), "--corpus", str(tmp_path / "speech") + ",", *common,
+                      "--voice", "nobody"))

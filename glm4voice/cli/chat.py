@@ -33,6 +33,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seq", type=int, default=None, help="context length (tokens) of the KV cache")
     g.add_argument("--flow-steps", type=int, default=None,
                    help="Euler steps of the decoder's flow (default: the decoder's config; official 10, embedded 4)")
+    g.add_argument("--lm-ahead", action="store_true",
+                   help="run the LM in its own thread, ahead of the speech decoder (overlaps them on a multi-core "
+                        "CPU; benchmarks/run_ahead.py)")
     add_threads_arg(g)
 
 
@@ -68,7 +71,8 @@ def load_chat(args, *, max_sessions: int = 1, speech: bool = True):
     return VoiceChat.from_pretrained(model=args.model, tokenizer=args.tokenizer, lm=args.lm, decoder=args.decoder,
                                      lm_url=args.lm_url, lm_api_key=args.lm_api_key, device=args.device,
                                      dtype=getattr(torch, args.dtype), max_sessions=max_sessions,
-                                     max_seq=args.max_seq, speech=speech, flow_steps=args.flow_steps)
+                                     max_seq=args.max_seq, speech=speech, flow_steps=args.flow_steps,
+                                     run_ahead=args.lm_ahead)
 
 
 def settings_from(args):

@@ -35,6 +35,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--languages", default="en,zh", help="comma-separated: en,zh")
     p.add_argument("--kinds", default=None, help="comma-separated item kinds (default: all)")
     p.add_argument("--no-answers", action="store_true", help="do not speak answers in the target voice")
+    p.add_argument("--no-questions", action="store_true",
+                   help="do not speak the questions (with --target-voice-phrasings: a corpus for the speech decoder)")
+    p.add_argument("--target-voice-phrasings", type=int, default=0,
+                   help="also speak each training question and up to this many - 1 other training phrasings of it "
+                        "plainly in the target voice, 22.05 kHz too (role 'speech': more audio for the decoder)")
     p.add_argument("--retry-failed", action="store_true", help="retry utterances recorded as unspeakable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -67,7 +72,8 @@ def _synth(args: argparse.Namespace) -> int:
     cfg = CorpusConfig(seed=args.seed, num_items=args.num, question_voices=args.question_voices,
                        heldout_voice_fraction=args.heldout_voice_fraction, answers=not args.no_answers,
                        spoken_rephrasings=args.spoken_rephrasings, augment_set=args.augment_set,
-                       extra_voices=args.extra_voices,
+                       extra_voices=args.extra_voices, questions=not args.no_questions,
+                       target_voice_phrasings=args.target_voice_phrasings,
                        languages=tuple(args.languages.split(",")),
                        kinds=tuple(args.kinds.split(",")) if args.kinds else None)
     report = synthesize_corpus(args.out, cfg, jobs=args.jobs, progress=not args.quiet, retry_failed=args.retry_failed)

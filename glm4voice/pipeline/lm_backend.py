@@ -13,6 +13,7 @@ already holds, so a new turn only prefills its own tokens. Closing the iterator 
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import urllib.error
 import urllib.request
@@ -48,6 +49,59 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+class RunAhead:
+    """Iterates ``tokens`` (a backend stream's ``generate``) in a thread of its own, so the LM computes the next ids
+    while the caller decodes speech (torch releases the GIL in its kernels; with one intra-op thread each, the LM
+    and the decoder each get a core). Yields the same ids in the same order. ``close()`` stops the worker after
+    the id it is computing, closes ``tokens`` in the worker's thread and waits for it, so nothing touches the LM
+    slot afterwards; an exception of ``tokens`` is raised to the caller at the point it happened."""
+
+    _END = object()
+
+    def __init__(self, tokens: Iterator[int]):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._done = False
+        self._worker = threading.Thread(target=self._run, args=(tokens,), name="glm4voice-lm-ahead", daemon=True)
+        self._worker.start()
+
+    def _run(self, tokens) -> None:
+        try:
+            for tok in tokens:
+                if self._stop.is_set():
+                    break
+                self._q.put(tok)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._q.put(e)
+        finally:
+            try:
+                tokens.close()
+            finally:
+                self._q.put(self._END)
+
+    def __iter__(self) -> RunAhead:
+        return self
+
+    def __next__(self) -> int:
+        if self._done:
+            raise StopIteration
+        item = self._q.get()
+        if item is self._END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._done = True
+        if self._worker is not threading.current_thread():
+            self._worker.join()
 
 
 # --- remote: an OpenAI-compatible /v1/completions server (another `glm4voice serve`, or vLLM) --------------

@@ -26,7 +26,7 @@ import torch
 from glm4voice.constants import DECODER_SAMPLE_RATE, TOKEN_RATE_HZ
 from glm4voice.errors import AudioError, ContextLengthError, Glm4VoiceError
 from glm4voice.pipeline.events import AudioChunk, ErrorEvent, Event, TextDelta, Timing, TurnEnd, UserTurn
-from glm4voice.pipeline.lm_backend import BackendError, Sampling
+from glm4voice.pipeline.lm_backend import BackendError, RunAhead, Sampling
 
 OUTPUTS = ("audio", "text")
 LANGUAGES = (None, "en", "zh")
@@ -238,6 +238,8 @@ class Session:
         stats = {"lm": 0.0, "dec": 0.0, "first_audio": False, "first_text": False}
         self.responding = True
         tokens = self._lm.generate(prompt, settings.sampling())
+        if audio_out and chat.run_ahead:
+            tokens = RunAhead(tokens)  # the LM computes the next ids while this thread decodes speech
         try:
             yield from timings
             t_lm = time.perf_counter()

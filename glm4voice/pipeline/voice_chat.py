@@ -27,7 +27,8 @@ COMPONENTS = ("tokenizer", "lm", "decoder")
 
 class VoiceChat:
     def __init__(self, *, lm, text_tokenizer, tokenizer=None, decoder=None, max_seq: int, max_sessions: int,
-                 name: str = "glm-4-voice", device: torch.device | str = "cpu"):
+                 name: str = "glm-4-voice", device: torch.device | str = "cpu", run_ahead: bool = False):
+        self.run_ahead = run_ahead  # the LM generates in its own thread, ahead of the speech decoder
         self.lm, self.text_tokenizer, self.tokenizer, self.decoder = lm, text_tokenizer, tokenizer, decoder
         self.max_seq, self.max_sessions, self.name, self.device = max_seq, max_sessions, name, torch.device(device)
         self.tokenizer_lock = threading.Lock()
@@ -44,12 +45,13 @@ class VoiceChat:
     def from_pretrained(cls, *, model: str | os.PathLike | None = None, tokenizer=None, lm=None, decoder=None,
                         lm_url: str | None = None, lm_api_key: str | None = None, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, max_sessions: int = 4, max_seq: int | None = None,
-                        speech: bool = True, flow_steps: int | None = None) -> VoiceChat:
+                        speech: bool = True, flow_steps: int | None = None, run_ahead: bool = False) -> VoiceChat:
         """Load the three components. ``model`` is a folder with ``tokenizer/``, ``lm/`` and ``decoder/`` (or
         ``"official"`` for the THUDM checkpoints); ``tokenizer``/``lm``/``decoder`` override one component;
         nothing given means the embedded model. With ``lm_url`` the LM runs in another server and ``lm`` only
         provides the text tokenizer files. ``speech=False`` loads only the LM (an LM-only server). ``flow_steps``
-        overrides the decoder's flow steps (``SpeechDecoder.set_flow_steps``)."""
+        overrides the decoder's flow steps (``SpeechDecoder.set_flow_steps``); ``run_ahead`` runs the LM in its own
+        thread, ahead of the speech decoder (``lm_backend.RunAhead``)."""
         from glm4voice.checkpoints import resolve
 
         paths = {c: _component_spec(model, c, given) for c, given in
@@ -65,7 +67,7 @@ class VoiceChat:
             tok = SpeechTokenizer.from_pretrained(paths["tokenizer"], device=device)  # fp32 (SPEC §7)
             dec = SpeechDecoder.from_pretrained(paths["decoder"], device=device, flow_steps=flow_steps)
         return cls(lm=backend, text_tokenizer=text_tokenizer, tokenizer=tok, decoder=dec, max_seq=seq,
-                   max_sessions=max_sessions, device=device)
+                   max_sessions=max_sessions, device=device, run_ahead=run_ahead)
 
     # -- sessions --------------------------------------------------------------------------------------------
     def session(self, settings: ChatSettings | None = None) -> Session:

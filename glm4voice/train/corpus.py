@@ -7,7 +7,8 @@ Layout of a corpus folder::
     manifest.jsonl      one row per finished utterance (see ``Row``); appended as work finishes, sorted at the end
     failed.jsonl        utterances that could not be made, with the reason (unspeakable text, engine failure)
     audio16k/<kind>/<id>.flac   every utterance at 16 kHz (the speech tokenizer's rate), PCM_16
-    audio22k/<kind>/<id>.flac   answers also at 22.05 kHz in the target voice (the speech decoder's rate)
+    audio22k/<kind>/<id>.flac   answers (and "speech" rows) also at 22.05 kHz in the target voice (the speech
+                        decoder's rate)
     tokens/<id>.npy     speech tokens per utterance, made by ``cache_tokens`` with a tokenizer supplied by the caller
 
 The plan is a pure function of the items and the options (every choice is drawn from ``random.Random`` seeded by
@@ -54,6 +55,7 @@ ANSWER_STYLES: dict[str, Style] = {
     "high": Style(pitch=4.0),
     "low": Style(pitch=-4.0),
 }
+TARGET_ROLES = ("answer", "speech")  # rows in the target voice with a 22.05 kHz file: what the decoder trains on
 QUESTION_RATE_RANGE = (0.85, 1.2)  # natural variation of question speakers, rate factor
 QUESTION_PITCH_RANGE = (-2, 2)  # semitones, integers
 TASK_SIZE = 24  # utterances per worker task (one festival process per task)
@@ -84,8 +86,16 @@ class CorpusConfig:
     # more speakers: each training item's question is also spoken by this many voices of voices.EXTRA_VOICES_2
     # (one each, distinct), as ``<item>.v<k>``; 0 keeps the plan of older corpora
     extra_voices: int = 0
+    # speak the questions at all (``False`` with ``target_voice_phrasings`` makes a decoder-only corpus)
+    questions: bool = True
+    # more audio for the speech decoder: each training item's question and up to this many - 1 other training
+    # phrasings, spoken plainly in the target voice as role "speech" rows ``<item>.t<k>`` with a 22.05 kHz file
+    # (never a held-out item or phrasing); 0 keeps the plan of older corpora
+    target_voice_phrasings: int = 0
 
     def __post_init__(self):
+        if self.target_voice_phrasings < 0:
+            raise ConfigError(f"target_voice_phrasings must be >= 0, got {self.target_voice_phrasings}")
         if self.extra_voices < 0:
             raise ConfigError(f"extra_voices must be >= 0, got {self.extra_voices}")
         if self.spoken_rephrasings < 0 or self.question_voices < 1:
@@ -102,7 +112,7 @@ class Utterance:
     id: str
     item_id: str
     kind: str
-    role: str  # "question" | "answer"
+    role: str  # "question" | "answer" | "speech" (target-voice audio for the decoder only; not a dialogue turn)
     text: str
     language: str
     voice: str
@@ -115,7 +125,7 @@ class Utterance:
 
     @property
     def path_22k(self) -> str | None:
-        return os.path.join("audio22k", self.kind, f"{self.id}.flac") if self.role == "answer" else None
+        return os.path.join("audio22k", self.kind, f"{self.id}.flac") if self.role in TARGET_ROLES else None
 
 
 # --- plan ---------------------------------------------------------------------------------------------------------
@@ -146,10 +156,13 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
             voices.append(held[rng.randrange(len(held))])
         for k, voice in enumerate(voices):
             split = "heldout" if it.split == "heldout" or voice.heldout else "train"
-            out.append(Utterance(f"{it.id}.q{k}", it.id, it.kind, "question", it.question, it.language, voice.name,
-                                 _question_style(rng).key(), split))
-        out.extend(_rephrased_questions(it, cfg, pool))
-        out.extend(_extra_voice_questions(it, cfg))
+            if cfg.questions:
+                out.append(Utterance(f"{it.id}.q{k}", it.id, it.kind, "question", it.question, it.language,
+                                     voice.name, _question_style(rng).key(), split))
+        if cfg.questions:
+            out.extend(_rephrased_questions(it, cfg, pool))
+            out.extend(_extra_voice_questions(it, cfg))
+        out.extend(_target_voice_speech(it, cfg))
         if cfg.answers:
             out.append(Utterance(f"{it.id}.a", it.id, it.kind, "answer", it.answer, it.language,
                                  TARGET_VOICES[it.language], ANSWER_STYLES[it.style].key(), it.split))
@@ -189,6 +202,25 @@ def _extra_voice_questions(it: Item, cfg: CorpusConfig) -> list[Utterance]:
     return [Utterance(f"{it.id}.v{k}", it.id, it.kind, "question", it.question, it.language, voice.name,
                       _question_style(rng).key(), "train")
             for k, voice in enumerate(rng.sample(pool, min(cfg.extra_voices, len(pool))))]
+
+
+def _target_voice_speech(it: Item, cfg: CorpusConfig) -> list[Utterance]:
+    """A training item's question, then other training phrasings of it (distinct), up to
+    ``cfg.target_voice_phrasings`` texts, spoken plainly in the item language's target voice as role "speech"; own
+    RNG stream, so the rest of the plan is unchanged."""
+    if cfg.target_voice_phrasings <= 0 or it.split != "train":
+        return []
+    rng = random.Random(f"{cfg.seed}:target:{it.id}")
+    texts = [it.question]
+    for _ in range(8 * cfg.target_voice_phrasings):  # bounded: a kind may have fewer phrasings than asked for
+        if len(texts) >= cfg.target_voice_phrasings:
+            break
+        text = rephrase(it.kind, it.language, it.question, rng, it.style, augment=cfg.augment_set)
+        if text not in texts:
+            texts.append(text)
+    voice = TARGET_VOICES[it.language]
+    return [Utterance(f"{it.id}.t{k}", it.id, it.kind, "speech", text, it.language, voice, Style().key(), "train")
+            for k, text in enumerate(texts)]
 
 
 # --- synthesis (worker side) --------------------------------------------------------------------------------------
@@ -401,7 +433,7 @@ class ManifestCheck:
         return f"{len(self.rows)} usable rows, {len(self.problems)} skipped ({dict(kinds) or 'none'})"
 
 
-def load_manifest(corpus_dir: str, *, split: str | None = None, role: str | None = None,
+def load_manifest(corpus_dir: str, *, split: str | None = None, role: str | tuple[str, ...] | None = None,
                   decode: bool = False) -> ManifestCheck:
     """Rows of the manifest whose audio exists (``decode=True``: and decodes); every other row is reported, not lost.
 
@@ -411,6 +443,7 @@ def load_manifest(corpus_dir: str, *, split: str | None = None, role: str | None
     import soundfile as sf
 
     required = ("id", "text", "language", "voice", "style", "duration", "path", "role", "item_id", "split")
+    roles = (role,) if isinstance(role, str) else role
     rows, problems = [], []
     path = os.path.join(corpus_dir, MANIFEST)
     with open(path, encoding="utf-8") as f:
@@ -426,7 +459,7 @@ def load_manifest(corpus_dir: str, *, split: str | None = None, role: str | None
             if missing:
                 problems.append((r.get("id", f"line {n}"), f"missing fields: {missing}"))
                 continue
-            if (split and r["split"] != split) or (role and r["role"] != role):
+            if (split and r["split"] != split) or (role and r["role"] not in roles):
                 continue
             reason = _check_audio(corpus_dir, r, decode, sf)
             if reason:

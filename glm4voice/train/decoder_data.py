@@ -120,16 +120,17 @@ class DecoderUtterance:
 def load_decoder_corpus(corpus_dir: str, *, split: str = "train", vocab_size: int, voice: str | None = None,
                         max_token_mismatch: float = 2.0, need_tokens: bool = True,
                         ) -> tuple[list[DecoderUtterance], Counter]:
-    """Answer rows (the target voices; ``voice`` picks one) with a 22.05 kHz file and a token file.
+    """Target-voice rows (answers, and "speech" rows of decoder-only corpora; ``voice`` picks one voice) with a
+    22.05 kHz file and a token file.
 
     A row is skipped, and counted by reason, when its tokens are missing, empty, out of ``[0, vocab_size)``, or
     their count disagrees with the audio duration by more than ``max_token_mismatch`` tokens (a stale token file).
     ``need_tokens=False`` (the vocoder alone, which can train before the tokenizer exists) keeps rows without a
     token file, framed on ceil(duration · 12.5) tokens. Returns (utterances, skipped reasons).
     """
-    from glm4voice.train.corpus import load_manifest, token_path
+    from glm4voice.train.corpus import TARGET_ROLES, load_manifest, token_path
 
-    check = load_manifest(corpus_dir, split=split, role="answer")
+    check = load_manifest(corpus_dir, split=split, role=TARGET_ROLES)
     skipped = Counter(reason.split(":")[0] for _, reason in check.problems)
     out = []
     for r in check.rows:

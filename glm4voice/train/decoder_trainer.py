@@ -346,7 +346,10 @@ class _HiftOnly(nn.Module):
 def add_args(parser: argparse.ArgumentParser) -> None:
     from glm4voice.train.engine import add_train_args
 
-    parser.add_argument("--corpus", default=None, help="corpus folder (audio22k/, tokens/, manifest.jsonl)")
+    parser.add_argument("--corpus", default=None,
+                        help="corpus folder (audio22k/, tokens/, manifest.jsonl), or several, comma-separated, whose "
+                             "rows are pooled (e.g. a dialogue corpus and a decoder-only one made by `data synth "
+                             "--no-questions --no-answers --target-voice-phrasings K`)")
     parser.add_argument("--part", choices=("flow", "hift", "both"), default="both")
     parser.add_argument("--export", default=None, help="write the decoder folder here when the run(s) finish")
     parser.add_argument("--export-only", action="store_true", help="only export OUT/flow + OUT/hift to --export")
@@ -405,8 +408,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("glm4voice train decoder: error: --corpus is required")
     parts = PARTS if args.part == "both" else (args.part,)
     load = dict(vocab_size=cfg.flow.vocab_size, voice=args.voice, need_tokens="flow" in parts)
-    train, _ = load_decoder_corpus(args.corpus, split="train", **load)
-    held, _ = load_decoder_corpus(args.corpus, split="heldout", **load)
+    corpora = [c for c in args.corpus.split(",") if c]
+    train = [u for c in corpora for u in load_decoder_corpus(c, split="train", **load)[0]]
+    held = [u for c in corpora for u in load_decoder_corpus(c, split="heldout", **load)[0]]
     if not train:
         raise SystemExit(f"glm4voice train decoder: error: no usable answer rows in {args.corpus} (see skip counts)")
     log.info("decoder: %d train / %d held-out utterances (%.2f h)", len(train), len(held),
