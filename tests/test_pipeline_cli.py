@@ -40,3 +40,23 @@ def test_chat_errors_are_clear(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     assert main(["chat", "--model", str(tmp_path / "nowhere"), "--text", "hi"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_chat_lm_ahead_runs_the_lm_in_its_own_thread_with_the_same_answer(tmp_path, capsys, monkeypatch):
+    from glm4voice.pipeline import session
+
+    made = []
+
+    class Counting(session.RunAhead):
+        def __init__(self, tokens):
+            made.append(self)
+            super().__init__(tokens)
+
+    monkeypatch.setattr(session, "RunAhead", Counting)
+    root = build_models(tmp_path / "m")
+    out = tmp_path / "answer.wav"
+    assert main(["chat", "--model", str(root), "--audio", str(QUESTION_WAV), "-o", str(out), "--lm-ahead"]) == 0
+    assert capsys.readouterr().out.strip() == ANSWER_TEXT and len(made) == 1
+    assert sf.read(out)[0].size == 256 * feat_len(26, 12.5)
+    assert main(["chat", "--model", str(root), "--audio", str(QUESTION_WAV), "-o", str(out)]) == 0
+    assert len(made) == 1  # off by default
