@@ -154,6 +154,8 @@ def main() -> int:
     p.add_argument("--decoder-run", type=Path, default=None, help="decoder run folder (omit: keep the current one)")
     p.add_argument("--decoder-init", type=Path, default=None,
                    help="decoder folder for the part(s) the decoder run did not train")
+    p.add_argument("--decoder-note", default="",
+                   help="provenance of --decoder-run for MANIFEST.json (what it was trained from and on)")
     p.add_argument("--flow-steps", type=int, default=None,
                    help="Euler steps of the decoder's flow (official: 10; omit: keep the decoder's setting)")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
@@ -166,6 +168,8 @@ def main() -> int:
                copy_lm_export(a.lm_export, a.out / "lm", a.lm_note) if a.lm_export else keep(a.out, "lm")),
         "decoder": (build_decoder(a.decoder_run, a.out / "decoder", a.decoder_init) if a.decoder_run
                     else keep(a.out, "decoder"))}
+    if a.decoder_run and a.decoder_note:
+        manifest["decoder"]["note"] = a.decoder_note
     if a.flow_steps is not None:
         manifest["decoder"].update(set_flow_steps(a.out / "decoder", a.flow_steps))
     manifest["files"] = {str(f.relative_to(a.out)): f.stat().st_size for f in sorted(a.out.rglob("*")) if f.is_file()
