@@ -13,6 +13,8 @@ and prints the judge's word error rate of each against the answer text. An LM's 
 Session 14 (embedded v9 decoder, 40 answers): TTS audio 0.091, copy synthesis 0.088, flow + HiFT 0.236 (10 flow
 steps 0.242; CFG rate 0 / 1.5: 0.261 / 0.223): the vocoder is not the limit; the flow, given these codes, is.
 Session 15 (--n 120): TTS 0.066, copy synthesis 0.095, v9's flow 0.216, that flow + 3,000 steps (v10) 0.164.
+Session 16 (--n 120 --threads 1): TTS 0.066, copy synthesis 0.094 (v10's HiFT) / 0.091 (v11's), v10 0.160, v11
+(flow and HiFT trained on 3.6x more answer-voice audio) 0.134.
 """
 
 from __future__ import annotations
