@@ -361,3 +361,35 @@ def test_speech_rows_train_the_decoder_and_corpora_pool(tmp_path, caplog):
     with pytest.raises(SystemExit, match="no usable"):
         dt.main(_args("--out", str(tmp_path / "run2"), "--corpus", str(tmp_path / "speech") + ",", *common,
                       "--voice", "nobody"))
+
+
+def test_vocoder_crops_can_take_the_flow_mel_of_their_utterance(utts, corpus, tmp_path, caplog):
+    """--flow-mels: the vocoder learns from the mels a flow makes of the reference tokens (what it gets at
+    inference), on the same frame grid as the real audio it must reproduce."""
+    dec = SpeechDecoder.from_config(_tiny_cfg(), seed=0)
+    feats, fm = dd.FeatureCache(utts), dd.FlowMelCache(utts, dec, seed=3)
+    for i in (0, 1):
+        real, flow = feats.get(i)[0], fm.get(i)
+        assert flow.shape == real.shape and not torch.equal(flow, real)
+        assert torch.equal(fm._compute(i), flow)  # deterministic per utterance: resumed runs stay exact
+    kw = dict(frames=16, flow_mels=fm)
+    real_b = dd.VocoderBatches(utts, feats, 4, 0, p_flow=0.0, **kw)(5)
+    flow_b = dd.VocoderBatches(utts, feats, 4, 0, p_flow=1.0, **kw)(5)
+    assert torch.equal(flow_b.audio, real_b.audio) and torch.equal(flow_b.f0, real_b.f0)  # real targets
+    for b in range(4):  # each input is the flow mel's crop at the real crop's place
+        matches = [i for i in range(len(utts)) for a in range(feats.get(i)[0].shape[-1] - 15)
+                   if torch.equal(feats.get(i)[0][:, a:a + 16], real_b.mel[b])
+                   and torch.equal(fm.get(i)[:, a:a + 16], flow_b.mel[b])]
+        assert matches, b
+    with pytest.raises(ValueError, match="p_flow"):
+        dd.VocoderBatches(utts, feats, 4, 0, p_flow=1.5, **kw)
+
+    dec.save_pretrained(tmp_path / "dec")
+    common = ["--corpus", str(corpus), "--part", "hift", "--steps", "2", "--batch-size", "2", "--crop-frames", "16",
+              "--eval-every", "0", "--warmup", "1", "--flow-mels", "0.5"]
+    with caplog.at_level(logging.INFO, logger="glm4voice.train.decoder"):
+        dt.main(_args("--out", str(tmp_path / "run"), "--init", str(tmp_path / "dec"), *common))
+    assert "50 % of the crops take the flow mel" in caplog.text
+    assert torch.load(tmp_path / "run/hift/last.pt", weights_only=True)["step"] == 2
+    with pytest.raises(SystemExit, match="--flow-mels needs --init"):
+        dt.main(_args("--out", str(tmp_path / "run2"), *common))

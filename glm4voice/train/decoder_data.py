@@ -261,6 +261,25 @@ class FlowBatches:
         return FlowBatch(torch.stack(tokens), torch.stack(mels), torch.tensor(prompts), torch.from_numpy(drop), t, z)
 
 
+class FlowMelCache:
+    """The flow's offline mel (80, feat_len(T)) of each utterance's reference tokens, made by a frozen decoder: the
+    kind of mel the vocoder gets at inference. It lies on the utterance's frame grid like ``FeatureCache``'s real mel,
+    so a crop of it pairs with the same crop of the real audio. Deterministic per utterance (its noise is seeded by
+    the seed and the utterance's index), so resumed runs stay exact; a bounded LRU cache (~0.3 MB per answer)."""
+
+    def __init__(self, utts: list[DecoderUtterance], decoder, *, seed: int = 0, max_items: int = 256):
+        self.utts, self.decoder, self.seed = utts, decoder, seed
+        self.get = lru_cache(maxsize=max_items)(self._compute)
+
+    def _compute(self, index: int) -> torch.Tensor:
+        u = self.utts[index]
+        if u.tokens is None:
+            raise ValueError(f"{u.id}: flow mels need the utterance's speech tokens (run `glm4voice data tokens`)")
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        mel = self.decoder.flow_mel(self.decoder.codes_tensor(u.tokens.tolist()), None, gen)
+        return mel[0].float().cpu().clone()  # a normal tensor (flow_mel runs in inference mode)
+
+
 # --- vocoder batches ------------------------------------------------------------------------------------------------
 @dataclass
 class VocoderBatch:
@@ -277,10 +296,15 @@ class VocoderBatch:
 
 
 class VocoderBatches:
-    """``batch(step, rank, world) -> VocoderBatch``: random crops of ``frames`` mel frames of real speech."""
+    """``batch(step, rank, world) -> VocoderBatch``: random crops of ``frames`` mel frames of real speech. With
+    ``flow_mels``, a share ``p_flow`` of the crops takes its input mel from the flow's rendering of the utterance
+    (``FlowMelCache``) instead of the real audio's; the targets (audio, F0) stay real."""
 
     def __init__(self, utts: list[DecoderUtterance], features: FeatureCache, batch_size: int, seed: int, *,
-                 frames: int = 32, harmonics: int = 8):
+                 frames: int = 32, harmonics: int = 8, flow_mels: FlowMelCache | None = None, p_flow: float = 0.0):
+        if not 0.0 <= p_flow <= 1.0:
+            raise ValueError(f"p_flow must be in [0, 1], got {p_flow}")
+        self.flow_mels, self.p_flow = flow_mels, p_flow
         self.utts = [i for i, u in enumerate(utts) if u.frames >= frames]
         if not self.utts:
             raise ValueError(f"no utterance has {frames} mel frames for vocoder crops")
@@ -294,6 +318,8 @@ class VocoderBatches:
         for i in rng.integers(0, len(self.utts), self.batch_size):
             mel, audio, f0 = self.features.get(self.utts[int(i)])
             a = int(rng.integers(0, mel.shape[-1] - k + 1))
+            if self.flow_mels is not None and rng.random() < self.p_flow:  # no draw without: old runs resume exactly
+                mel = self.flow_mels.get(self.utts[int(i)])
             mels.append(mel[:, a: a + k])
             audios.append(audio[a * DECODER_HOP: (a + k) * DECODER_HOP])
             f0s.append(f0[a: a + k])

@@ -41,6 +41,7 @@ from glm4voice.train.decoder_data import (
     FeatureCache,
     FlowBatch,
     FlowBatches,
+    FlowMelCache,
     VocoderBatch,
     VocoderBatches,
     decoder_mel,
@@ -375,6 +376,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{f.name.replace('_', '-')}-weight" if f.name != "adv_start" else "--adv-start",
                        dest=f"loss_{f.name}", type=type(f.default), default=f.default)
     g.add_argument("--disc-channels", type=int, default=16, help="width of the MPD/MSD discriminators")
+    g.add_argument("--flow-mels", type=float, default=0.0,
+                   help="share of vocoder crops whose input is the --init decoder's flow mel of the utterance's "
+                        "reference tokens instead of the real mel (targets stay real): the vocoder learns the mels "
+                        "it gets at inference; needs --init and speech tokens")
     add_train_args(parser, out_dir=None, steps=None, batch_size=None, lr=None, warmup=None, grad_clip=None,
                    betas=None, eval_every=250, save_every=100, log_every=10)
 
@@ -407,7 +412,12 @@ def main(args: argparse.Namespace) -> int:
     if not args.corpus:
         raise SystemExit("glm4voice train decoder: error: --corpus is required")
     parts = PARTS if args.part == "both" else (args.part,)
-    load = dict(vocab_size=cfg.flow.vocab_size, voice=args.voice, need_tokens="flow" in parts)
+    if args.flow_mels and "hift" in parts and not args.init:
+        raise SystemExit("glm4voice train decoder: error: --flow-mels needs --init (the decoder whose flow makes them)")
+    if not 0.0 <= args.flow_mels <= 1.0:
+        raise SystemExit(f"glm4voice train decoder: error: --flow-mels must be in [0, 1], got {args.flow_mels}")
+    load = dict(vocab_size=cfg.flow.vocab_size, voice=args.voice,
+                need_tokens="flow" in parts or bool(args.flow_mels))
     corpora = [c for c in args.corpus.split(",") if c]
     train = [u for c in corpora for u in load_decoder_corpus(c, split="train", **load)[0]]
     held = [u for c in corpora for u in load_decoder_corpus(c, split="heldout", **load)[0]]
@@ -434,8 +444,15 @@ def main(args: argparse.Namespace) -> int:
             trainer = Trainer(tcfg, flow_m, batch_fn=batches, loss_fn=lambda m, b: m(b),
                               eval_fn=make_flow_eval(held_b))
         else:
+            flow_mels = None
+            if args.flow_mels:
+                from glm4voice.decoder.model import SpeechDecoder
+
+                frozen = SpeechDecoder.from_pretrained(args.init)
+                flow_mels = FlowMelCache(train, frozen, seed=tcfg.seed)
+                log.info("hift: %.0f %% of the crops take the flow mel of %s", 100 * args.flow_mels, args.init)
             vb = VocoderBatches(train, feats, tcfg.batch_size, tcfg.seed, frames=args.crop_frames,
-                                harmonics=cfg.hift.nb_harmonics)
+                                harmonics=cfg.hift.nb_harmonics, flow_mels=flow_mels, p_flow=args.flow_mels)
             held_v = (VocoderBatches(held, held_feats, 4, 1, frames=args.crop_frames, harmonics=cfg.hift.nb_harmonics)
                       if held else None)
             accum = tcfg.grad_accum
