@@ -154,12 +154,11 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
         held = heldout_voices(it.language)
         if held and (it.split == "heldout" or rng.random() < cfg.heldout_voice_fraction):
             voices.append(held[rng.randrange(len(held))])
-        for k, voice in enumerate(voices):
-            split = "heldout" if it.split == "heldout" or voice.heldout else "train"
-            if cfg.questions:
+        if cfg.questions:
+            for k, voice in enumerate(voices):
+                split = "heldout" if it.split == "heldout" or voice.heldout else "train"
                 out.append(Utterance(f"{it.id}.q{k}", it.id, it.kind, "question", it.question, it.language,
                                      voice.name, _question_style(rng).key(), split))
-        if cfg.questions:
             out.extend(_rephrased_questions(it, cfg, pool))
             out.extend(_extra_voice_questions(it, cfg))
         out.extend(_target_voice_speech(it, cfg))
