@@ -10,7 +10,8 @@
 - decoder: flow + HiFT runs exported in fp16 (``decoder_trainer --export-only``); a part the run did not train
   (e.g. a ``--part flow`` run) comes from ``--decoder-init`` (the decoder folder the run was started from).
 A component whose source is not given is kept as it is (e.g. only ``--lm-run`` to ship a new LM).
-``--flow-steps N`` sets the decoder flow's Euler steps in its config.yaml (the official 10; v8 ships 4).
+``--flow-steps N`` sets the decoder flow's Euler steps in its config.yaml (the official 10; v8 ships 4),
+``--flow-temperature T`` the scale of its initial noise (the official 1).
 Writes ``MANIFEST.json`` with the provenance (run folders, steps reached) and the file sizes.
 """
 
@@ -121,18 +122,25 @@ def build_decoder(run: Path, out: Path, init: Path | None = None) -> dict:
     return {"source": str(run), "init": None if init is None else str(init), "steps": steps}
 
 
-def set_flow_steps(folder: Path, steps: int) -> dict:
-    """Rewrite ``folder``'s config.yaml with ``steps`` Euler steps of the flow (``cfm_params.n_timesteps``)."""
+def set_flow_sampler(folder: Path, steps: int | None = None, temperature: float | None = None) -> dict:
+    """Rewrite ``folder``'s config.yaml with ``steps`` Euler steps of the flow (``cfm_params.n_timesteps``) and/or
+    ``temperature``, the scale of its initial noise (``cfm_params.temperature``); returns what was set."""
     from glm4voice.decoder.config import DecoderConfig
     from glm4voice.errors import ConfigError
 
     path = folder / "config.yaml"
-    try:
-        cfg = DecoderConfig.from_yaml(path).with_flow_steps(steps)
-    except ConfigError as e:
-        raise SystemExit(f"--flow-steps {steps}: {e}") from e
+    cfg, done = DecoderConfig.from_yaml(path), {}
+    for flag, key, field, value in (("--flow-steps", "flow_steps", "n_timesteps", steps),
+                                    ("--flow-temperature", "flow_temperature", "temperature", temperature)):
+        if value is None:
+            continue
+        try:
+            cfg = cfg.with_cfm(**{field: value})
+        except ConfigError as e:
+            raise SystemExit(f"{flag} {value}: {e}") from e
+        done[key] = value
     path.write_text(cfg.to_yaml())
-    return {"flow_steps": steps}
+    return done
 
 
 def keep(out: Path, name: str) -> dict:
@@ -158,6 +166,8 @@ def main() -> int:
                    help="provenance of --decoder-run for MANIFEST.json (what it was trained from and on)")
     p.add_argument("--flow-steps", type=int, default=None,
                    help="Euler steps of the decoder's flow (official: 10; omit: keep the decoder's setting)")
+    p.add_argument("--flow-temperature", type=float, default=None,
+                   help="scale of the flow's initial noise (official: 1; omit: keep the decoder's setting)")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
     a = p.parse_args()
     if a.lm_run and a.lm_export:
@@ -170,8 +180,8 @@ def main() -> int:
                     else keep(a.out, "decoder"))}
     if a.decoder_run and a.decoder_note:
         manifest["decoder"]["note"] = a.decoder_note
-    if a.flow_steps is not None:
-        manifest["decoder"].update(set_flow_steps(a.out / "decoder", a.flow_steps))
+    if a.flow_steps is not None or a.flow_temperature is not None:
+        manifest["decoder"].update(set_flow_sampler(a.out / "decoder", a.flow_steps, a.flow_temperature))
     manifest["files"] = {str(f.relative_to(a.out)): f.stat().st_size for f in sorted(a.out.rglob("*")) if f.is_file()
                          and f.name != "MANIFEST.json"}
     manifest["total_bytes"] = sum(manifest["files"].values())

@@ -1,7 +1,7 @@
 """Where is the answers' intelligibility lost? The judge on one set of corpus answers four ways (a diagnostic).
 
     python3 scripts/decoder_ceiling.py --corpus data/corpus_v6 [--decoder embedded DIR ...] [--n 40] [--flow-steps 4]
-        [--decoders-only]
+        [--decoders-only] [--flow-temperature 1 0.8 ...]
 
 For ``--n`` English answers of the corpus's held-out split (the answer voice; same rows for every decoder):
 1. the corpus's own TTS audio (the judge's floor on these texts: names like "Bishkek"),
@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=40, help="English held-out answers")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--flow-steps", type=int, default=None, help="override the decoders' Euler steps")
+    p.add_argument("--flow-temperature", type=float, nargs="+", default=[None],
+                   help="scale(s) of the flow's initial noise; each decoder is judged at each (default: its config)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--judge", default="auto")
     p.add_argument("--decoders-only", action="store_true",
@@ -88,10 +90,14 @@ def main() -> None:
     for spec in args.decoder:
         dec = SpeechDecoder.from_pretrained(resolve(spec, "decoder", allow_download=False),
                                             flow_steps=args.flow_steps)
-        t0 = time.perf_counter()
-        hyps = [judge.transcribe(dec.decode(d.answer.codes.tolist()).numpy(), dec.sample_rate, "en").text
-                for d in rows]
-        report(f"flow + HiFT on the reference codes ({spec})", hyps, t0)
+        for temperature in args.flow_temperature:
+            if temperature is not None:
+                dec.set_flow_temperature(temperature)
+            t0 = time.perf_counter()
+            hyps = [judge.transcribe(dec.decode(d.answer.codes.tolist()).numpy(), dec.sample_rate, "en").text
+                    for d in rows]
+            report(f"flow + HiFT on the reference codes ({spec}, temperature {dec.cfg.flow.cfm.temperature:g})",
+                   hyps, t0)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,31 @@ def test_flow_steps_are_a_config_field_written_only_when_not_official(small, tmp
         small.flow.cfg = official.flow
     assert n10 == 10 and len(calls) == 4
     assert ten.shape == fewer.shape and not torch.allclose(ten, fewer)
+
+
+def test_flow_temperature_is_a_config_field_that_scales_the_initial_noise(small, tmp_path):
+    official = DecoderConfig.small(vocab_size=256)
+    assert official.flow.cfm.temperature == 1.0 and "temperature" not in official.to_yaml()
+    cool = official.with_flow_temperature(0.5)
+    (tmp_path / "config.yaml").write_text(cool.to_yaml())
+    assert DecoderConfig.from_yaml(tmp_path / "config.yaml") == cool
+    for bad in ("0", "-1", "3", "'hot'", ".nan", "true"):
+        (tmp_path / "config.yaml").write_text(cool.to_yaml().replace("temperature: 0.5", f"temperature: {bad}"))
+        with pytest.raises(ConfigError, match="temperature"):
+            DecoderConfig.from_yaml(tmp_path / "config.yaml")
+    # temperature T on noise z solves exactly what temperature 1 solves on T·z, and differs from temperature 1 on z
+    codes = torch.tensor([CODES])
+    z = torch.randn(1, 80, small.frames(len(CODES)), generator=torch.Generator().manual_seed(3))
+    gens = [torch.Generator()]
+    try:
+        small.set_flow_temperature(0.5)
+        assert small.cfg.flow.cfm.temperature == small.flow.cfg.cfm.temperature == 0.5
+        half = small.flow_mel_batch(codes, None, gens, z=z)
+        small.set_flow_temperature(1.0)
+        scaled = small.flow_mel_batch(codes, None, gens, z=0.5 * z)
+        plain = small.flow_mel_batch(codes, None, gens, z=z)
+        with pytest.raises(ConfigError, match="temperature"):
+            small.set_flow_temperature(0.0)
+    finally:
+        small.set_flow_temperature(1.0)
+    assert torch.equal(half, scaled) and not torch.allclose(half, plain, atol=1e-3)

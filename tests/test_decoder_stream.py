@@ -102,6 +102,19 @@ def test_official_single_block_equals_offline(dec, long_tokens):
     assert torch.equal(torch.cat(chunks), dec.decode(long_tokens[:24]))
 
 
+def test_streams_equal_offline_at_another_flow_temperature(reference_dir, device, long_tokens):
+    """The noise scale applies where the noise enters the solver, so chunking cannot change it."""
+    cool = SpeechDecoder.from_pretrained(reference_dir / "decoder", device=device, flow_temperature=0.6)
+    offline = cool.decode(long_tokens[:24])
+    chunks, _ = _stream(StreamingDecoder(cool, "official"), long_tokens[:24], feed=5)
+    assert torch.equal(torch.cat(chunks), offline)
+    a = torch.cat(_stream(StreamingDecoder(cool, "low_latency"), long_tokens[:57], feed=1)[0])
+    b = torch.cat(_stream(StreamingDecoder(cool, "low_latency"), long_tokens[:57], feed=13)[0])
+    assert torch.equal(a, b)
+    warm = SpeechDecoder.from_pretrained(reference_dir / "decoder", device=device)
+    assert not torch.allclose(warm.decode(long_tokens[:24]), offline, atol=1e-4)
+
+
 def test_low_latency_is_independent_of_how_codes_arrive(dec, long_tokens):
     sd = StreamingDecoder(dec, "low_latency")
     a = torch.cat(_stream(sd, long_tokens[:57], feed=1)[0])

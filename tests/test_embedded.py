@@ -118,3 +118,12 @@ def test_build_script_sets_the_flow_steps_of_a_kept_decoder(tmp_path):
     assert cfg.flow.cfm.n_timesteps == 3 and cfg.flow.estimator == shipped.flow.estimator and cfg.hift == shipped.hift
     with pytest.raises(SystemExit, match="flow-steps"):
         _build_script(["--out", str(out), "--flow-steps", "0"])
+    with pytest.raises(SystemExit) as done:
+        _build_script(["--out", str(out), "--flow-temperature", "0.7"])
+    assert done.value.code == 0
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    cfg = DecoderConfig.from_yaml(out / "decoder" / "config.yaml")
+    assert manifest["decoder"]["flow_temperature"] == 0.7 and cfg.flow.cfm.temperature == 0.7
+    assert cfg.flow.cfm.n_timesteps == 3  # kept from the call before
+    with pytest.raises(SystemExit, match="flow-temperature"):
+        _build_script(["--out", str(out), "--flow-temperature", "-1"])

@@ -116,8 +116,9 @@ class EstimatorConfig:
 @dataclass(frozen=True)
 class CFMConfig:
     """ConditionalCFM sampler (SPEC §3.3). The official ``flow.inference`` fixes n_timesteps at 10 and the
-    temperature at 1; a glm4voice config may set ``n_timesteps`` in ``cfm_params`` (our extension, ignored by the
-    official code: the embedded decoder uses 4, which its judge WER does not tell apart from 10, docs/decoder.md)."""
+    temperature at 1; a glm4voice config may set ``n_timesteps`` and ``temperature`` (the scale of the initial
+    noise) in ``cfm_params`` (our extensions, ignored by the official code: the embedded decoder uses 4 steps, which
+    its judge WER does not tell apart from 10, docs/decoder.md)."""
 
     spk_emb_dim: int = 80
     inference_cfg_rate: float = 0.7
@@ -181,7 +182,15 @@ class DecoderConfig:
 
     def with_flow_steps(self, steps: int) -> DecoderConfig:
         """This config with ``steps`` Euler steps of the flow (``cfm_params.n_timesteps``); validated."""
-        cfm = dataclasses.replace(self.flow.cfm, n_timesteps=steps)
+        return self.with_cfm(n_timesteps=steps)
+
+    def with_flow_temperature(self, temperature: float) -> DecoderConfig:
+        """This config with the flow's initial noise scaled by ``temperature`` (``cfm_params.temperature``)."""
+        return self.with_cfm(temperature=temperature)
+
+    def with_cfm(self, **changes) -> DecoderConfig:
+        """This config with ``changes`` to the flow's sampler (CFMConfig fields); validated."""
+        cfm = dataclasses.replace(self.flow.cfm, **changes)
         cfg = dataclasses.replace(self, flow=dataclasses.replace(self.flow, cfm=cfm))
         validate(cfg)
         return cfg
@@ -231,6 +240,7 @@ _ENC_IGNORED = {"dropout_rate", "positional_dropout_rate", "attention_dropout_ra
 _ENC_REQUIRED = {"normalize_before": True, "input_layer": "linear", "pos_enc_layer_type": "rel_pos_espnet",
                  "selfattention_layer_type": "block_rel_selfattn", "use_cnn_module": False, "macaron_style": False,
                  "static_chunk_size": 0, "activation_type": "swish", "key_bias": True}
+_CFM_USED = {"inference_cfg_rate", "n_timesteps", "temperature"}
 _CFM_IGNORED = {"in_channels", "n_spks", "sigma_min", "training_cfg_rate", "reg_loss_type"}
 _CFM_REQUIRED = {"solver": "euler", "t_scheduler": "cosine"}
 _EST_USED = {"in_channels", "out_channels", "channels", "attention_head_dim", "n_blocks", "num_mid_blocks",
@@ -281,7 +291,7 @@ def config_from_data(doc: dict, *, source: str = "config.yaml") -> DecoderConfig
     _check("flow.decoder", cfm_d, {"spk_emb_dim"}, _CFM_IGNORED, nested={"cfm_params", "estimator"})
     params = _section(cfm_d, "cfm_params", "flow.decoder")
     params = params.get("content", params) if isinstance(params, Tagged) or "content" in params else params
-    _check("flow.decoder.cfm_params", params, {"inference_cfg_rate", "n_timesteps"}, _CFM_IGNORED, _CFM_REQUIRED)
+    _check("flow.decoder.cfm_params", params, _CFM_USED, _CFM_IGNORED, _CFM_REQUIRED)
     est_d = _section(cfm_d, "estimator", "flow.decoder")
     _check("flow.decoder.estimator", est_d, _EST_USED, set(), _EST_REQUIRED)
     hift_d = _section(top, "hift", source)
@@ -294,7 +304,7 @@ def config_from_data(doc: dict, *, source: str = "config.yaml") -> DecoderConfig
     try:
         encoder = EncoderConfig(**_pick(enc_d, _ENC_USED))
         estimator = EstimatorConfig(**_pick(est_d, _EST_USED))
-        cfm = CFMConfig(**_pick(cfm_d, {"spk_emb_dim"}), **_pick(params, {"inference_cfg_rate", "n_timesteps"}))
+        cfm = CFMConfig(**_pick(cfm_d, {"spk_emb_dim"}), **_pick(params, _CFM_USED))
         flow = FlowConfig(**_pick(flow_d, _FLOW_USED), encoder=encoder, estimator=estimator, cfm=cfm,
                           regulator_channels=reg_d.get("channels", 80),
                           regulator_stages=len(reg_d.get("sampling_ratios", [1, 1, 1, 1])))
@@ -318,6 +328,9 @@ def validate(cfg: DecoderConfig) -> None:
         raise ConfigError(f"flow.decoder.estimator.in_channels {f.estimator.in_channels} != 4 x {f.output_size}")
     if not isinstance(f.cfm.n_timesteps, int) or isinstance(f.cfm.n_timesteps, bool) or f.cfm.n_timesteps < 1:
         raise ConfigError(f"flow.decoder.cfm_params.n_timesteps must be a positive integer, not {f.cfm.n_timesteps!r}")
+    t = f.cfm.temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 2.0:
+        raise ConfigError(f"flow.decoder.cfm_params.temperature must be a number in (0, 2], not {t!r}")
     if f.cfm.spk_emb_dim != f.output_size:
         raise ConfigError(f"flow.decoder.spk_emb_dim {f.cfm.spk_emb_dim} != flow.output_size {f.output_size}")
     if h.in_channels != f.output_size:
@@ -399,6 +412,8 @@ def config_to_yaml(cfg: DecoderConfig) -> str:
                               "reg_loss_type": "l1"}}
     if f.cfm.n_timesteps != CFMConfig.n_timesteps:  # written only when it differs from the official 10
         cfm_params["content"]["n_timesteps"] = f.cfm.n_timesteps
+    if f.cfm.temperature != CFMConfig.temperature:  # likewise: written only when it differs from the official 1
+        cfm_params["content"]["temperature"] = float(f.cfm.temperature)
     estimator = {"in_channels": est.in_channels, "out_channels": est.out_channels, "channels": est.channels,
                  "dropout": 0, "attention_head_dim": est.attention_head_dim, "n_blocks": est.n_blocks,
                  "num_mid_blocks": est.num_mid_blocks, "num_heads": est.num_heads, "act_fn": "gelu"}

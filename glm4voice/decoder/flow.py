@@ -202,6 +202,8 @@ class Flow(nn.Module):
         float rounding); False runs them sequentially as the official code does.
         """
         est, rate, b = self.decoder.estimator, self.cfg.cfm.inference_cfg_rate, z.shape[0]
+        if self.cfg.cfm.temperature != 1.0:  # the official inference draws randn * temperature, with temperature 1
+            z = z * self.cfg.cfm.temperature
         mask = torch.ones_like(z[:, :1])
         t_span = cosine_time_grid(self.cfg.cfm.n_timesteps, z.device, z.dtype)
         if cfg_batched:
