@@ -216,6 +216,7 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
     old.pop("extra_voices")
     old.pop("questions")
     old.pop("target_voice_phrasings")
+    old.pop("target_voice_texts")
     old |= {"languages": ["en", "zh"], "kinds": None}
     (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
     meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
@@ -353,3 +354,27 @@ def test_target_voice_phrasings_add_plain_training_speech_for_the_decoder(items)
     assert only == speech
     with pytest.raises(ConfigError, match="target_voice_phrasings"):
         CorpusConfig(target_voice_phrasings=-1)
+
+
+def test_target_voice_texts_are_sentences_no_item_says(items):
+    from glm4voice.train.corpus import extra_english_texts
+
+    base = plan(items, CorpusConfig(seed=0))
+    more = plan(items, CorpusConfig(seed=0, target_voice_texts=300))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base  # the rest of the plan is unchanged
+    extra = [u for u in more if u.id not in ids]
+    assert len(extra) == 300 and len({u.text for u in extra}) == 300
+    assert all(u.role == "speech" and u.kind == "extra" and u.split == "train" and u.language == "en"
+               and u.voice == TARGET_VOICES["en"] and Style.parse(u.style).neutral and u.path_22k for u in extra)
+    said = {it.answer for it in items} | {it.question for it in items}
+    assert not any(u.text in said or any(u.text in q for q in said) for u in extra)  # nothing held out leaks in
+    definitions = [u for u in extra if " means " in u.text]
+    assert 0 < len(extra) - len(definitions) <= 30 and len(definitions) >= 270  # mostly definitions, some fortunes
+    defined = {it.answer.split(" means ")[0] for it in items if it.kind == "definition"}
+    assert not defined & {u.text.split(" means ")[0] for u in definitions}
+    assert [u.text for u in extra] == extra_english_texts(items, 300, 0) != extra_english_texts(items, 300, 1)
+    assert plan(items, CorpusConfig(seed=0, target_voice_texts=300, languages=("zh",))) == \
+        plan(items, CorpusConfig(seed=0, languages=("zh",)))  # English only
+    with pytest.raises(ConfigError, match="target_voice_texts"):
+        CorpusConfig(target_voice_texts=-1)

@@ -36,10 +36,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--kinds", default=None, help="comma-separated item kinds (default: all)")
     p.add_argument("--no-answers", action="store_true", help="do not speak answers in the target voice")
     p.add_argument("--no-questions", action="store_true",
-                   help="do not speak the questions (with --target-voice-phrasings: a corpus for the speech decoder)")
+                   help="do not speak the questions (with --target-voice-phrasings/-texts: a corpus for the speech "
+                        "decoder)")
     p.add_argument("--target-voice-phrasings", type=int, default=0,
                    help="also speak each training question and up to this many - 1 other training phrasings of it "
                         "plainly in the target voice, 22.05 kHz too (role 'speech': more audio for the decoder)")
+    p.add_argument("--target-voice-texts", type=int, default=0,
+                   help="also speak up to this many English sentences no item says (WordNet definitions of other "
+                        "words, fortunes) plainly in the target voice (role 'speech', rows extra-en-N)")
     p.add_argument("--retry-failed", action="store_true", help="retry utterances recorded as unspeakable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -74,6 +78,7 @@ def _synth(args: argparse.Namespace) -> int:
                        spoken_rephrasings=args.spoken_rephrasings, augment_set=args.augment_set,
                        extra_voices=args.extra_voices, questions=not args.no_questions,
                        target_voice_phrasings=args.target_voice_phrasings,
+                       target_voice_texts=args.target_voice_texts,
                        languages=tuple(args.languages.split(",")),
                        kinds=tuple(args.kinds.split(",")) if args.kinds else None)
     report = synthesize_corpus(args.out, cfg, jobs=args.jobs, progress=not args.quiet, retry_failed=args.retry_failed)

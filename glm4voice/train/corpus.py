@@ -92,10 +92,15 @@ class CorpusConfig:
     # phrasings, spoken plainly in the target voice as role "speech" rows ``<item>.t<k>`` with a 22.05 kHz file
     # (never a held-out item or phrasing); 0 keeps the plan of older corpora
     target_voice_phrasings: int = 0
+    # more text for the speech decoder: up to this many English sentences that no item says (WordNet definitions of
+    # words no item defines, as "<Word> means <gloss>.", and fortunes no item uses), spoken plainly in the target
+    # voice as role "speech" rows ``extra-en-<k>`` (kind "extra"); 0 keeps the plan of older corpora
+    target_voice_texts: int = 0
 
     def __post_init__(self):
-        if self.target_voice_phrasings < 0:
-            raise ConfigError(f"target_voice_phrasings must be >= 0, got {self.target_voice_phrasings}")
+        if self.target_voice_phrasings < 0 or self.target_voice_texts < 0:
+            raise ConfigError(f"target_voice_phrasings and target_voice_texts must be >= 0, got "
+                              f"{self.target_voice_phrasings} and {self.target_voice_texts}")
         if self.extra_voices < 0:
             raise ConfigError(f"extra_voices must be >= 0, got {self.extra_voices}")
         if self.spoken_rephrasings < 0 or self.question_voices < 1:
@@ -165,6 +170,7 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
         if cfg.answers:
             out.append(Utterance(f"{it.id}.a", it.id, it.kind, "answer", it.answer, it.language,
                                  TARGET_VOICES[it.language], ANSWER_STYLES[it.style].key(), it.split))
+    out.extend(_target_voice_texts(items, cfg))
     for u in out:  # the declared guarantee, checked where the rows are made
         assert u.split == "heldout" or u.voice not in HELDOUT_VOICE_NAMES, u
     return out
@@ -220,6 +226,36 @@ def _target_voice_speech(it: Item, cfg: CorpusConfig) -> list[Utterance]:
     voice = TARGET_VOICES[it.language]
     return [Utterance(f"{it.id}.t{k}", it.id, it.kind, "speech", text, it.language, voice, Style().key(), "train")
             for k, text in enumerate(texts)]
+
+
+def extra_english_texts(items: Sequence[Item], n: int, seed: int = 0) -> list[str]:
+    """Up to ``n`` English sentences that no item (train or held out) has as its answer or as the phrase it quotes:
+    WordNet definitions of the next most sense-tagged words after the items' ones, as the definition answers say
+    them ("<Word> means <gloss>."), and short fortunes; seeded, about one fortune for every nine definitions."""
+    from glm4voice.train.texts import english_phrases, wordnet_definitions
+
+    if n <= 0:
+        return []
+    said = {it.answer for it in items} | {it.answer.split(": ", 1)[1] for it in items if ": " in it.answer}
+    said |= {it.question for it in items}
+    defined = sum(1 for it in items if it.kind == "definition")
+    definitions = [t for w, g in wordnet_definitions(defined + n) if (t := f"{w.capitalize()} means {g}.") not in said]
+    fortunes = [t for t in english_phrases() if t not in said and not any(t in q for q in said if len(q) > len(t))]
+    rng = random.Random(f"{seed}:extra-texts")
+    k = min(len(fortunes), n // 10)
+    chosen = rng.sample(fortunes, k) + definitions[:n - k]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def _target_voice_texts(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
+    """``cfg.target_voice_texts`` extra English sentences (``extra_english_texts``) in the English target voice as
+    role "speech" rows; none unless English is among the corpus's languages."""
+    if cfg.target_voice_texts <= 0 or "en" not in cfg.languages:
+        return []
+    return [Utterance(f"extra-en-{k:05d}", f"extra-en-{k:05d}", "extra", "speech", text, "en", TARGET_VOICES["en"],
+                      Style().key(), "train")
+            for k, text in enumerate(extra_english_texts(items, cfg.target_voice_texts, cfg.seed))]
 
 
 # --- synthesis (worker side) --------------------------------------------------------------------------------------
