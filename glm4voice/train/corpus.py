@@ -236,11 +236,10 @@ def extra_english_texts(items: Sequence[Item], n: int, seed: int = 0) -> list[st
 
     if n <= 0:
         return []
-    said = {it.answer for it in items} | {it.answer.split(": ", 1)[1] for it in items if ": " in it.answer}
-    said |= {it.question for it in items}
+    said = "\n".join(t for it in items for t in (it.question, it.answer))  # a quoted phrase is inside its item's
     defined = sum(1 for it in items if it.kind == "definition")
     definitions = [t for w, g in wordnet_definitions(defined + n) if (t := f"{w.capitalize()} means {g}.") not in said]
-    fortunes = [t for t in english_phrases() if t not in said and not any(t in q for q in said if len(q) > len(t))]
+    fortunes = [t for t in english_phrases() if t not in said]
     rng = random.Random(f"{seed}:extra-texts")
     k = min(len(fortunes), n // 10)
     chosen = rng.sample(fortunes, k) + definitions[:n - k]
