@@ -176,6 +176,49 @@ def test_oversample_repeats_the_named_voices():
             tt.oversample(utts, bad)
 
 
+def test_load_corpus_filters_voices_and_caps_each(tmp_path):
+    import json
+
+    import soundfile as sf
+
+    (tmp_path / "a").mkdir()
+    rows = []
+    for i, voice in enumerate(["flite:awb"] * 5 + ["festival:ked_diphone"] * 2 + ["espeak:en-us"] * 3):
+        path = f"a/{i}.wav"
+        sf.write(tmp_path / path, np.full(1600, i, np.int16), 16000)
+        rows.append({"id": f"r{i}", "text": "one", "language": "en", "voice": voice, "style": "plain",
+                     "duration": 0.1, "path": path, "role": "question", "item_id": f"i{i}", "split": "heldout"})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = tt.load_corpus(str(tmp_path), split="heldout", max_seconds=10, seed=2, per_voice=3,
+                         voices={"flite:awb", "festival:ked_diphone"})
+    voices = [u.voice for u in got]
+    assert voices.count("flite:awb") == 3 and voices.count("festival:ked_diphone") == 2 and len(got) == 5
+    assert all(int(u.pcm[0]) == int(u.id[1:]) for u in got)  # each row's own audio
+    again = tt.load_corpus(str(tmp_path), split="heldout", max_seconds=10, seed=2, per_voice=3,
+                           voices={"flite:awb", "festival:ked_diphone"})
+    assert [u.id for u in again] == [u.id for u in got]  # the draw is seeded
+    assert len(tt.load_corpus(str(tmp_path), split="heldout", max_seconds=10)) == 10
+
+
+def test_voice_evals_score_each_voice_alone():
+    torch.manual_seed(0)
+    model = tt.TokenizerTrainModel(SPEC).eval()
+    utts = _utts(8)
+    for i, u in enumerate(utts):
+        u.voice = "flite:awb" if i % 2 else "festival:ked_diphone"
+        u.text = "one two" if i % 2 else "three"
+    base = tt.make_eval(utts[:4])
+    evaluate = tt.with_voice_evals(base, utts)
+    res = evaluate(model)
+    assert set(base(model)) < set(res)  # the mixed set's metrics stay
+    assert res["wer_en@flite:awb"] != res["wer_en@festival:ked_diphone"]  # different texts: a swap would show
+    for voice in ("flite:awb", "festival:ked_diphone"):
+        alone = tt.make_eval([u for u in utts if u.voice == voice])(model)
+        assert res[f"wer_en@{voice}"] == alone["wer_en"]
+    assert "phone_error@flite:awb" not in res  # no phoneme head: word error instead
+    assert set(tt.with_voice_evals(None, utts[:2])(model)) == {"wer_en@flite:awb", "wer_en@festival:ked_diphone"}
+
+
 def test_attention_head_variant_trains_a_step():
     spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "ctc": 0})
     model = tt.TokenizerTrainModel(spec)

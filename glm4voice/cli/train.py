@@ -1,4 +1,4 @@
-"""Train a component: glm4voice train COMPONENT [options] (components: ``COMPONENTS``; see docs/training.md).
+"""Train a component: glm4voice train COMPONENT [options] (see docs/training.md).
 
 Each component is a module of ``glm4voice.train`` with ``add_args(parser)`` and ``main(args) -> int``. It is imported
 only when chosen, so ``glm4voice <other command>`` never pays for the training stack, and its options are parsed by

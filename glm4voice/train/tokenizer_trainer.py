@@ -249,14 +249,25 @@ class Utterance:
 
 
 def load_corpus(corpus_dir: str, *, split: str, max_seconds: float, limit: int | None = None,
-                seed: int = 0) -> list[Utterance]:
-    """The corpus's utterances of ``split`` (train / heldout) up to ``max_seconds``, audio in memory (int16)."""
+                seed: int = 0, voices: set[str] | frozenset[str] | None = None,
+                per_voice: int | None = None) -> list[Utterance]:
+    """The corpus's utterances of ``split`` (train / heldout) up to ``max_seconds``, audio in memory (int16);
+    only those of ``voices`` when given; at most ``limit`` in all and ``per_voice`` of each voice, drawn with
+    ``seed``."""
     import soundfile as sf
     from tqdm import tqdm
 
     from glm4voice.train.corpus import load_manifest
 
-    rows = [r for r in load_manifest(corpus_dir).rows if r["split"] == split and r["duration"] <= max_seconds]
+    rows = [r for r in load_manifest(corpus_dir).rows if r["split"] == split and r["duration"] <= max_seconds
+            and (voices is None or r["voice"] in voices)]
+    if per_voice is not None:
+        by_voice: dict[str, list[dict]] = {}
+        for r in rows:
+            by_voice.setdefault(r["voice"], []).append(r)
+        rng = random.Random(seed)
+        rows = [r for v in sorted(by_voice) for r in
+                (rng.sample(by_voice[v], per_voice) if len(by_voice[v]) > per_voice else by_voice[v])]
     if limit is not None and len(rows) > limit:
         rows = random.Random(seed).sample(rows, limit)
     out = []
@@ -476,6 +487,26 @@ def make_eval(utts: list[Utterance], batch_size: int = 16, features=None):
     return evaluate
 
 
+def with_voice_evals(evaluate, by_voice: list[Utterance], batch_size: int = 16):
+    """``evaluate`` plus each voice of ``by_voice`` scored alone: its phoneme error (word / character error when
+    the run has no phoneme head) as ``KEY@VOICE``. The held-out voices' own curves are what an A/B of augmentations
+    for unseen speakers compares (``glm4voice train compare``); the mixed held-out set hides them."""
+    groups: dict[str, list[Utterance]] = {}
+    for u in by_voice:
+        groups.setdefault(u.voice, []).append(u)
+    per_voice = {v: make_eval(us, batch_size) for v, us in sorted(groups.items())}
+
+    def evaluate_all(model: TokenizerTrainModel) -> dict:
+        res = evaluate(model) if evaluate is not None else {}
+        for voice, ev in per_voice.items():
+            r = ev(model)
+            keys = ["phone_error"] if "phone_error" in r else [k for k in ("wer_en", "cer_zh") if k in r]
+            res.update({f"{k}@{voice}": r[k] for k in keys})
+        return res
+
+    return evaluate_all
+
+
 # ---- export ----------------------------------------------------------------------------------------------
 def export(model: TokenizerTrainModel, folder: str | Path) -> Path:
     """Write the inference tokenizer (official layout) and the ASR branch into ``folder``."""
@@ -564,6 +595,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         if f.name != "phones":  # the inventory size comes from the corpus
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     parser.add_argument("--phone-jobs", type=int, default=2, help="espeak-ng processes making phoneme targets")
+    parser.add_argument("--eval-voices", type=int, default=0, metavar="N",
+                        help="also score each held-out voice alone on N of its held-out utterances, logged as "
+                             "phone_error@VOICE (wer_en@VOICE without a phoneme head); 0: off")
     add_train_args(parser, lr=1e-3, steps=3000, batch_size=24, warmup=200, eval_every=250, save_every=100)
 
 
@@ -624,8 +658,17 @@ def main(args: argparse.Namespace) -> int:
                                  if k != "phones"})
     train = load_corpus(args.corpus, split="train", max_seconds=args.max_seconds)
     held = load_corpus(args.corpus, split="heldout", max_seconds=args.max_seconds, limit=args.eval_size, seed=1)
+    unseen: list[Utterance] = []
+    if args.eval_voices > 0:
+        from glm4voice.train.voices import HELDOUT_VOICE_NAMES
+
+        unseen = load_corpus(args.corpus, split="heldout", max_seconds=args.max_seconds, seed=2,
+                             voices=HELDOUT_VOICE_NAMES, per_voice=args.eval_voices)
+        if not unseen:
+            log.warning("--eval-voices: %s has no held-out voice rows", args.corpus)
     if spec.phone_weight > 0:
-        spec = replace(spec, phones=len(attach_phones(args.corpus, cfg.out_dir, train, held, jobs=args.phone_jobs)))
+        spec = replace(spec, phones=len(attach_phones(args.corpus, cfg.out_dir, train, held + unseen,
+                                                      jobs=args.phone_jobs)))
     torch.manual_seed(cfg.seed)
     model = TokenizerTrainModel(spec)
     log.info("tokenizer: %d train / %d held-out utterances, %.1fM parameters", len(train), len(held),
@@ -633,10 +676,13 @@ def main(args: argparse.Namespace) -> int:
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
     train = oversample(train, args.oversample)
+    eval_fn = make_eval(held) if held else None
+    if unseen:
+        eval_fn = with_voice_evals(eval_fn, unseen)
     trainer = Trainer(cfg, model, batch_fn=Batches(train, cfg.batch_size, cfg.seed, speed=args.speed_perturb,
                                                        spec_masks=args.spec_masks, vtlp=args.vtlp, pitch=args.pitch,
                                                        tilt=args.tilt),
-                      loss_fn=lambda m, b: m(*b), eval_fn=make_eval(held) if held else None)
+                      loss_fn=lambda m, b: m(*b), eval_fn=eval_fn)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= cfg.steps:
         export(trainer.model, args.export)
