@@ -4,6 +4,7 @@
     glm4voice data bpe --out data/bpe_v1 --vocab-size 4000 --codebook-size 1024
     glm4voice data stats data/corpus_v1 --check
     glm4voice data tokens data/corpus_v1 --tokenizer PATH   (cache speech tokens with a trained speech tokenizer)
+    glm4voice data variety --out data/variety_v1 --per-voice 1500   (other languages' natural voices, tokenizer)
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("corpus", help="corpus folder")
     p.add_argument("--check", action="store_true", help="open every audio file and report bad rows")
 
+    p = sub.add_parser("variety", help="natural voices of other languages reading their language: speaker "
+                                       "variety for the tokenizer (train tokenizer --extra-corpus)")
+    p.add_argument("--out", required=True, help="corpus folder (resumes if it exists)")
+    p.add_argument("--per-voice", type=int, default=1500, help="sentences each voice reads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("tokens", help="cache speech tokens per utterance (tokens/<id>.npy)")
     p.add_argument("corpus", help="corpus folder")
     p.add_argument("--tokenizer", default=None, help="speech tokenizer folder or hub id (default: the embedded one)")
@@ -67,7 +75,16 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"synth": _synth, "bpe": _bpe, "stats": _stats, "tokens": _tokens}[args.data_command](args)
+    return {"synth": _synth, "bpe": _bpe, "stats": _stats, "tokens": _tokens,
+            "variety": _variety}[args.data_command](args)
+
+
+def _variety(args: argparse.Namespace) -> int:
+    from glm4voice.train.variety import build
+
+    report = build(args.out, per_voice=args.per_voice, seed=args.seed, progress=not args.quiet)
+    print(report.summary())
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -26,7 +26,9 @@ from glm4voice.errors import ConfigError
 
 log = logging.getLogger("glm4voice.train.phonemes")
 
-VOICES = {"en": "en-us", "zh": "cmn-latn-pinyin"}
+# en / zh: the corpus's languages; the others: the speaker-variety rows (voices.VARIETY_VOICES), each in its own
+# language's espeak-ng voice (their symbols join the run's inventory when it is made).
+VOICES = {"en": "en-us", "zh": "cmn-latn-pinyin", "it": "it", "fi": "fi", "cs": "cs", "ru": "ru", "ca": "ca"}
 CACHE_FILE = "phonemes.jsonl"
 _DROP = {"_|", "_", "|", "||", "_:", "_!"}  # pause and boundary marks
 

@@ -23,6 +23,7 @@ buffers, loadable by ``SpeechTokenizer.from_pretrained``) plus ``asr_branch.safe
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import math
@@ -340,9 +341,19 @@ def tilt(feats: Tensor, db: float) -> Tensor:
     return feats + (db / 40.0) * torch.linspace(-0.5, 0.5, n, dtype=feats.dtype)[:, None]
 
 
+ASR_LANGUAGES = ("en", "zh")  # what the ASR head transcribes; other languages' rows train the phoneme head only
+
+
 def text_ids(text: str) -> list[int]:
     """ASR targets: UTF-8 bytes of the lower-cased transcript."""
     return list(text.lower().encode("utf-8"))
+
+
+def asr_targets(u: Utterance) -> list[int]:
+    """``u``'s ASR targets: its transcript's bytes, or none for a language the head does not transcribe (a
+    speaker-variety row, ``glm4voice data variety``): an empty CTC target teaches the head to stay silent there,
+    and the row still trains the encoder through the phoneme head."""
+    return text_ids(u.text) if u.language in ASR_LANGUAGES else []
 
 
 class Batches:
@@ -371,8 +382,8 @@ class Batches:
         part, rng = self.pick(step, rank)
         feats, mask = self.features(part, rng)
         if part and all(u.phones is not None for u in part):
-            return feats, mask, [text_ids(u.text) for u in part], [u.phones for u in part]
-        return feats, mask, [text_ids(u.text) for u in part]
+            return feats, mask, [asr_targets(u) for u in part], [u.phones for u in part]
+        return feats, mask, [asr_targets(u) for u in part]
 
     def pick(self, step: int, rank: int) -> tuple[list[Utterance], random.Random]:
         """The step's utterances and the RNG that draws their augmentation."""
@@ -595,6 +606,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         if f.name != "phones":  # the inventory size comes from the corpus
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     parser.add_argument("--phone-jobs", type=int, default=2, help="espeak-ng processes making phoneme targets")
+    parser.add_argument("--extra-corpus", action="append", default=[], metavar="DIR",
+                        help="also train on the training rows of this corpus (repeatable), e.g. a speaker-variety "
+                             "corpus of other languages (glm4voice data variety); rows in a language outside "
+                             f"{'/'.join(ASR_LANGUAGES)} train the phoneme head only")
     parser.add_argument("--eval-voices", type=int, default=0, metavar="N",
                         help="also score each held-out voice alone on N of its held-out utterances, logged as "
                              "phone_error@VOICE (wer_en@VOICE without a phoneme head); 0: off")
@@ -650,6 +665,7 @@ def attach_phones(corpus_dir: str, out_dir: str, train: list[Utterance], held: l
 
 
 def main(args: argparse.Namespace) -> int:
+    from glm4voice.errors import ConfigError
     from glm4voice.train.engine import Trainer, config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -657,6 +673,15 @@ def main(args: argparse.Namespace) -> int:
     spec = TokenizerTrainSpec(**{k: getattr(args, k) for k in TokenizerTrainSpec.__dataclass_fields__
                                  if k != "phones"})
     train = load_corpus(args.corpus, split="train", max_seconds=args.max_seconds)
+    for extra in args.extra_corpus:
+        rows = load_corpus(extra, split="train", max_seconds=args.max_seconds)
+        log.info("%s: %d training utterances (%s)", extra, len(rows),
+                 ", ".join(f"{k} {v}" for k, v in sorted(collections.Counter(u.language for u in rows).items())))
+        train += rows
+    foreign = sorted({u.language for u in train} - set(ASR_LANGUAGES))
+    if foreign and spec.phone_weight <= 0:
+        raise ConfigError(f"training rows in {', '.join(foreign)} need the phoneme head (--phone-weight > 0): the "
+                          "ASR head does not learn from them")
     held = load_corpus(args.corpus, split="heldout", max_seconds=args.max_seconds, limit=args.eval_size, seed=1)
     unseen: list[Utterance] = []
     if args.eval_voices > 0:

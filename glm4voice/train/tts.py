@@ -89,6 +89,12 @@ def prepare_text(text: str, voice: Voice) -> str:
         if not _CJK.search(text):
             raise UnspeakableText(f"no Chinese characters for {voice.name}: {text!r}")
         return text
+    if voice.language != "en":  # a speaker-variety voice (voices.VARIETY_VOICES) reads its own language
+        try:
+            text.encode(voice.text_encoding)
+        except UnicodeEncodeError:
+            raise UnspeakableText(f"{voice.name} reads {voice.text_encoding} text; {text!r} does not fit") from None
+        return text
     # English engines: fold accents (café -> cafe), then refuse any other script rather than spell it out.
     folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     bad = sorted({c for c in folded if not c.isascii() and c.isalpha()})
@@ -179,7 +185,7 @@ def _festival_batch(texts: Sequence[str], voice: Voice, paths: Sequence[str], tm
         say = f"(utt.save.wave (utt.synth (Utterance Text {_scheme_string(text)})) {_scheme_string(path)} 'riff)"
         lines.append(f'(unwind-protect {say} (format t "glm4voice-failed {path}\\n"))')
     script = os.path.join(tmp, "batch.scm")
-    with open(script, "w", encoding="utf-8") as f:
+    with open(script, "w", encoding=voice.text_encoding) as f:  # festival reads bytes in the voice's encoding
         f.write("\n".join(lines) + "\n")
     _run(["festival", "-b", script])
 

@@ -1,0 +1,156 @@
+"""Speaker variety for the speech tokenizer: the natural voices of other languages, speaking their own language.
+
+The tokenizer hears held-out espeak-ng voices as well as its training voices, but not the two natural held-out
+English voices (flite awb, festival ked_diphone; docs/model_card.md): its English training speech comes from one
+formant synthesiser and four natural speakers. Debian packages ten more natural festival voices in other languages
+(``voices.VARIETY_VOICES``). This module makes a corpus of them for ``glm4voice train tokenizer --extra-corpus``:
+each voice reads sentences of frequent words of its language (``wordfreq``'s lists; word salad is enough to teach
+an acoustic front end what a new vocal tract sounds like, and its phonemes come from espeak-ng like the English
+ones). The tokenizer trainer trains only its phoneme head on these rows; its ASR head learns to stay silent on them.
+
+    glm4voice data variety --out data/variety_v1 --per-voice 1500
+
+The folder has the corpus layout the trainers read (``manifest.jsonl`` rows with ``audio16k/<id>.wav``; role
+``variety``, split ``train``). A second run with the same arguments resumes: rows already in the manifest are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from glm4voice.errors import ConfigError
+from glm4voice.train.voices import VARIETY_VOICES, Voice
+
+log = logging.getLogger("glm4voice.train.variety")
+
+MANIFEST = "manifest.jsonl"
+AUDIO_DIR = "audio16k"
+SAMPLE_RATE = 16_000
+BATCH = 50  # sentences per festival process
+FESTIVAL_VOICE_ROOTS = ("/usr/share/festival/voices",)
+
+
+def installed(voice: Voice, roots: Sequence[str] = FESTIVAL_VOICE_ROOTS) -> bool:
+    """Whether festival has ``voice`` (its folder under ``<root>/<language>/``)."""
+    return any(Path(root).is_dir() and any(Path(root).glob(f"*/{voice.engine_voice}")) for root in roots)
+
+
+def frequent_words(language: str, n: int = 6000) -> list[str]:
+    """The ``n`` most frequent words of ``language`` that are plain words (letters only, two or more)."""
+    try:
+        import wordfreq
+    except ImportError as e:
+        raise ConfigError("the speaker-variety corpus needs wordfreq: pip install wordfreq") from e
+    return [w for w in wordfreq.top_n_list(language, n) if w.isalpha() and len(w) > 1]
+
+
+def sentences(words: Sequence[str], count: int, rng: random.Random, *, encoding: str = "utf-8",
+              lengths: tuple[int, int] = (5, 12)) -> list[str]:
+    """``count`` sentences of ``lengths[0]``-``lengths[1]`` words drawn from ``words`` (those ``encoding`` can
+    write), capitalised, a comma after some words, a full stop at the end."""
+    usable = [w for w in words if _fits(w, encoding)]
+    if len(usable) < 20:
+        raise ConfigError(f"only {len(usable)} usable words: not enough for sentences")
+    out = []
+    for _ in range(count):
+        k = rng.randint(*lengths)
+        picked = [rng.choice(usable) for _ in range(k)]
+        text = " ".join(w + ("," if i < k - 1 and rng.random() < 0.12 else "") for i, w in enumerate(picked))
+        out.append(text[0].upper() + text[1:] + ".")
+    return out
+
+
+def _fits(word: str, encoding: str) -> bool:
+    try:
+        word.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass
+class VarietyReport:
+    made: int = 0
+    kept: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    skipped_voices: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = (f"variety corpus: {self.made} new utterances ({self.seconds / 3600:.2f} h), {self.kept} kept from an "
+             f"earlier run, {self.failed} failed")
+        if self.skipped_voices:
+            s += f"; voices not installed (skipped): {', '.join(self.skipped_voices)}"
+        return s
+
+
+def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: Sequence[Voice] = VARIETY_VOICES,
+          words: Callable[[str], list[str]] = frequent_words, synth: Callable | None = None,
+          available: Callable[[Voice], bool] = installed, progress: bool = True) -> VarietyReport:
+    """Speak ``per_voice`` sentences with each installed voice into ``out_dir`` (resumable; see the module doc).
+
+    ``words``, ``synth`` (``tts.synthesize_batch``'s signature) and ``available`` are injectable for tests."""
+    import soundfile as sf
+    from tqdm import tqdm
+
+    if per_voice < 1:
+        raise ConfigError(f"--per-voice must be >= 1, got {per_voice}")
+    if synth is None:
+        from glm4voice.train.tts import synthesize_batch as synth
+    out = Path(out_dir)
+    (out / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST
+    done: set[str] = set()
+    if manifest.is_file():
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            try:
+                done.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line after a kill: that row is made again
+    report = VarietyReport(kept=len(done))
+    use = []
+    for v in voices:
+        if available(v):
+            use.append(v)
+        else:
+            report.skipped_voices.append(v.name)
+    if not use:
+        raise ConfigError("no speaker-variety voice is installed: run scripts/install_variety_voices.sh")
+    bar = tqdm(total=per_voice * len(use), desc="variety", disable=not progress)
+    with manifest.open("a", encoding="utf-8") as f:
+        for v in use:
+            # each voice its own texts, the same ones on every run with this seed
+            texts = sentences(words(v.language), per_voice, random.Random(f"{seed}:{v.name}"),
+                              encoding=v.text_encoding)
+            ids = [f"var-{v.language}-{v.engine_voice}-{i:05d}" for i in range(per_voice)]
+            todo = [i for i in range(per_voice) if ids[i] not in done]
+            bar.update(per_voice - len(todo))
+            for start in range(0, len(todo), BATCH):
+                part = todo[start: start + BATCH]
+                for i, wav in zip(part, synth([texts[i] for i in part], v, sample_rate=SAMPLE_RATE), strict=True):
+                    if isinstance(wav, Exception):
+                        report.failed += 1
+                        log.warning("%s: %s", ids[i], wav)
+                        continue
+                    pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)
+                    path = f"{AUDIO_DIR}/{ids[i]}.wav"
+                    sf.write(out / path, pcm, SAMPLE_RATE, subtype="PCM_16")
+                    duration = len(pcm) / SAMPLE_RATE
+                    row = {"id": ids[i], "text": texts[i], "language": v.language, "voice": v.name,
+                           "style": "plain", "duration": round(duration, 3), "path": path, "role": "variety",
+                           "item_id": ids[i], "split": "train"}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()
+                    report.made += 1
+                    report.seconds += duration
+                bar.update(len(part))
+    bar.close()
+    return report
