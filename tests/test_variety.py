@@ -9,6 +9,7 @@ import pytest
 from glm4voice.errors import ConfigError
 from glm4voice.train import tokenizer_trainer as tt
 from glm4voice.train import variety
+from glm4voice.train.corpus import corpus_stats
 from glm4voice.train.tts import UnspeakableText, prepare_text, synthesize
 from glm4voice.train.voices import VARIETY_VOICES, get_voice
 
@@ -59,6 +60,8 @@ def test_build_writes_a_corpus_the_trainer_reads_and_resumes(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["voice"] for r in rows} == installed and {r["role"] for r in rows} == {"variety"}
     assert {r["language"] for r in rows} == {"it", "cs"} and {r["split"] for r in rows} == {"train"}
+    stats = corpus_stats(str(tmp_path))
+    assert stats["utterances"] == 8 and stats["counts"]["kind"] == {"variety": 8}
     texts = {r["voice"]: [] for r in rows}
     for r in rows:
         texts[r["voice"]].append(r["text"])
@@ -89,9 +92,15 @@ def test_failed_sentences_are_reported_not_written(tmp_path):
 
 @pytest.mark.skipif(not variety.installed(get_voice("festival:czech_dita")),
                     reason="festvox-czech-dita not installed (scripts/install_data_deps.sh)")
-def test_a_variety_voice_speaks_text_in_its_encoding():
-    wav = synthesize("Dobrý den, jak se dnes máte?", "festival:czech_dita")
+def test_a_variety_voice_speaks_text_in_its_encoding(tmp_path):
+    wav = synthesize("Přijď zítra, jak se dnes máte?", "festival:czech_dita")
     assert 1.0 < len(wav) / 16000 < 6.0 and np.abs(wav).max() > 0.05
+    # the worker-process path, with the real engine
+    report = variety.build(tmp_path, per_voice=3, voices=[get_voice("festival:czech_dita")],
+                           words=lambda lang: ["den", "dobrý", "řeka", "žena", "město"] * 5, progress=False, jobs=2)
+    assert report.made == 3 and report.failed == 0
+    utts = tt.load_corpus(str(tmp_path), split="train", max_seconds=30)
+    assert len(utts) == 3 and all(len(u.pcm) > 8000 and np.abs(u.pcm).max() > 1000 for u in utts)
 
 
 def test_trainer_asr_targets_skip_other_languages():

@@ -64,6 +64,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                                        "variety for the tokenizer (train tokenizer --extra-corpus)")
     p.add_argument("--out", required=True, help="corpus folder (resumes if it exists)")
     p.add_argument("--per-voice", type=int, default=1500, help="sentences each voice reads")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def _variety(args: argparse.Namespace) -> int:
     from glm4voice.train.variety import build
 
-    report = build(args.out, per_voice=args.per_voice, seed=args.seed, progress=not args.quiet)
+    report = build(args.out, per_voice=args.per_voice, seed=args.seed, progress=not args.quiet, jobs=args.jobs)
     print(report.summary())
     return 0
 

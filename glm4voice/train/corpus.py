@@ -587,7 +587,8 @@ def corpus_stats(corpus_dir: str) -> dict:
     def hours(select: Callable[[dict], bool]) -> float:
         return round(sum(r["duration"] for r in rows if select(r)) / 3600, 3)
 
-    by = {key: Counter(r[key] for r in rows) for key in ("role", "split", "language", "kind", "voice")}
+    # "kind" is the item's kind; rows made without items (a speaker-variety corpus) may not have one
+    by = {key: Counter(r.get(key, "-") for r in rows) for key in ("role", "split", "language", "kind", "voice")}
     return {
         "utterances": len(rows), "hours": hours(lambda r: True),
         "hours_by_role": {k: hours(lambda r, k=k: r["role"] == k) for k in by["role"]},

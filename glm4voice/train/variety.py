@@ -92,19 +92,42 @@ class VarietyReport:
         return s
 
 
+def _speak(task: tuple, synth: Callable | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """One batch: (out_dir, voice, ids, texts) -> manifest rows of the sentences spoken (their audio written) and
+    (id, reason) of those that failed. Runs in a worker process when ``jobs > 1``."""
+    import soundfile as sf
+
+    out, v, ids, texts = task
+    if synth is None:
+        from glm4voice.train.tts import synthesize_batch as synth
+    rows, failed = [], []
+    for rid, text, wav in zip(ids, texts, synth(texts, v, sample_rate=SAMPLE_RATE), strict=True):
+        if isinstance(wav, Exception):
+            failed.append((rid, str(wav)))
+            continue
+        pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)
+        path = f"{AUDIO_DIR}/{rid}.wav"
+        sf.write(Path(out) / path, pcm, SAMPLE_RATE, subtype="PCM_16")
+        rows.append({"id": rid, "text": text, "language": v.language, "voice": v.name, "style": "plain",
+                     "duration": round(len(pcm) / SAMPLE_RATE, 3), "path": path, "role": "variety", "kind": "variety", "item_id": rid,
+                     "split": "train"})
+    return rows, failed
+
+
 def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: Sequence[Voice] = VARIETY_VOICES,
           words: Callable[[str], list[str]] = frequent_words, synth: Callable | None = None,
-          available: Callable[[Voice], bool] = installed, progress: bool = True) -> VarietyReport:
-    """Speak ``per_voice`` sentences with each installed voice into ``out_dir`` (resumable; see the module doc).
+          available: Callable[[Voice], bool] = installed, progress: bool = True, jobs: int = 1) -> VarietyReport:
+    """Speak ``per_voice`` sentences with each installed voice into ``out_dir`` (resumable; see the module doc),
+    in ``jobs`` worker processes (batches of ``BATCH`` sentences; only this process writes the manifest).
 
-    ``words``, ``synth`` (``tts.synthesize_batch``'s signature) and ``available`` are injectable for tests."""
-    import soundfile as sf
+    ``words``, ``synth`` (``tts.synthesize_batch``'s signature) and ``available`` are injectable for tests (with
+    ``jobs=1``)."""
     from tqdm import tqdm
 
     if per_voice < 1:
         raise ConfigError(f"--per-voice must be >= 1, got {per_voice}")
-    if synth is None:
-        from glm4voice.train.tts import synthesize_batch as synth
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
     (out / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
@@ -124,33 +147,38 @@ def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: 
             report.skipped_voices.append(v.name)
     if not use:
         raise ConfigError("no speaker-variety voice is installed: run scripts/install_variety_voices.sh")
-    bar = tqdm(total=per_voice * len(use), desc="variety", disable=not progress)
+    tasks = []
+    for v in use:
+        # each voice its own texts, the same ones on every run with this seed
+        texts = sentences(words(v.language), per_voice, random.Random(f"{seed}:{v.name}"), encoding=v.text_encoding)
+        todo = [(f"var-{v.language}-{v.engine_voice}-{i:05d}", texts[i]) for i in range(per_voice)]
+        todo = [(rid, t) for rid, t in todo if rid not in done]
+        for start in range(0, len(todo), BATCH):
+            part = todo[start: start + BATCH]
+            tasks.append((str(out), v, [rid for rid, _ in part], [t for _, t in part]))
+    bar = tqdm(total=sum(len(t[2]) for t in tasks), desc="variety", disable=not progress)
     with manifest.open("a", encoding="utf-8") as f:
-        for v in use:
-            # each voice its own texts, the same ones on every run with this seed
-            texts = sentences(words(v.language), per_voice, random.Random(f"{seed}:{v.name}"),
-                              encoding=v.text_encoding)
-            ids = [f"var-{v.language}-{v.engine_voice}-{i:05d}" for i in range(per_voice)]
-            todo = [i for i in range(per_voice) if ids[i] not in done]
-            bar.update(per_voice - len(todo))
-            for start in range(0, len(todo), BATCH):
-                part = todo[start: start + BATCH]
-                for i, wav in zip(part, synth([texts[i] for i in part], v, sample_rate=SAMPLE_RATE), strict=True):
-                    if isinstance(wav, Exception):
-                        report.failed += 1
-                        log.warning("%s: %s", ids[i], wav)
-                        continue
-                    pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)
-                    path = f"{AUDIO_DIR}/{ids[i]}.wav"
-                    sf.write(out / path, pcm, SAMPLE_RATE, subtype="PCM_16")
-                    duration = len(pcm) / SAMPLE_RATE
-                    row = {"id": ids[i], "text": texts[i], "language": v.language, "voice": v.name,
-                           "style": "plain", "duration": round(duration, 3), "path": path, "role": "variety",
-                           "item_id": ids[i], "split": "train"}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    f.flush()
+        if jobs == 1:
+            results = (_speak(t, synth) for t in tasks)
+            pool = None
+        else:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(jobs)
+            results = pool.imap_unordered(_speak, tasks)
+        try:
+            for rows, failed in results:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
                     report.made += 1
-                    report.seconds += duration
-                bar.update(len(part))
+                    report.seconds += r["duration"]
+                f.flush()
+                for rid, reason in failed:
+                    report.failed += 1
+                    log.warning("%s: %s", rid, reason)
+                bar.update(len(rows) + len(failed))
+        finally:
+            if pool is not None:
+                pool.terminate()
     bar.close()
     return report
