@@ -109,8 +109,8 @@ def _speak(task: tuple, synth: Callable | None = None) -> tuple[list[dict], list
         path = f"{AUDIO_DIR}/{rid}.wav"
         sf.write(Path(out) / path, pcm, SAMPLE_RATE, subtype="PCM_16")
         rows.append({"id": rid, "text": text, "language": v.language, "voice": v.name, "style": "plain",
-                     "duration": round(len(pcm) / SAMPLE_RATE, 3), "path": path, "role": "variety", "kind": "variety", "item_id": rid,
-                     "split": "train"})
+                     "duration": round(len(pcm) / SAMPLE_RATE, 3), "path": path, "role": "variety",
+                     "kind": "variety", "item_id": rid, "split": "train"})
     return rows, failed
 
 
