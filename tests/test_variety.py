@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from glm4voice.errors import ConfigError
 from glm4voice.train import tokenizer_trainer as tt
@@ -107,6 +108,29 @@ def test_trainer_asr_targets_skip_other_languages():
     pcm = np.zeros(3200, np.int16)
     en = tt.Utterance("a", "Hi there", "en", "espeak:en-us", pcm, phones=[1, 2])
     it = tt.Utterance("b", "Ciao bella", "it", "festival:lp_diphone", pcm, phones=[3, 4])
-    assert tt.asr_targets(en) == list(b"hi there") and tt.asr_targets(it) == []
+    assert tt.asr_targets(en) == list(b"hi there") and tt.asr_targets(it) is None
     _, _, targets, phones = tt.Batches([en, it], 2, seed=0)(0, 0, 1)
-    assert sorted(map(len, targets)) == [0, 8] and sorted(map(tuple, phones)) == [(1, 2), (3, 4)]
+    assert sorted(targets, key=str) == [None, list(b"hi there")] and sorted(map(tuple, phones)) == [(1, 2), (3, 4)]
+
+
+def test_rows_without_asr_targets_leave_the_asr_loss_and_train_the_phoneme_head():
+    from test_train_tokenizer import SPEC, _utts
+
+    torch.manual_seed(0)
+    spec = tt.TokenizerTrainSpec(**{**SPEC.__dict__, "phones": 6, "phone_weight": 1.0})
+    model = tt.TokenizerTrainModel(spec).eval()
+    utts = _utts(4)
+    feats, mask = tt.featurize([u.pcm for u in utts])
+    texts = [tt.text_ids(u.text) for u in utts]
+    phones = [[1, 2, 3], [2, 3], [4, 5, 1], [3]]
+    _, both = model(feats, mask, texts, phones)
+    _, first_two = model(feats[:2], mask[:2], texts[:2], phones[:2])
+    _, masked = model(feats, mask, texts[:2] + [None, None], phones)
+    assert masked["asr_loss"] == pytest.approx(first_two["asr_loss"], rel=1e-5)  # the None rows are left out
+    assert masked["phone_loss"] == pytest.approx(both["phone_loss"], rel=1e-5)  # but still train the phonemes
+    model.train()
+    loss, stats = model(feats, mask, [None] * 4, phones)
+    assert stats["asr_loss"] == 0.0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.phone is not None and any(p.grad is not None and p.grad.abs().sum() > 0
+                                           for p in model.phone.parameters())

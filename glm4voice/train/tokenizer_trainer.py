@@ -150,7 +150,15 @@ class TokenizerTrainModel(nn.Module):
         else:
             q, _, vq_loss, stats = self.vq(h.float(), valid)
         memory = self.memory(q.to(h.dtype), valid)
-        asr_loss = self.asr.loss(memory, valid, [t[:250] for t in targets])
+        # rows without an ASR target (None: a language the head does not transcribe) are left out of its loss; an
+        # empty CTC target instead would cost every frame of the row, unnormalised, and swamp the loss (session 18)
+        rows = [i for i, t in enumerate(targets) if t is not None]
+        if len(rows) == len(targets):
+            asr_loss = self.asr.loss(memory, valid, [t[:250] for t in targets])
+        elif rows:
+            asr_loss = self.asr.loss(memory[rows], valid[rows], [targets[i][:250] for i in rows])
+        else:
+            asr_loss = memory.float().sum() * 0.0
         stats.update(asr_loss=float(asr_loss.detach()))
         loss = asr_loss + vq_loss
         if self.phone is not None and phone_targets is not None and self.spec.phone_weight > 0:
@@ -349,11 +357,11 @@ def text_ids(text: str) -> list[int]:
     return list(text.lower().encode("utf-8"))
 
 
-def asr_targets(u: Utterance) -> list[int]:
-    """``u``'s ASR targets: its transcript's bytes, or none for a language the head does not transcribe (a
-    speaker-variety row, ``glm4voice data variety``): an empty CTC target teaches the head to stay silent there,
-    and the row still trains the encoder through the phoneme head."""
-    return text_ids(u.text) if u.language in ASR_LANGUAGES else []
+def asr_targets(u: Utterance) -> list[int] | None:
+    """``u``'s ASR targets: its transcript's bytes, or None for a language the head does not transcribe (a
+    speaker-variety row, ``glm4voice data variety``): the ASR loss leaves such a row out, and it trains the encoder
+    through the phoneme head only."""
+    return text_ids(u.text) if u.language in ASR_LANGUAGES else None
 
 
 class Batches:
