@@ -134,3 +134,17 @@ def test_rows_without_asr_targets_leave_the_asr_loss_and_train_the_phoneme_head(
     loss.backward()
     assert model.phone is not None and any(p.grad is not None and p.grad.abs().sum() > 0
                                            for p in model.phone.parameters())
+
+
+def test_extra_corpus_in_other_languages_needs_the_phoneme_head(tmp_path):
+    import argparse
+
+    variety.build(tmp_path / "var", per_voice=2, voices=VARIETY_VOICES[:1], words=lambda lang: WORDS,
+                  synth=_fake_synth([]), available=lambda v: True, progress=False)
+    assert tt.manifest_languages(str(tmp_path / "var")) == {"it"}
+    parser = argparse.ArgumentParser()
+    tt.add_args(parser)
+    args = parser.parse_args(["--corpus", str(tmp_path / "missing"), "--extra-corpus", str(tmp_path / "var"),
+                              "--out", str(tmp_path / "run")])
+    with pytest.raises(ConfigError, match="phoneme head"):  # before the (missing) main corpus is read
+        tt.main(args)

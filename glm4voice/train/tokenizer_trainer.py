@@ -288,6 +288,20 @@ def load_corpus(corpus_dir: str, *, split: str, max_seconds: float, limit: int |
     return out
 
 
+def manifest_languages(corpus_dir: str) -> set[str]:
+    """The languages of a corpus's manifest rows, read without opening any audio."""
+    from glm4voice.train.corpus import MANIFEST
+
+    out = set()
+    with open(os.path.join(corpus_dir, MANIFEST), encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.add(json.loads(line)["language"])
+            except (ValueError, KeyError, TypeError):
+                continue  # load_manifest reports bad lines when the rows are loaded
+    return out
+
+
 def featurize(pcms: list[np.ndarray]) -> tuple[Tensor, Tensor]:
     """Whisper features of a batch padded to a multiple of 1280 samples, and the valid-frame mask (B, N)."""
     n = max(1, math.ceil(max(len(p) for p in pcms) / TOKEN_HOP_SAMPLES)) * TOKEN_HOP_SAMPLES
@@ -680,16 +694,18 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     spec = TokenizerTrainSpec(**{k: getattr(args, k) for k in TokenizerTrainSpec.__dataclass_fields__
                                  if k != "phones"})
+    if spec.phone_weight <= 0:  # checked before any audio is loaded (minutes for a large corpus)
+        for extra in args.extra_corpus:
+            foreign = sorted(manifest_languages(extra) - set(ASR_LANGUAGES))
+            if foreign:
+                raise ConfigError(f"{extra} has rows in {', '.join(foreign)}: they need the phoneme head "
+                                  "(--phone-weight > 0), since the ASR head does not learn from them")
     train = load_corpus(args.corpus, split="train", max_seconds=args.max_seconds)
     for extra in args.extra_corpus:
         rows = load_corpus(extra, split="train", max_seconds=args.max_seconds)
         log.info("%s: %d training utterances (%s)", extra, len(rows),
                  ", ".join(f"{k} {v}" for k, v in sorted(collections.Counter(u.language for u in rows).items())))
         train += rows
-    foreign = sorted({u.language for u in train} - set(ASR_LANGUAGES))
-    if foreign and spec.phone_weight <= 0:
-        raise ConfigError(f"training rows in {', '.join(foreign)} need the phoneme head (--phone-weight > 0): the "
-                          "ASR head does not learn from them")
     held = load_corpus(args.corpus, split="heldout", max_seconds=args.max_seconds, limit=args.eval_size, seed=1)
     unseen: list[Utterance] = []
     if args.eval_voices > 0:
