@@ -76,6 +76,13 @@ def test_build_writes_a_corpus_the_trainer_reads_and_resumes(tmp_path):
     more = variety.build(tmp_path, per_voice=6, seed=3, voices=voices, words=lambda lang: WORDS,
                          synth=_fake_synth(calls), available=lambda v: v.name in installed, progress=False)
     assert more.made == 4 and [len(t) for _, t in calls[2:]] == [2, 2]  # only the new rows
+    with (tmp_path / "manifest.jsonl").open("a", encoding="utf-8") as f:  # a kill mid-write tears the last line
+        f.write('{"id": "var-it-lp_dip')
+    torn = variety.build(tmp_path, per_voice=7, seed=3, voices=voices, words=lambda lang: WORDS,
+                         synth=_fake_synth(calls), available=lambda v: v.name in installed, progress=False)
+    assert torn.kept == 12 and torn.made == 2
+    rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 14 == len({r["id"] for r in rows})  # every line whole, none twice
     with pytest.raises(ConfigError, match="install_variety_voices"):
         variety.build(tmp_path / "none", per_voice=1, voices=voices, words=lambda lang: WORDS,
                       synth=_fake_synth([]), available=lambda v: False, progress=False)

@@ -305,7 +305,7 @@ def _synth_task(args: tuple[str, list[Utterance]]) -> list[dict]:
 
 # --- manifest I/O -------------------------------------------------------------------------------------------------
 
-def _read_jsonl(path: str) -> tuple[list[dict], int]:
+def read_jsonl(path: str) -> tuple[list[dict], int]:
     """Rows of a jsonl file and the number of unreadable lines (a run killed mid-write tears the last one)."""
     rows, bad = [], 0
     if not os.path.exists(path):
@@ -321,7 +321,7 @@ def _read_jsonl(path: str) -> tuple[list[dict], int]:
     return rows, bad
 
 
-def _write_jsonl_atomic(path: str, rows: Iterable[dict]) -> None:
+def write_jsonl_atomic(path: str, rows: Iterable[dict]) -> None:
     tmp = path + ".part"
     with open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
@@ -390,15 +390,15 @@ def synthesize_corpus(out_dir: str, cfg: CorpusConfig = CorpusConfig(), *, jobs:
     report = SynthReport(planned=len(utts))
 
     manifest_path, failed_path = os.path.join(out_dir, MANIFEST), os.path.join(out_dir, FAILED)
-    done_rows, report.torn_lines = _read_jsonl(manifest_path)
+    done_rows, report.torn_lines = read_jsonl(manifest_path)
     done = {r["id"]: r for r in done_rows if os.path.exists(os.path.join(out_dir, r["path"]))}
-    failed_rows, torn_failed = _read_jsonl(failed_path)
+    failed_rows, torn_failed = read_jsonl(failed_path)
     skip_failed = {r["id"] for r in failed_rows if r["failed"] == "unspeakable"} if not retry_failed else set()
     if report.torn_lines or torn_failed or len(done) != len(done_rows):
-        _write_jsonl_atomic(manifest_path, done.values())  # drop torn lines and rows whose audio vanished
-        _write_jsonl_atomic(failed_path, failed_rows)
+        write_jsonl_atomic(manifest_path, done.values())  # drop torn lines and rows whose audio vanished
+        write_jsonl_atomic(failed_path, failed_rows)
     if retry_failed:
-        _write_jsonl_atomic(failed_path, [])
+        write_jsonl_atomic(failed_path, [])
     report.done_before = len(done)
     todo = [u for u in utts if u.id not in done and u.id not in skip_failed]
     n_skip = sum(1 for u in utts if u.id in skip_failed and u.id not in done)
@@ -437,7 +437,7 @@ def synthesize_corpus(out_dir: str, cfg: CorpusConfig = CorpusConfig(), *, jobs:
     order = {u.id: i for i, u in enumerate(utts)}
     if all(u.id in done or u.id in skip_failed for u in utts) or limit is None:
         # finished (or finished all it could): leave the manifest in plan order, so equal seeds give equal files
-        _write_jsonl_atomic(manifest_path, sorted(done.values(), key=lambda r: order.get(r["id"], len(order))))
+        write_jsonl_atomic(manifest_path, sorted(done.values(), key=lambda r: order.get(r["id"], len(order))))
     meta["runs"].append({"made": report.made, "seconds": round(report.seconds, 2), "jobs": jobs,
                          "audio_seconds": round(report.audio_seconds, 2), "failed": dict(report.failed)})
     with open(os.path.join(out_dir, META) + ".part", "w", encoding="utf-8") as f:
@@ -577,8 +577,8 @@ def load_tokens(corpus_dir: str, utt_id: str) -> np.ndarray:
 # --- statistics ---------------------------------------------------------------------------------------------------
 
 def corpus_stats(corpus_dir: str) -> dict:
-    rows, torn = _read_jsonl(os.path.join(corpus_dir, MANIFEST))
-    failed, _ = _read_jsonl(os.path.join(corpus_dir, FAILED))
+    rows, torn = read_jsonl(os.path.join(corpus_dir, MANIFEST))
+    failed, _ = read_jsonl(os.path.join(corpus_dir, FAILED))
     size = 0
     for sub in ("audio16k", "audio22k"):
         for root, _, files in os.walk(os.path.join(corpus_dir, sub)):

@@ -290,16 +290,12 @@ def load_corpus(corpus_dir: str, *, split: str, max_seconds: float, limit: int |
 
 def manifest_languages(corpus_dir: str) -> set[str]:
     """The languages of a corpus's manifest rows, read without opening any audio."""
-    from glm4voice.train.corpus import MANIFEST
+    from glm4voice.train.corpus import MANIFEST, read_jsonl
 
-    out = set()
-    with open(os.path.join(corpus_dir, MANIFEST), encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.add(json.loads(line)["language"])
-            except (ValueError, KeyError, TypeError):
-                continue  # load_manifest reports bad lines when the rows are loaded
-    return out
+    path = os.path.join(corpus_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{corpus_dir} has no {MANIFEST}: not a corpus folder")
+    return {r["language"] for r in read_jsonl(path)[0] if "language" in r}  # load_manifest reports the bad rows
 
 
 def featurize(pcms: list[np.ndarray]) -> tuple[Tensor, Tensor]:

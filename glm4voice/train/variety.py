@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from glm4voice.errors import ConfigError
+from glm4voice.train.corpus import MANIFEST, read_jsonl, write_jsonl_atomic
 from glm4voice.train.voices import VARIETY_VOICES, Voice
 
 log = logging.getLogger("glm4voice.train.variety")
 
-MANIFEST = "manifest.jsonl"
 AUDIO_DIR = "audio16k"
 SAMPLE_RATE = 16_000
 BATCH = 50  # sentences per festival process
@@ -131,13 +131,10 @@ def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: 
     out = Path(out_dir)
     (out / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
-    done: set[str] = set()
-    if manifest.is_file():
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            try:
-                done.add(json.loads(line)["id"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line after a kill: that row is made again
+    rows, torn = read_jsonl(str(manifest))
+    if torn:  # a kill mid-write tore the last line: rewrite without it (its row is made again), so appends stay whole
+        write_jsonl_atomic(str(manifest), rows)
+    done = {r["id"] for r in rows}
     report = VarietyReport(kept=len(done))
     use = []
     for v in voices:
