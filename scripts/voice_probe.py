@@ -10,6 +10,9 @@ voices plus everything the held-out voices say. ``--pitch`` also scores the trai
 frequency shifted by that many semitones at the same tempo (``tokenizer_adapt.shifted_features``): how much a
 different-sounding speaker costs.
 
+``--refit kmeans|batch`` fits the codebook again before scoring through it, as the end of a VQ warm-up would (a run
+still in its warm-up: what switching the quantiser on costs, before any training with it).
+
 Session 12 (runs/tok_v4, corpus_v6, 1,500 rows): training voices 0.09-0.31 (the flite/festival ones 0.25-0.31),
 held-out espeak voices 0.09-0.18, flite awb and festival ked_diphone 0.52.
 """
@@ -37,6 +40,11 @@ def main() -> None:
     ap.add_argument("--pitch", type=float, nargs="*", default=[], help="semitone shifts for the training voices")
     ap.add_argument("--unquantized", action="store_true",
                     help="read the states before the quantiser (a run still in its VQ warm-up)")
+    ap.add_argument("--refit", choices=["kmeans", "batch"], default=None,
+                    help="before scoring through the quantiser, fit the codebook again to training states as the "
+                         "end of the VQ warm-up would: k-means over --refit-frames positions (train tokenizer "
+                         "--vq-init-frames) or one batch of 24 utterances (the default switch)")
+    ap.add_argument("--refit-frames", type=int, default=50_000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,6 +62,20 @@ def main() -> None:
     # through the quantiser unless asked (make_eval quantises once the warm-up has passed)
     model.steps_seen.fill_(0 if args.unquantized else max(int(model.steps_seen), model.spec.vq_warmup))
     model.eval()
+    if args.refit:
+        if args.unquantized:
+            raise SystemExit("--refit scores through the quantiser: leave out --unquantized")
+        train = tt.load_corpus(args.corpus, split="train", max_seconds=10, limit=max(24, args.refit_frames // 40),
+                               seed=4)
+        if args.refit == "kmeans":
+            states = tt.codebook_states(train, args.refit_frames, seed=4)(model)
+            fit = model.vq.init_kmeans(states, generator=torch.Generator().manual_seed(0))
+            print(f"codebook refitted by k-means over {states.shape[0]} states: squared error per dim "
+                  f"{fit['mse_start']:.4f} (random rows) -> {fit['mse']:.4f}")
+        else:
+            states = tt.codebook_states(train[:24], 10**9, batch_size=24, seed=4)(model)
+            model.vq.init_from(states, generator=torch.Generator().manual_seed(0))
+            print(f"codebook refitted from one batch of 24 utterances ({states.shape[0]} states)")
     utts = tt.load_corpus(args.corpus, split="heldout", max_seconds=10, limit=args.n, seed=3)
     index = {s: i for i, s in enumerate(json.loads((run / "phones.json").read_text(encoding="utf-8")))}
     table = phonemes.cached_phonemes(args.corpus, [(u.language, u.text) for u in utts], jobs=1)
@@ -68,7 +90,7 @@ def main() -> None:
             return tt.make_eval(us, features=features)(model)["phone_error"]
 
     print(f"{run} step {int(state['step'])}" + (f", encoder of {args.encoder}" if args.encoder else "")
-          + (", unquantized" if args.unquantized else ""))
+          + (", unquantized" if args.unquantized else "") + (f", codebook refit: {args.refit}" if args.refit else ""))
     shifts = "".join(f" {s:+g} st |" for s in args.pitch)
     print(f"\n| voice | held out | rows | phoneme error |{shifts}\n|---|---|---|---|" + "---|" * len(args.pitch))
     for voice, us in sorted(by_voice.items(), key=lambda kv: (kv[0] in HELDOUT_VOICE_NAMES, kv[0])):

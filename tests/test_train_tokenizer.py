@@ -251,3 +251,34 @@ def test_load_for_asr_needs_branch(tmp_path):
 def test_error_rates():
     r = tt.error_rates(["What is two plus two?", "你好"], ["what is two plus three", "你好"], ["en", "zh"])
     assert r["wer_en"] == pytest.approx(0.2) and r["cer_zh"] == 0.0
+
+
+def test_warmup_end_fits_the_codebook_by_kmeans_over_the_source_states():
+    from glm4voice.train.vq import kmeans
+
+    torch.manual_seed(0)
+    model = tt.TokenizerTrainModel(SPEC).train()
+    utts = _utts(8)
+    source = tt.codebook_states(utts, 40, batch_size=3, seed=5)
+    with torch.no_grad():
+        h, valid = model.encode(*tt.featurize([u.pcm for u in utts]))
+    states = source(model)
+    assert states.shape == (40, SPEC.d_model) and model.training  # the source restores the mode
+    # a seeded sample of the utterances' own pre-VQ states (the last positions differ by ~1e-3 with the padding of
+    # another batching)
+    assert torch.cdist(states, h.float()[valid]).min(1).values.max() < 1e-2 * h.float()[valid].norm(dim=1).mean()
+    calls = []
+    model.codebook_source = lambda m: calls.append(1) or states
+    model.kmeans_iters = 7
+    batch = tt.Batches(utts, 4, seed=0)(0, 0, 1)
+    model.steps_seen.fill_(SPEC.vq_warmup - 2)
+    model(*batch)
+    assert not calls and not model.quantizing  # still warming up
+    model(*batch)  # the step that ends the warm-up
+    assert calls == [1] and model.quantizing
+    want, _ = kmeans(states, SPEC.codebook, iters=7, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model.vq.codebook.weight, want)
+    model(*batch)  # quantising now: no second fit
+    assert calls == [1]
+    with pytest.raises(ValueError):
+        tt.codebook_states(utts, 0)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from glm4voice.train.vq import EMAVectorQuantizer, VQConfig
@@ -85,3 +86,24 @@ def test_init_from_data_and_restart_threshold():
     assert (d < 0.1 * x.std()).all() and torch.equal(vq.ema_count, torch.ones(8))
     vq.ema_count[:4] = 0.4
     assert vq.restart_dead_codes(x) == 4  # below the configured threshold, not decay**interval
+
+
+def test_kmeans_beats_its_random_start_and_reseeds_empty_clusters():
+    from glm4voice.train.vq import EMAVectorQuantizer, VQConfig, kmeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(16, 8, generator=g) * 10
+    x = centres[torch.randint(0, 16, (4000,), generator=g)] + torch.randn(4000, 8, generator=g)
+    c, stats = kmeans(x, 16, iters=25, generator=torch.Generator().manual_seed(1))
+    assert c.shape == (16, 8) and stats["mse"] < 0.5 * stats["mse_start"]
+    # four distinct rows repeated, six clusters: starts that repeat a value leave clusters empty; re-seeding them at
+    # the worst-served rows must still cover all four values (zero error)
+    x = torch.tensor([[0.0, 0], [5, 0], [0, 5], [5, 5]]).repeat(10, 1)
+    _, stats = kmeans(x, 6, iters=20, generator=torch.Generator().manual_seed(3))
+    assert stats["mse"] == 0.0 and stats["reseeded"] > 0
+    with pytest.raises(ValueError, match="non-empty"):
+        kmeans(torch.zeros(0, 4), 4)
+    vq = EMAVectorQuantizer(VQConfig(codebook_size=6, dim=2))
+    got = vq.init_kmeans(x, iters=20, generator=torch.Generator().manual_seed(3))
+    assert got["mse"] == 0.0 and torch.equal(vq.ema_count, torch.ones(6))
+    assert torch.equal(vq.codebook.weight, vq.ema_weight)  # codebook = ema_weight / ema_count

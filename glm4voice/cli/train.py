@@ -23,6 +23,8 @@ COMPONENTS = {
     "text2token": ("glm4voice.train.text2token", "text-to-token model (text -> speech tokens)"),
     "interleave": ("glm4voice.train.interleave", "interleaved speech-text documents from text (needs text2token)"),
     "decoder": ("glm4voice.train.decoder_trainer", "speech decoder (flow matching + HiFT vocoder)"),
+    "remap-codes": ("glm4voice.train.remap_codes",
+                    "carry an LM and a decoder over to a new tokenizer's codes (warm start from code co-occurrence)"),
     "compare": ("glm4voice.train.compare", "compare runs' metrics at equal steps (table + plot), e.g. an A/B"),
 }
 

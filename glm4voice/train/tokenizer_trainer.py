@@ -110,6 +110,11 @@ class TokenizerTrainModel(nn.Module):
             ASRHead(spec.asr_config(), spec.d_model)
         self.pieces: list[bytes] | None = None  # None: the head writes UTF-8 bytes
         self.phone = CTCHead(spec.d_model, self.cfg.pooling_kernel_size, spec.phones + 1) if spec.phones else None
+        # where the codebook comes from when the warm-up ends: None = the states of that step's batch
+        # (``EMAVectorQuantizer.init_from``); a callable (model -> (N, d) states, e.g. ``codebook_states``) = k-means
+        # over them (``init_kmeans``, ``kmeans_iters`` Lloyd iterations)
+        self.codebook_source = None
+        self.kmeans_iters = 20
 
     def use_pieces(self, pieces: list[bytes]) -> None:
         """Replace the CTC head by a fresh one over word pieces (``pieces[i]`` = the bytes of label i)."""
@@ -145,7 +150,7 @@ class TokenizerTrainModel(nn.Module):
             self.steps_seen += 1
         if warm_up:
             if self.quantizing:  # the last warm-up step: fit the codebook to these states
-                self.vq.init_from(h.detach().float()[valid])
+                self.init_codebook(h.detach().float()[valid])
             q, vq_loss, stats = h, h.new_zeros(()), {"vq_loss": 0.0, "codes_used": 0}
         else:
             q, _, vq_loss, stats = self.vq(h.float(), valid)
@@ -166,6 +171,19 @@ class TokenizerTrainModel(nn.Module):
             stats.update(phone_loss=float(phone_loss.detach()))
             loss = loss + self.spec.phone_weight * phone_loss
         return loss, stats
+
+    @torch.no_grad()
+    def init_codebook(self, batch_states: Tensor) -> None:
+        """Fit the codebook when the warm-up ends: k-means over ``codebook_source``'s states when one is set, else
+        ``init_from`` this batch's states."""
+        if self.codebook_source is None:
+            self.vq.init_from(batch_states)
+            return
+        states = self.codebook_source(self)
+        stats = self.vq.init_kmeans(states, iters=self.kmeans_iters, generator=torch.Generator().manual_seed(0))
+        log.info("codebook: k-means over %d states (%d iterations): squared error per dim %.4f -> %.4f, "
+                 "%d empty clusters re-seeded", states.shape[0], self.kmeans_iters, stats["mse_start"],
+                 stats["mse"], stats["reseeded"])
 
     @property
     def quantizing(self) -> bool:
@@ -360,6 +378,33 @@ def tilt(feats: Tensor, db: float) -> Tensor:
 
 
 ASR_LANGUAGES = ("en", "zh")  # what the ASR head transcribes; other languages' rows train the phoneme head only
+
+
+def codebook_states(utts: list[Utterance], frames: int, *, batch_size: int = 16, seed: int = 0):
+    """A ``TokenizerTrainModel.codebook_source``: the model's pre-VQ states of about ``frames`` 12.5 Hz positions
+    from a seeded sample of ``utts`` (clean features, no augmentation), computed when called."""
+    if frames <= 0 or not utts:
+        raise ValueError("codebook_states needs frames > 0 and utterances")
+
+    def states(model: TokenizerTrainModel) -> Tensor:
+        order = random.Random(seed).sample(range(len(utts)), len(utts))
+        out, total = [], 0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(order), batch_size):
+                    h, valid = model.encode(*featurize([utts[j].pcm for j in order[i: i + batch_size]]))
+                    out.append(h.float()[valid].cpu())
+                    total += out[-1].shape[0]
+                    if total >= frames:
+                        break
+        finally:
+            model.train(was_training)
+        log.info("codebook: %d pre-VQ states from %d utterances", min(total, frames), min(i + batch_size, len(order)))
+        return torch.cat(out)[:frames].to(model.vq.codebook.weight.device)
+
+    return states
 
 
 def text_ids(text: str) -> list[int]:
@@ -628,6 +673,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="also train on the training rows of this corpus (repeatable), e.g. a speaker-variety "
                              "corpus of other languages (glm4voice data variety); rows in a language outside "
                              f"{'/'.join(ASR_LANGUAGES)} train the phoneme head only")
+    parser.add_argument("--vq-init-frames", type=int, default=0, metavar="N",
+                        help="when the VQ warm-up ends, fit the codebook by k-means over the pre-VQ states of about N "
+                             "positions of training utterances (e.g. 50000); 0: the states of that step's batch")
+    parser.add_argument("--kmeans-iters", type=int, default=20, help="Lloyd iterations of --vq-init-frames")
     parser.add_argument("--eval-voices", type=int, default=0, metavar="N",
                         help="also score each held-out voice alone on N of its held-out utterances, logged as "
                              "phone_error@VOICE (wer_en@VOICE without a phoneme head); 0: off")
@@ -720,6 +769,9 @@ def main(args: argparse.Namespace) -> int:
              sum(p.numel() for p in model.parameters()) / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    if args.vq_init_frames > 0:
+        model.codebook_source = codebook_states(train, args.vq_init_frames, seed=cfg.seed)
+        model.kmeans_iters = args.kmeans_iters
     train = oversample(train, args.oversample)
     eval_fn = make_eval(held) if held else None
     if unseen:

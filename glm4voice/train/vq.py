@@ -112,6 +112,21 @@ class EMAVectorQuantizer(nn.Module):
         self.codebook.weight.copy_(new.to(self.codebook.weight.dtype))
 
     @torch.no_grad()
+    def init_kmeans(self, x: torch.Tensor, *, iters: int = 20, generator: torch.Generator | None = None) -> dict:
+        """Data-driven initialisation by k-means over many states x (N, D), N >> codebook size: Lloyd iterations
+        from distinct random rows (``kmeans``). One batch (``init_from``) gives about one state per code, so most
+        codes start on a single frame; the lessons of the embedded model's card name this switch as what held the
+        tokenizer back. Rank 0's centroids are broadcast. Returns the mean squared quantisation error of x under
+        the starting rows and under the result, and how many empty clusters were re-seeded."""
+        new, stats = kmeans(x.float(), self.cfg.codebook_size, iters=iters, generator=generator)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(new, 0)
+        self.ema_weight.copy_(new)
+        self.ema_count.fill_(1.0)
+        self.codebook.weight.copy_(new.to(self.codebook.weight.dtype))
+        return stats
+
+    @torch.no_grad()
     def restart_dead_codes(self, x: torch.Tensor, generator: torch.Generator | None = None) -> int:
         """Re-initialise codes with ema_count < decay**restart_interval to random rows of x. Returns how many."""
         threshold = self.cfg.restart_threshold
@@ -129,3 +144,45 @@ class EMAVectorQuantizer(nn.Module):
         self.ema_count[dead] = 1.0
         self.codebook.weight[dead] = new.to(self.codebook.weight.dtype)
         return int(dead.numel())
+
+
+def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 16_384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each row of x and its squared distance, in chunks of rows (N x K distances)."""
+    cc = (c * c).sum(1)
+    ids, dist2 = [], []
+    for i in range(0, x.shape[0], chunk):
+        part = x[i: i + chunk]
+        d = torch.addmm(cc[None] + (part * part).sum(1, keepdim=True), part, c.t(), beta=1, alpha=-2)
+        best = d.min(1)
+        ids.append(best.indices)
+        dist2.append(best.values.clamp_min(0))
+    return torch.cat(ids), torch.cat(dist2)
+
+
+@torch.no_grad()
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, generator: torch.Generator | None = None
+           ) -> tuple[torch.Tensor, dict]:
+    """Lloyd's k-means of x (N, D) into k centroids, started from k distinct random rows (rows are reused when
+    N < k). An empty cluster is re-seeded at the row worst served by its centroid. Returns (centroids (k, D),
+    {"mse_start", "mse", "reseeded"}), errors as mean squared distance per row and dimension."""
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"k-means needs a non-empty (N, D) matrix, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    pick = torch.randperm(n, generator=generator)[:k] if n >= k else torch.randint(0, n, (k,), generator=generator)
+    c = x[pick.to(x.device)].clone()
+    _, dist2 = _assign(x, c)
+    mse_start = float(dist2.mean()) / d
+    reseeded = 0
+    for _ in range(iters):
+        ids, dist2 = _assign(x, c)
+        counts = torch.bincount(ids, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, ids, x)
+        filled = counts > 0
+        c[filled] = sums[filled] / counts[filled, None].to(x.dtype)
+        empty = (~filled).nonzero().flatten()
+        if empty.numel() and n >= k:
+            worst = dist2.topk(min(int(empty.numel()), n)).indices
+            c[empty[: worst.numel()]] = x[worst]
+            reseeded += int(empty.numel())
+    _, dist2 = _assign(x, c)
+    return c, {"mse_start": mse_start, "mse": float(dist2.mean()) / d, "reseeded": reseeded}
