@@ -91,7 +91,7 @@ def mapping(counts: np.ndarray) -> tuple[torch.Tensor, dict]:
     h_old = float(-(p_old[p_old > 0] * p_old[p_old > 0].log2()).sum())
     stats = {"positions": int(total), "new_codes_seen": int((row > 0).sum()), "new_codes": int(c.shape[0]),
              "old_codes_seen": int((p_old > 0).sum()),
-             "mean_max_p_old_given_new": float((c.max(1).values.sum() / total)),
+             "mean_max_p_old_given_new": float(c.max(1).values.sum() / total),
              "mutual_information_bits": mi, "old_entropy_bits": h_old}
     return cond, stats
 
