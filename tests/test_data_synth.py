@@ -160,6 +160,32 @@ def test_bad_rows_are_reported_and_tokens_cached(full_corpus, tmp_path):
     again = cache_tokens(out, encode, progress=False)
     assert again.get("encoded", 0) == 0 and again["cached_before"] == len(rows) - 2
 
+    # another folder, a seeded sample, stamped with its tokenizer; another tokenizer's codes are refused there
+    other = str(tmp_path / "tokens_b")
+    a, b = {"tokenizer": "a", "sha256": "1" * 64}, {"tokenizer": "b", "sha256": "2" * 64}
+    sample = cache_tokens(out, encode, tokens_dir=other, limit=3, seed=1, source=a, progress=False)
+    files = sorted(f for f in os.listdir(other) if f.endswith(".npy"))
+    assert sample["encoded"] == 3 and len(files) == 3
+    assert json.load(open(os.path.join(other, corpus.TOKENS_STAMP))) == a
+    assert cache_tokens(out, encode, tokens_dir=other, limit=3, seed=1, source=a, progress=False)["cached_before"] == 3
+    with pytest.raises(ValueError, match="another tokenizer"):
+        cache_tokens(out, encode, tokens_dir=other, source=b, progress=False)
+    assert sorted(f for f in os.listdir(other) if f.endswith(".npy")) == files  # nothing written
+    cache_tokens(out, encode, tokens_dir=other, limit=2, seed=1, source=b, overwrite=True, progress=False)
+    assert json.load(open(os.path.join(other, corpus.TOKENS_STAMP))) == b
+    assert len([f for f in os.listdir(other) if f.endswith(".npy")]) == 2  # a's third file went with its stamp
+    # the corpus's own folder predates stamps: its tokenizer cannot be checked, so no stamp is claimed
+    cache_tokens(out, encode, source=a, progress=False)
+    assert not os.path.exists(os.path.join(out, "tokens", corpus.TOKENS_STAMP))
+    fp = corpus.tokenizer_fingerprint(corpus_embedded_tokenizer())
+    assert len(fp["sha256"]) == 64 and fp == corpus.tokenizer_fingerprint(corpus_embedded_tokenizer())
+
+
+def corpus_embedded_tokenizer():
+    from glm4voice.checkpoints import embedded_dir
+
+    return embedded_dir("tokenizer")
+
 
 @needs_all
 def test_stats(full_corpus):

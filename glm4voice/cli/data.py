@@ -73,6 +73,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="speech tokenizer folder or hub id (default: the embedded one)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None,
+                   help="token folder (default: CORPUS/tokens); a folder is stamped with its tokenizer "
+                        "(TOKENIZER.json) and codes of another tokenizer are refused")
+    p.add_argument("--limit", type=int, default=None, help="encode a seeded sample of this many rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="re-encode rows already cached")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,13 +137,21 @@ def _stats(args: argparse.Namespace) -> int:
 def _tokens(args: argparse.Namespace) -> int:
     import torch
 
+    from glm4voice.checkpoints import resolve
     from glm4voice.tokenizer import SpeechTokenizer  # built by the tokenizer component (docs/INTERFACES.md)
-    from glm4voice.train.corpus import cache_tokens
+    from glm4voice.train.corpus import cache_tokens, tokenizer_fingerprint
 
-    tok = SpeechTokenizer.from_pretrained(args.tokenizer, device=args.device, dtype=torch.float32)
+    folder = resolve(args.tokenizer, "tokenizer")
+    tok = SpeechTokenizer.from_pretrained(folder, device=args.device, dtype=torch.float32)
 
     def encode(wavs):
         return tok.encode([torch.from_numpy(w) for w in wavs])
 
-    print(json.dumps(cache_tokens(args.corpus, encode, batch_size=args.batch_size)))
+    try:
+        counts = cache_tokens(args.corpus, encode, batch_size=args.batch_size, tokens_dir=args.out,
+                              limit=args.limit, seed=args.seed, overwrite=args.overwrite,
+                              source=tokenizer_fingerprint(folder))
+    except ValueError as e:
+        raise SystemExit(f"glm4voice data tokens: error: {e}") from None
+    print(json.dumps(counts))
     return 0

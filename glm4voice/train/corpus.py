@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -535,25 +536,78 @@ def load_wav(corpus_dir: str, row: dict, *, key: str = "path") -> np.ndarray:
 Encoder = Callable[[list[np.ndarray]], list[list[int]]]
 
 
-def token_path(corpus_dir: str, utt_id: str) -> str:
-    return os.path.join(corpus_dir, "tokens", f"{utt_id}.npy")
+TOKENS_STAMP = "TOKENIZER.json"  # which tokenizer made a token folder's codes (cache_tokens)
+
+
+def token_path(corpus_dir: str, utt_id: str, *, tokens_dir: str | None = None) -> str:
+    return os.path.join(tokens_dir or os.path.join(corpus_dir, "tokens"), f"{utt_id}.npy")
+
+
+def tokenizer_fingerprint(folder: str | os.PathLike) -> dict:
+    """What identifies a tokenizer folder's codes: its path and a SHA-256 over its config and weight files."""
+    import hashlib
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no config.json or weight files to fingerprint")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return {"tokenizer": str(folder), "sha256": h.hexdigest()}
+
+
+def _check_stamp(tokens_dir: str, source: dict | None, overwrite: bool) -> None:
+    """Refuse to add one tokenizer's codes to a folder of another's (their codes mean different things); write the
+    stamp when the folder is new, or rewritten with ``overwrite``."""
+    stamp = os.path.join(tokens_dir, TOKENS_STAMP)
+    if source is None:
+        return
+    if os.path.exists(stamp):
+        try:
+            old = json.loads(Path(stamp).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{stamp}: unreadable ({e}); remove it if the folder's codes are known") from None
+        if old.get("sha256") != source["sha256"]:
+            if not overwrite:
+                raise ValueError(f"{tokens_dir} holds codes of another tokenizer ({old.get('tokenizer')}); write "
+                                 "these to another folder (--out) or replace them all (--overwrite)")
+            for name in os.listdir(tokens_dir):  # none of the other tokenizer's codes may stay under the new stamp
+                if name.endswith(".npy"):
+                    os.remove(os.path.join(tokens_dir, name))
+    elif any(n.endswith(".npy") for n in os.listdir(tokens_dir)) and not overwrite:
+        print(f"cache_tokens: {tokens_dir} has codes from before tokenizer stamps; their tokenizer cannot be "
+              "checked (no stamp written)", file=sys.stderr)
+        return
+    Path(stamp).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
 
 
 def cache_tokens(corpus_dir: str, encode: Encoder, *, batch_size: int = 32, progress: bool = True,
-                 overwrite: bool = False) -> dict[str, int]:
-    """Encode every usable 16 kHz utterance with ``encode(list_of_wavs_16k) -> list[list[int]]`` into tokens/<id>.npy.
+                 overwrite: bool = False, tokens_dir: str | None = None, limit: int | None = None, seed: int = 0,
+                 source: dict | None = None) -> dict[str, int]:
+    """Encode every usable 16 kHz utterance with ``encode(list_of_wavs_16k) -> list[list[int]]`` into
+    ``tokens_dir``/<id>.npy (default: the corpus's tokens/).
 
-    Resumable (existing files are kept unless ``overwrite``); bad rows are counted and listed on stderr.
-    Returns counts: encoded, cached_before, bad_rows, empty_codes.
+    Resumable (existing files are kept unless ``overwrite``); bad rows are counted and listed on stderr. ``limit``
+    encodes a seeded sample of that many rows. ``source`` (``tokenizer_fingerprint``) is stamped on the folder, and
+    a folder stamped by another tokenizer is refused. Returns counts: encoded, cached_before, bad_rows, empty_codes.
     """
     from tqdm import tqdm
 
     check = load_manifest(corpus_dir)
     for rid, reason in check.problems:
         print(f"cache_tokens: skipped {rid}: {reason}", file=sys.stderr)
-    os.makedirs(os.path.join(corpus_dir, "tokens"), exist_ok=True)
-    todo = [r for r in check.rows if overwrite or not os.path.exists(token_path(corpus_dir, r["id"]))]
-    counts = Counter(cached_before=len(check.rows) - len(todo), bad_rows=len(check.problems))
+    tokens_dir = tokens_dir or os.path.join(corpus_dir, "tokens")
+    os.makedirs(tokens_dir, exist_ok=True)
+    _check_stamp(tokens_dir, source, overwrite)
+    rows = check.rows
+    if limit is not None and limit < len(rows):
+        rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
+    todo = [r for r in rows if overwrite or not os.path.exists(token_path(corpus_dir, r["id"], tokens_dir=tokens_dir))]
+    counts = Counter(cached_before=len(rows) - len(todo), bad_rows=len(check.problems))
     for i in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="tokens", unit="batch"):
         batch = todo[i:i + batch_size]
         codes = encode([load_wav(corpus_dir, r) for r in batch])
@@ -563,9 +617,10 @@ def cache_tokens(corpus_dir: str, encode: Encoder, *, batch_size: int = 32, prog
             if len(c) == 0:
                 counts["empty_codes"] += 1
                 print(f"cache_tokens: {r['id']}: the encoder returned no codes", file=sys.stderr)
-            tmp = token_path(corpus_dir, r["id"]) + ".part.npy"
+            path = token_path(corpus_dir, r["id"], tokens_dir=tokens_dir)
+            tmp = path + ".part.npy"
             np.save(tmp, np.asarray(c, dtype=np.int32))
-            os.replace(tmp, token_path(corpus_dir, r["id"]))
+            os.replace(tmp, path)
             counts["encoded"] += 1
     return dict(counts)
 
