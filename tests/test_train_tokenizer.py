@@ -282,3 +282,49 @@ def test_warmup_end_fits_the_codebook_by_kmeans_over_the_source_states():
     assert calls == [1]
     with pytest.raises(ValueError):
         tt.codebook_states(utts, 0)
+
+
+def _tiny_corpus(folder, n_train=10, n_held=4):
+    import json
+
+    import soundfile as sf
+
+    (folder / "audio16k").mkdir(parents=True)
+    rows = []
+    for i, u in enumerate(_utts(n_train + n_held)):
+        path = f"audio16k/{u.id}.wav"
+        sf.write(folder / path, u.pcm, 16000, subtype="PCM_16")
+        rows.append({"id": u.id, "text": u.text, "language": "en", "voice": "espeak:en", "style": "plain",
+                     "duration": len(u.pcm) / 16000, "path": path, "role": "question", "item_id": u.id,
+                     "split": "train" if i < n_train else "heldout"})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _main_args(corpus, out, *extra):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    tt.add_args(parser)
+    size = ["--d-model", "32", "--heads", "2", "--ffn", "64", "--layers", "2", "--post-layers", "1", "--codebook",
+            "16", "--block", "20", "--asr-dim", "32", "--asr-layers", "1", "--asr-heads", "2"]
+    return parser.parse_args(["--corpus", str(corpus), "--out", str(out), "--batch-size", "4", "--eval-every", "0",
+                              "--warmup", "1", "--threads", "1", *size, *extra])
+
+
+def test_main_fits_the_codebook_by_kmeans_and_exports_only_once_quantising(tmp_path, caplog):
+    import logging
+
+    corpus = _tiny_corpus(tmp_path / "c")
+    caplog.set_level(logging.INFO, logger="glm4voice.train.tokenizer")
+    # stopped by --until inside the warm-up: no export (its codebook would not fit the encoder)
+    tt.main(_main_args(corpus, tmp_path / "run", "--steps", "8", "--until", "2", "--vq-warmup", "4",
+                       "--vq-init-frames", "60", "--export", str(tmp_path / "tok")))
+    assert not (tmp_path / "tok").exists() and "still in the VQ warm-up" in caplog.text
+    # resumed past the switch: k-means over the sampled states, then the export
+    tt.main(_main_args(corpus, tmp_path / "run", "--steps", "8", "--vq-warmup", "4", "--vq-init-frames", "60",
+                       "--kmeans-iters", "5", "--export", str(tmp_path / "tok")))
+    assert "codebook: k-means over 60 states (5 iterations)" in caplog.text
+    tok = SpeechTokenizer.from_pretrained(str(tmp_path / "tok"))
+    codes = tok.encode([torch.from_numpy(_utts(1)[0].pcm.astype(np.float32) / 32768)])
+    assert len(codes[0]) > 0 and max(codes[0]) < 16

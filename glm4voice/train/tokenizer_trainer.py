@@ -646,7 +646,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     from glm4voice.train.engine import add_train_args
 
     parser.add_argument("--corpus", required=True, help="corpus folder made by `glm4voice data synth`")
-    parser.add_argument("--export", default=None, help="write the trained tokenizer folder here at the end")
+    parser.add_argument("--export", default=None,
+                        help="write the trained tokenizer folder here at the end (or at --until), once the VQ is on")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="skip longer utterances")
     parser.add_argument("--eval-size", type=int, default=96, help="held-out utterances evaluated")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
@@ -781,7 +782,11 @@ def main(args: argparse.Namespace) -> int:
                                                        tilt=args.tilt),
                       loss_fn=lambda m, b: m(*b), eval_fn=eval_fn)
     trainer.fit(until=args.until)
-    if args.export and trainer.step >= cfg.steps:
-        export(trainer.model, args.export)
-        log.info("exported the tokenizer to %s", args.export)
+    if args.export and trainer.step >= min(cfg.steps, args.until or cfg.steps):
+        if not trainer.model.quantizing:  # the codebook does not fit the states before the warm-up ends
+            log.warning("not exported: step %d is still in the VQ warm-up (--vq-warmup %d), so the codebook does "
+                        "not fit the encoder", trainer.step, spec.vq_warmup)
+        else:
+            export(trainer.model, args.export)
+            log.info("exported the tokenizer at step %d to %s", trainer.step, args.export)
     return 0
