@@ -244,6 +244,23 @@ def test_load_lm_data_pairs_and_reports(data):
     assert "What is two plus three?" in data.texts and len(data.pool("style")) == 4
 
 
+def test_another_token_subfolder_is_read_instead(tmp_path):
+    import shutil
+
+    from pathlib import Path
+
+    root = Path(make_corpus(tmp_path, broken=False))
+    shutil.copytree(root / "tokens", root / "tokens_b")
+    first = sorted((root / "tokens_b").glob("*.npy"))[0]
+    np.save(first, np.load(first) * 0 + 7)  # the other tokenizer's codes for this row
+    for f in (root / "tokens").glob("*.npy"):
+        f.unlink()
+    data = ls.load_lm_data(str(root), tokens="tokens_b")
+    assert data.utterances and not data.problems
+    assert any(u.id == first.stem and set(u.codes.tolist()) == {7} for u in data.utterances)
+    assert ls.load_lm_data(str(root)).problems["no token file"] > 0
+
+
 def test_heldout_split(tmp_path):
     held = ls.load_lm_data(make_corpus(tmp_path, broken=False), split="heldout")
     assert [d.question.text for d in held.dialogues] == ["Do you know what two plus three is?"] * 2

@@ -138,6 +138,11 @@ def test_corpus_rows_with_bad_tokens_are_skipped_and_counted(tmp_path):
     assert no_tok[0].n_tokens == math.ceil(sf.info(str(root / "audio22k/qa/qa-02.a.flac")).duration * 12.5 - 1e-6)
     with pytest.raises(ValueError, match="speech tokens"):
         dd.FlowBatches(voc, dd.FeatureCache(voc), 2, seed=0)
+    # another tokenizer's codes in another subfolder (data tokens --out CORPUS/NAME)
+    (root / "tokens").rename(root / "tokens_b")
+    assert [u.id for u in dd.load_decoder_corpus(str(root), split="train", vocab_size=VOCAB, tokens="tokens_b")[0]] \
+        == ["qa-03.a"]
+    assert dd.load_decoder_corpus(str(root), split="train", vocab_size=VOCAB)[1] == {"no tokens": 4}
 
 
 def test_flow_batches_are_deterministic_and_aligned_to_the_frame_grid(utts):

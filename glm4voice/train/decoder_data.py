@@ -118,7 +118,7 @@ class DecoderUtterance:
 
 
 def load_decoder_corpus(corpus_dir: str, *, split: str = "train", vocab_size: int, voice: str | None = None,
-                        max_token_mismatch: float = 2.0, need_tokens: bool = True,
+                        max_token_mismatch: float = 2.0, need_tokens: bool = True, tokens: str = "tokens",
                         ) -> tuple[list[DecoderUtterance], Counter]:
     """Target-voice rows (answers, and "speech" rows of decoder-only corpora; ``voice`` picks one voice) with a
     22.05 kHz file and a token file.
@@ -126,32 +126,34 @@ def load_decoder_corpus(corpus_dir: str, *, split: str = "train", vocab_size: in
     A row is skipped, and counted by reason, when its tokens are missing, empty, out of ``[0, vocab_size)``, or
     their count disagrees with the audio duration by more than ``max_token_mismatch`` tokens (a stale token file).
     ``need_tokens=False`` (the vocoder alone, which can train before the tokenizer exists) keeps rows without a
-    token file, framed on ceil(duration · 12.5) tokens. Returns (utterances, skipped reasons).
+    token file, framed on ceil(duration · 12.5) tokens. ``tokens`` names the corpus's token subfolder (another
+    tokenizer's codes, ``glm4voice data tokens --out``). Returns (utterances, skipped reasons).
     """
     from glm4voice.train.corpus import TARGET_ROLES, load_manifest, token_path
 
+    tokens_dir = os.path.join(corpus_dir, tokens)
     check = load_manifest(corpus_dir, split=split, role=TARGET_ROLES)
     skipped = Counter(reason.split(":")[0] for _, reason in check.problems)
     out = []
     for r in check.rows:
         if "path_22k" not in r or (voice is not None and r["voice"] != voice):
             continue
-        path, tp = os.path.join(corpus_dir, r["path_22k"]), token_path(corpus_dir, r["id"])
+        path, tp = os.path.join(corpus_dir, r["path_22k"]), token_path(corpus_dir, r["id"], tokens_dir=tokens_dir)
         if not os.path.exists(tp):
             if need_tokens:
                 skipped["no tokens"] += 1
             else:
                 out.append(DecoderUtterance(r["id"], path, None, max(1, math.ceil(r["duration"] * TOKEN_RATE_HZ))))
             continue
-        tokens = np.load(tp, allow_pickle=False).astype(np.int64).reshape(-1)
-        if tokens.size == 0:
+        codes = np.load(tp, allow_pickle=False).astype(np.int64).reshape(-1)
+        if codes.size == 0:
             skipped["empty tokens"] += 1
-        elif tokens.min() < 0 or tokens.max() >= vocab_size:
+        elif codes.min() < 0 or codes.max() >= vocab_size:
             skipped[f"token outside [0, {vocab_size})"] += 1
-        elif abs(tokens.size - r["duration"] * TOKEN_RATE_HZ) > max_token_mismatch:
+        elif abs(codes.size - r["duration"] * TOKEN_RATE_HZ) > max_token_mismatch:
             skipped["token count != duration"] += 1
         else:
-            out.append(DecoderUtterance(r["id"], path, tokens, tokens.size))
+            out.append(DecoderUtterance(r["id"], path, codes, codes.size))
     if skipped:
         log.warning("decoder corpus %s (%s): skipped %s", corpus_dir, split, dict(skipped))
     return out, skipped

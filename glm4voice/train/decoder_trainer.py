@@ -351,6 +351,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="corpus folder (audio22k/, tokens/, manifest.jsonl), or several, comma-separated, whose "
                              "rows are pooled (e.g. a dialogue corpus and a decoder-only one made by `data synth "
                              "--no-questions --no-answers --target-voice-phrasings K`)")
+    parser.add_argument("--tokens", default="tokens", metavar="NAME",
+                        help="each corpus's token subfolder: another tokenizer's codes (`data tokens --out "
+                             "CORPUS/NAME`), e.g. with --init from `train remap-codes`")
     parser.add_argument("--part", choices=("flow", "hift", "both"), default="both")
     parser.add_argument("--export", default=None, help="write the decoder folder here when the run(s) finish")
     parser.add_argument("--export-only", action="store_true", help="only export OUT/flow + OUT/hift to --export")
@@ -417,7 +420,7 @@ def main(args: argparse.Namespace) -> int:
     if not 0.0 <= args.flow_mels <= 1.0:
         raise SystemExit(f"glm4voice train decoder: error: --flow-mels must be in [0, 1], got {args.flow_mels}")
     load = dict(vocab_size=cfg.flow.vocab_size, voice=args.voice,
-                need_tokens="flow" in parts or bool(args.flow_mels))
+                need_tokens="flow" in parts or bool(args.flow_mels), tokens=args.tokens)
     corpora = [c for c in args.corpus.split(",") if c]
     train = [u for c in corpora for u in load_decoder_corpus(c, split="train", **load)[0]]
     held = [u for c in corpora for u in load_decoder_corpus(c, split="heldout", **load)[0]]

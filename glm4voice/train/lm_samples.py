@@ -315,8 +315,9 @@ def _style_names() -> dict[str, str]:
 
 
 def load_lm_data(corpus_dir: str, *, split: str = "train", interleaved_files: Sequence[str] = (),
-                 text_files: Sequence[str] = (), with_item_texts: bool = True) -> LMData:
-    """Utterances with cached speech tokens (``tokens/<id>.npy``) and their dialogues from a corpus folder.
+                 text_files: Sequence[str] = (), with_item_texts: bool = True, tokens: str = "tokens") -> LMData:
+    """Utterances with cached speech tokens (``tokens/<id>.npy``; ``tokens`` names another subfolder, e.g. the
+    codes of a new tokenizer, ``glm4voice data tokens --out``) and their dialogues from a corpus folder.
 
     Rows without a token file, with an empty or unreadable one, or of another split are left out and counted in
     ``problems`` (the audio itself is not needed here). Text-only data: the questions and answers of the corpus's
@@ -336,7 +337,7 @@ def load_lm_data(corpus_dir: str, *, split: str = "train", interleaved_files: Se
             continue
         if r["split"] != split:
             continue
-        path = token_path(corpus_dir, r["id"])
+        path = token_path(corpus_dir, r["id"], tokens_dir=os.path.join(corpus_dir, tokens))
         if not os.path.exists(path):
             data.problems["no token file"] += 1
             continue
@@ -361,7 +362,7 @@ def load_lm_data(corpus_dir: str, *, split: str = "train", interleaved_files: Se
         if a is None:
             data.problems["question without answer row"] += 1
             continue
-        au = by_id.get(a["id"]) or _load_utt(corpus_dir, a)
+        au = by_id.get(a["id"]) or _load_utt(corpus_dir, a, tokens)
         if au is None:
             data.problems["answer without tokens"] += 1
             continue
@@ -385,10 +386,10 @@ def load_lm_data(corpus_dir: str, *, split: str = "train", interleaved_files: Se
     return data
 
 
-def _load_utt(corpus_dir: str, row: dict) -> Utt | None:
+def _load_utt(corpus_dir: str, row: dict, tokens: str = "tokens") -> Utt | None:
     from glm4voice.train.corpus import token_path
 
-    path = token_path(corpus_dir, row["id"])
+    path = token_path(corpus_dir, row["id"], tokens_dir=os.path.join(corpus_dir, tokens))
     if not os.path.exists(path):
         return None
     codes = np.load(path, allow_pickle=False).astype(np.int32).reshape(-1)

@@ -252,6 +252,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     from glm4voice.train.engine import add_train_args
 
     parser.add_argument("--corpus", help="corpus folder with cached speech tokens (tokens/<id>.npy)")
+    parser.add_argument("--tokens", default="tokens", metavar="NAME",
+                        help="the corpus's token subfolder: another tokenizer's codes (`data tokens --out "
+                             "CORPUS/NAME`), e.g. with --init from `train remap-codes`")
     parser.add_argument("--tokenizer", default=None,
                         help="text tokenizer folder (tokenizer.model + tokenizer_config.json); default: --init")
     parser.add_argument("--init", default=None, help="start from this official-format model folder")
@@ -345,7 +348,8 @@ def main(args: argparse.Namespace) -> int:
     tok = load_text_tokenizer(tok_dir)
     sp = ls.Specials.from_tokenizer(tok)
     mix = args.mix or args.stage
-    train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts)
+    train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts,
+                            tokens=args.tokens)
     log.info("lm %s: train data %s", args.stage, train.summary())
     batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio,
                                            rephrase=args.rephrase, augment_set=args.augment_set,
@@ -380,7 +384,7 @@ def main(args: argparse.Namespace) -> int:
 def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
     """Held-out batches (split ``heldout``: held-out phrasings and voices) of the kinds that have held-out data, and
     for SFT mixtures the spoken-question answer accuracy on ``--eval-answers`` held-out dialogues."""
-    held = ls.load_lm_data(args.corpus, split="heldout", with_item_texts=True)
+    held = ls.load_lm_data(args.corpus, split="heldout", with_item_texts=True, tokens=args.tokens)
     ratios = {k: v for k, v in ls.parse_mix(mix).items() if held.pool(k)}
     fixed = []
     if ratios and args.eval_batches:
