@@ -246,7 +246,6 @@ def test_load_lm_data_pairs_and_reports(data):
 
 def test_another_token_subfolder_is_read_instead(tmp_path):
     import shutil
-
     from pathlib import Path
 
     root = Path(make_corpus(tmp_path, broken=False))
