@@ -282,6 +282,23 @@ def test_warmup_end_fits_the_codebook_by_kmeans_over_the_source_states():
     assert calls == [1]
     with pytest.raises(ValueError):
         tt.codebook_states(utts, 0)
+    # a run resumed with --vq-warmup at its step: quantising at once, codebook never fitted -> fitted on the first step
+    fresh = tt.TokenizerTrainModel(SPEC).train()
+    fresh.load_state_dict(tt.TokenizerTrainModel(SPEC).state_dict())  # what a resume restores: no fit, no update
+    fresh.codebook_source = lambda m: calls.append(2) or states
+    fresh.kmeans_iters = 7
+    fresh.steps_seen.fill_(SPEC.vq_warmup + 50)
+    fresh(*batch)
+    assert calls == [1, 2] and int(fresh.vq.updates) == 1  # fitted, and the step itself quantised (an EMA update)
+    fresh(*batch)
+    assert calls == [1, 2]
+    # a resumed run whose codebook has been trained (EMA updates) is not refitted
+    trained = tt.TokenizerTrainModel(SPEC).train()
+    trained.codebook_source = lambda m: calls.append(3) or states
+    trained.steps_seen.fill_(SPEC.vq_warmup + 50)
+    trained.vq.updates.fill_(40)
+    trained(*batch)
+    assert calls == [1, 2] and int(trained.vq.updates) == 41
 
 
 def _tiny_corpus(folder, n_train=10, n_held=4):

@@ -115,6 +115,7 @@ class TokenizerTrainModel(nn.Module):
         # over them (``init_kmeans``, ``kmeans_iters`` Lloyd iterations)
         self.codebook_source = None
         self.kmeans_iters = 20
+        self._codebook_fitted = False  # by init_codebook in this process (a resumed run knows by vq.updates > 0)
 
     def use_pieces(self, pieces: list[bytes]) -> None:
         """Replace the CTC head by a fresh one over word pieces (``pieces[i]`` = the bytes of label i)."""
@@ -146,6 +147,10 @@ class TokenizerTrainModel(nn.Module):
                 phone_targets: list[list[int]] | None = None) -> tuple[Tensor, dict]:
         h, valid = self.encode(feats, frame_mask)
         warm_up = self.training and not self.quantizing  # warm-up: no bottleneck yet
+        if self.training and not warm_up and int(self.vq.updates) == 0 and not self._codebook_fitted:
+            # quantising, but the codebook was never fitted nor updated: a run resumed with --vq-warmup at or below
+            # its step (the warm-up "ended" while it was stopped); fit it now, before the first quantised step
+            self.init_codebook(h.detach().float()[valid])
         if self.training:
             self.steps_seen += 1
         if warm_up:
@@ -176,6 +181,7 @@ class TokenizerTrainModel(nn.Module):
     def init_codebook(self, batch_states: Tensor) -> None:
         """Fit the codebook when the warm-up ends: k-means over ``codebook_source``'s states when one is set, else
         ``init_from`` this batch's states."""
+        self._codebook_fitted = True
         if self.codebook_source is None:
             self.vq.init_from(batch_states)
             return
