@@ -557,7 +557,7 @@ def tokenizer_fingerprint(folder: str | os.PathLike) -> dict:
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    return {"tokenizer": str(folder), "sha256": h.hexdigest()}
+    return {"tokenizer": str(folder.resolve()), "sha256": h.hexdigest()}
 
 
 def _check_stamp(tokens_dir: str, source: dict | None, overwrite: bool) -> None:
