@@ -112,6 +112,15 @@ def test_cli_writes_models_and_report_and_refuses_mismatches(tmp_path):
     assert report["files_used"] == 5 and report["mean_max_p_old_given_new"] == pytest.approx(1.0)
     assert (out / "decoder" / "flow.safetensors").is_file() and not (out / "lm").exists()
     assert np.load(out / "code_counts.npz")["counts"].sum() == report["positions"]
+    # the shuffled control keeps the rows but not their places
+    args.shuffle, args.out = 3, str(tmp_path / "ctl")
+    assert rc.main(args) == 0
+    from safetensors.torch import load_file
+
+    a = load_file(str(out / "decoder" / "flow.safetensors"))["input_embedding.weight"]
+    b = load_file(str(tmp_path / "ctl" / "decoder" / "flow.safetensors"))["input_embedding.weight"]
+    assert not torch.equal(a, b)
+    assert torch.equal(a.float().sort(0).values, b.float().sort(0).values)
     with pytest.raises(ConfigError, match="--lm and/or --decoder"):
         rc.main(parser.parse_args(["--old-tokens", str(old_dir), "--new-tokens", str(new_dir), "--out", str(out)]))
     with pytest.raises(CheckpointError, match="1024 audio tokens"):

@@ -96,6 +96,11 @@ def mapping(counts: np.ndarray) -> tuple[torch.Tensor, dict]:
     return cond, stats
 
 
+def shuffled(cond: torch.Tensor, seed: int) -> torch.Tensor:
+    """``cond`` with its rows permuted (seeded): the control arm of a remap, with no code correspondence left."""
+    return cond[torch.randperm(cond.shape[0], generator=torch.Generator().manual_seed(seed))]
+
+
 def remap_rows(weight: torch.Tensor, offset: int, cond: torch.Tensor) -> torch.Tensor:
     """``weight`` with rows offset..offset+new-1 replaced by P(old|new) @ old rows offset..offset+old-1."""
     n_new, n_old = cond.shape
@@ -174,6 +179,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder", default=None, help="decoder folder to carry over")
     parser.add_argument("--out", required=True, help="output folder (lm/, decoder/, code_map.json)")
     parser.add_argument("--max-files", type=int, default=None, help="use at most this many token files")
+    parser.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                        help="a control: give every new code the map of a random other new code (seeded), so the "
+                             "rows keep their statistics but lose the correspondence")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -195,10 +203,13 @@ def main(args: argparse.Namespace) -> int:
     counts, files = cooccurrence(args.old_tokens, args.new_tokens, old_size=size, new_size=size,
                                  max_files=args.max_files)
     cond, stats = mapping(counts)
+    if args.shuffle is not None:
+        cond = shuffled(cond, args.shuffle)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "code_counts.npz", counts=counts)
-    report = {"old_tokens": str(args.old_tokens), "new_tokens": str(args.new_tokens), **files, **stats}
+    report = {"old_tokens": str(args.old_tokens), "new_tokens": str(args.new_tokens), **files, **stats,
+              "shuffled_control_seed": args.shuffle}
     if args.lm:
         report["lm"] = str(remap_lm(args.lm, cond, out / "lm"))
     if args.decoder:
