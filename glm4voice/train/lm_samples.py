@@ -327,6 +327,7 @@ def load_lm_data(corpus_dir: str, *, split: str = "train", interleaved_files: Se
     from glm4voice.train.corpus import ITEMS, MANIFEST, token_path
 
     data = LMData()
+    tokens_dir = os.path.join(corpus_dir, tokens)
     rows, bad = _read_jsonl(os.path.join(corpus_dir, MANIFEST))
     data.problems["unparsable manifest line"] += bad
     styles = _style_names()
@@ -337,7 +338,7 @@ def load_lm_data(corpus_dir: str, *, split: str = "train", interleaved_files: Se
             continue
         if r["split"] != split:
             continue
-        path = token_path(corpus_dir, r["id"], tokens_dir=os.path.join(corpus_dir, tokens))
+        path = token_path(corpus_dir, r["id"], tokens_dir=tokens_dir)
         if not os.path.exists(path):
             data.problems["no token file"] += 1
             continue

@@ -116,10 +116,12 @@ def remap_rows(weight: torch.Tensor, offset: int, cond: torch.Tensor) -> torch.T
 def _remap_file(path: Path, names: tuple[str, ...], offset: int, cond: torch.Tensor, out: Path) -> None:
     from safetensors.torch import load_file, save_file
 
+    from glm4voice.errors import CheckpointError
+
     tensors = load_file(str(path))
     missing = [n for n in names if n not in tensors]
     if missing:
-        raise KeyError(f"{path}: no tensor {missing[0]!r} (is this the right kind of model folder?)")
+        raise CheckpointError(f"{path}: no tensor {missing[0]!r} (is this the right kind of model folder?)")
     for n in names:
         tensors[n] = remap_rows(tensors[n], offset, cond).contiguous()
     save_file(tensors, str(out), metadata={"format": "pt", "remapped_by": "glm4voice train remap-codes"})
@@ -145,20 +147,28 @@ def remap_lm(lm_dir: str | os.PathLike, cond: torch.Tensor, out_dir: str | os.Pa
     return out
 
 
+def flow_table_rows(decoder_dir: str | os.PathLike) -> int:
+    """The number of rows of a decoder folder's flow token table (its codebook size), read without loading it."""
+    from safetensors import safe_open
+
+    from glm4voice.errors import CheckpointError
+
+    flow = Path(decoder_dir) / "flow.safetensors"
+    if not flow.is_file():
+        raise CheckpointError(f"{decoder_dir}: no flow.safetensors")
+    with safe_open(str(flow), "pt") as f:
+        if FLOW_ROWS[0] not in f.keys():
+            raise CheckpointError(f"{flow}: no tensor {FLOW_ROWS[0]!r}")
+        return f.get_slice(FLOW_ROWS[0]).get_shape()[0]
+
+
 def remap_decoder(decoder_dir: str | os.PathLike, cond: torch.Tensor, out_dir: str | os.PathLike) -> Path:
     """A copy of the decoder folder whose flow token embedding follows the new codes (HiFT is copied)."""
     from glm4voice.errors import CheckpointError
 
     src, out = Path(decoder_dir), Path(out_dir)
     flow = src / "flow.safetensors"
-    if not flow.is_file():
-        raise CheckpointError(f"{src}: no flow.safetensors")
-    from safetensors import safe_open
-
-    with safe_open(str(flow), "pt") as f:
-        rows = f.get_slice(FLOW_ROWS[0]).get_shape()[0] if FLOW_ROWS[0] in f.keys() else None
-    if rows is None:
-        raise CheckpointError(f"{flow}: no tensor {FLOW_ROWS[0]!r}")
+    rows = flow_table_rows(src)
     if rows != cond.shape[0] or rows != cond.shape[1]:
         raise CheckpointError(f"{flow}: a token table of {rows} rows, but the codes map {cond.shape[1]} old to "
                               f"{cond.shape[0]} new codes")
@@ -196,10 +206,7 @@ def main(args: argparse.Namespace) -> int:
 
         size = TextTokenizer.from_dir(args.lm).codebook_size
     if size is None:
-        from safetensors import safe_open
-
-        with safe_open(str(Path(args.decoder) / "flow.safetensors"), "pt") as f:
-            size = f.get_slice(FLOW_ROWS[0]).get_shape()[0]
+        size = flow_table_rows(args.decoder)
     counts, files = cooccurrence(args.old_tokens, args.new_tokens, old_size=size, new_size=size,
                                  max_files=args.max_files)
     cond, stats = mapping(counts)

@@ -147,15 +147,13 @@ class TokenizerTrainModel(nn.Module):
                 phone_targets: list[list[int]] | None = None) -> tuple[Tensor, dict]:
         h, valid = self.encode(feats, frame_mask)
         warm_up = self.training and not self.quantizing  # warm-up: no bottleneck yet
-        if self.training and not warm_up and int(self.vq.updates) == 0 and not self._codebook_fitted:
-            # quantising, but the codebook was never fitted nor updated: a run resumed with --vq-warmup at or below
-            # its step (the warm-up "ended" while it was stopped); fit it now, before the first quantised step
-            self.init_codebook(h.detach().float()[valid])
         if self.training:
             self.steps_seen += 1
-        if warm_up:
-            if self.quantizing:  # the last warm-up step: fit the codebook to these states
+            if self.quantizing and int(self.vq.updates) == 0 and not self._codebook_fitted:
+                # the last warm-up step, or a run resumed with --vq-warmup at or below its step (the warm-up "ended"
+                # while it was stopped): a codebook never fitted nor updated is fitted to these states
                 self.init_codebook(h.detach().float()[valid])
+        if warm_up:
             q, vq_loss, stats = h, h.new_zeros(()), {"vq_loss": 0.0, "codes_used": 0}
         else:
             q, _, vq_loss, stats = self.vq(h.float(), valid)

@@ -56,9 +56,7 @@ class EMAVectorQuantizer(nn.Module):
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """Code ids (N,) of vectors x (N, D): argmin of ||c||^2 + ||x||^2 - 2 x.c (the official form)."""
-        c = self.codebook.weight
-        d = torch.addmm((c * c).sum(1)[None] + (x * x).sum(1, keepdim=True), x, c.t(), beta=1, alpha=-2)
-        return d.argmin(1)
+        return _assign(x, self.codebook.weight)[0]
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None):
         """h: (B, T, D); mask: (B, T) bool of valid positions.
@@ -104,12 +102,7 @@ class EMAVectorQuantizer(nn.Module):
         the data manifold instead of collapsing onto one code. Same vectors on every rank."""
         pick = torch.randint(0, x.shape[0], (self.cfg.codebook_size,), generator=generator, device=x.device)
         new = x[pick].float()
-        new = new + noise * new.std() * torch.randn(new.shape, generator=generator, device=x.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(new, 0)
-        self.ema_weight.copy_(new)
-        self.ema_count.fill_(1.0)
-        self.codebook.weight.copy_(new.to(self.codebook.weight.dtype))
+        self._set_codebook(new + noise * new.std() * torch.randn(new.shape, generator=generator, device=x.device))
 
     @torch.no_grad()
     def init_kmeans(self, x: torch.Tensor, *, iters: int = 20, generator: torch.Generator | None = None) -> dict:
@@ -119,12 +112,16 @@ class EMAVectorQuantizer(nn.Module):
         tokenizer back. Rank 0's centroids are broadcast. Returns the mean squared quantisation error of x under
         the starting rows and under the result, and how many empty clusters were re-seeded."""
         new, stats = kmeans(x.float(), self.cfg.codebook_size, iters=iters, generator=generator)
+        self._set_codebook(new)
+        return stats
+
+    def _set_codebook(self, new: torch.Tensor) -> None:
+        """Rank 0's vectors become every rank's codebook, each code counted once."""
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(new, 0)
         self.ema_weight.copy_(new)
         self.ema_count.fill_(1.0)
         self.codebook.weight.copy_(new.to(self.codebook.weight.dtype))
-        return stats
 
     @torch.no_grad()
     def restart_dead_codes(self, x: torch.Tensor, generator: torch.Generator | None = None) -> int:
@@ -147,15 +144,16 @@ class EMAVectorQuantizer(nn.Module):
 
 
 def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 16_384) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of each row of x and its squared distance, in chunks of rows (N x K distances)."""
+    """Nearest code of each row of x (argmin of ||c||^2 + ||x||^2 - 2 x.c, the official form) and its squared
+    distance, in chunks of rows (N x K distances)."""
     cc = (c * c).sum(1)
     ids, dist2 = [], []
     for i in range(0, x.shape[0], chunk):
         part = x[i: i + chunk]
         d = torch.addmm(cc[None] + (part * part).sum(1, keepdim=True), part, c.t(), beta=1, alpha=-2)
-        best = d.min(1)
-        ids.append(best.indices)
-        dist2.append(best.values.clamp_min(0))
+        best = d.argmin(1)
+        ids.append(best)
+        dist2.append(d.gather(1, best[:, None])[:, 0].clamp_min(0))
     return torch.cat(ids), torch.cat(dist2)
 
 
