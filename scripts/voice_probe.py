@@ -45,15 +45,32 @@ def main() -> None:
                          "end of the VQ warm-up would: k-means over --refit-frames positions (train tokenizer "
                          "--vq-init-frames) or one batch of 24 utterances (the default switch)")
     ap.add_argument("--refit-frames", type=int, default=50_000)
+    ap.add_argument("--refit-codes", type=int, default=None,
+                    help="with --refit kmeans: a codebook of this many codes instead of the run's (what a larger "
+                         "codebook would cost at the switch)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    model = tt.TokenizerTrainModel(tt.TokenizerTrainSpec(**json.loads((run / "spec.json").read_text())))
+    spec = json.loads((run / "spec.json").read_text())
+    if args.refit_codes is not None:
+        if args.refit != "kmeans":
+            raise SystemExit("--refit-codes needs --refit kmeans: a codebook of another size must be fitted")
+        spec["codebook"] = args.refit_codes
+    model = tt.TokenizerTrainModel(tt.TokenizerTrainSpec(**spec))
     if model.phone is None:
         raise SystemExit(f"{run} has no phoneme head (trained without --phone-weight)")
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    weights = state["model"]
+    if args.refit_codes is not None:  # the codebook tensors are refitted below; every other weight must load
+        sized = {k for k, v in model.state_dict().items() if k in weights and v.shape != weights[k].shape}
+        weights = {k: v for k, v in weights.items() if k not in sized}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if set(missing) != sized or unexpected:
+            raise SystemExit(f"{run}: weights do not fit a {args.refit_codes}-code model: missing "
+                             f"{sorted(set(missing) - sized)}, unexpected {unexpected}")
+    else:
+        model.load_state_dict(weights)
     if args.encoder:
         other = tt.load_for_asr(args.encoder)
         if not torch.equal(other.encoder.codebook.weight.float(), model.vq.codebook.weight.float()):
