@@ -56,6 +56,9 @@ def main() -> None:
     if args.refit_codes is not None:
         if args.refit != "kmeans":
             raise SystemExit("--refit-codes needs --refit kmeans: a codebook of another size must be fitted")
+        if args.encoder:
+            raise SystemExit("--refit-codes fits a new codebook, and --encoder needs the run's own (its codes must "
+                             "mean the same)")
         spec["codebook"] = args.refit_codes
     model = tt.TokenizerTrainModel(tt.TokenizerTrainSpec(**spec))
     if model.phone is None:
