@@ -1,0 +1,133 @@
+"""Does the LM fail to *hear* spoken questions, or to *answer* what it heard?
+
+For held-out spoken questions of a corpus (its ``heldout`` split: held-out phrasings and held-out voices), one LM
+is run four ways, all greedy, all through the inference prompt builder:
+
+- ``spoken``: the spoken question → the answer (what `eval spoken_qa --text-only` measures, here exact answer text);
+- ``asr``: the LM's own transcript of the question, with the pre-training ASR prompt (``Transcribe the speech:``),
+  scored against the question's text (word error for English, character error for Mandarin);
+- ``cascade``: that transcript typed back as the question → the answer (what a transcribe-then-answer LM could do);
+- ``typed``: the reference question text typed → the answer (the LM's ceiling on these phrasings).
+
+    python3 scripts/lm_asr_probe.py --corpus data/corpus_v6 --lm glm4voice/assets/embedded/lm --n 200
+
+Prints a table per group (who speaks: training voices with held-out phrasings, held-out espeak voices, held-out
+natural voices) and writes the per-question rows as JSON lines with ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+
+def group_of(voice: str, train_voices: set[str]) -> str:
+    if voice in train_voices:
+        return "training voices"
+    return "held-out espeak" if voice.startswith("espeak:") else "held-out natural"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--lm", default="glm4voice/assets/embedded/lm")
+    p.add_argument("--tokens", default="tokens", help="the corpus's token subfolder")
+    p.add_argument("--n", type=int, default=200, help="held-out dialogues (a seeded sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16, help="questions decoded side by side")
+    p.add_argument("--out", help="per-question rows (jsonl)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from glm4voice.eval.metrics import error_rate
+    from glm4voice.lm.load import load_lm
+    from glm4voice.train import lm_samples as ls
+    from glm4voice.train.corpus import MANIFEST
+    from glm4voice.train.lm_trainer import greedy_answers, load_text_tokenizer
+
+    tok = load_text_tokenizer(args.lm)
+    sp = ls.Specials.from_tokenizer(tok)
+    model = load_lm(args.lm, device="cpu", dtype=torch.float32).eval()
+    held = ls.load_lm_data(args.corpus, split="heldout", tokens=args.tokens)
+    dialogues = random.Random(args.seed).sample(held.dialogues, min(args.n, len(held.dialogues)))
+    if not held.dialogues:
+        raise SystemExit(f"{args.corpus}: no held-out dialogues with {args.tokens}/ codes")
+    rows, _ = ls._read_jsonl(str(Path(args.corpus) / MANIFEST))  # torn lines are left out, as the loader does
+    voice = {r.get("id"): r.get("voice", "?") for r in rows}
+    train_voices = {r.get("voice") for r in rows if r.get("split") == "train" and r.get("role") == "question"}
+
+    def answers(prompts: list[list[int]], refs: list[list[int]]) -> list[bool]:
+        """Exact text of greedy answers (text tokens only; stop at the first wrong text token)."""
+        from glm4voice.constants import AUDIO_TOKENS_PER_BLOCK, TEXT_TOKENS_PER_BLOCK
+
+        ok = []
+        for i in range(0, len(prompts), args.batch):
+            ps, rs = prompts[i:i + args.batch], refs[i:i + args.batch]
+            budgets = [len(r) + AUDIO_TOKENS_PER_BLOCK * ((len(r) - 1) // TEXT_TOKENS_PER_BLOCK) + 1 for r in rs]
+            n_text = [0] * len(ps)
+
+            def right_so_far(slot: int, token: int, rs=rs, n_text=n_text) -> bool:
+                if sp.is_audio(token):
+                    return True
+                k = n_text[slot]
+                n_text[slot] += 1
+                return k < len(rs[slot]) and rs[slot][k] == token
+
+            outs, _ = greedy_answers(model, ps, {sp.user, sp.eot}, budgets, keep=right_so_far)
+            ok += [[t for t in o if not sp.is_audio(t)] == r for o, r in zip(outs, rs, strict=True)]
+        return ok
+
+    def transcripts(codes_list) -> list[str]:
+        out = []
+        for i in range(0, len(codes_list), args.batch):
+            prompts = [[sp.gmask, sp.sop, *tok.encode(ls.ASR_PROMPT), sp.boa, *sp.audio_ids(c), sp.eoa]
+                       for c in codes_list[i:i + args.batch]]
+            outs, _ = greedy_answers(model, prompts, {sp.eot, sp.user}, 80)
+            out += [tok.decode([t for t in o if not sp.is_audio(t)]).strip() for o in outs]
+        return out
+
+    refs = [tok.encode(d.answer.text) for d in dialogues]
+    print(f"{len(dialogues)} held-out dialogues; spoken ...", file=sys.stderr)
+    spoken = answers([ls.dialogue_prompt(tok, sp, d.question.codes) for d in dialogues], refs)
+    print("asr ...", file=sys.stderr)
+    heard = transcripts([d.question.codes for d in dialogues])
+    print("cascade ...", file=sys.stderr)
+    cascade = answers([ls.dialogue_prompt(tok, sp, h or "?") for h in heard], refs)
+    print("typed ...", file=sys.stderr)
+    typed = answers([ls.dialogue_prompt(tok, sp, d.question.text) for d in dialogues], refs)
+
+    per = []
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(dialogues):
+        er = error_rate(d.question.text, heard[i], d.question.language)
+        g = group_of(voice.get(d.question.id, "?"), train_voices)
+        per.append({"id": d.question.id, "voice": voice.get(d.question.id), "group": g, "kind": d.kind,
+                    "language": d.question.language, "question": d.question.text, "heard": heard[i],
+                    "asr_error": er, "spoken": spoken[i], "cascade": cascade[i], "typed": typed[i]})
+        groups[g].append(i)
+        groups[f"language {d.question.language}"].append(i)
+        groups["all"].append(i)
+
+    print("| group | n | LM ASR error (mean) | spoken → answer | transcript typed → answer | "
+          "reference typed → answer |")
+    print("|---|---|---|---|---|---|")
+    order = ["training voices", "held-out espeak", "held-out natural", "language en", "language zh", "all"]
+    for g in [g for g in order if g in groups] + sorted(set(groups) - set(order)):
+        ix = groups[g]
+        mean_er = sum(per[i]["asr_error"] for i in ix) / len(ix)
+        print(f"| {g} | {len(ix)} | {mean_er:.3f} | {sum(spoken[i] for i in ix)} | {sum(cascade[i] for i in ix)} | "
+              f"{sum(typed[i] for i in ix)} |")
+    if args.out:
+        Path(args.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
