@@ -49,38 +49,26 @@ def main(argv: list[str] | None = None) -> int:
     from glm4voice.eval.metrics import error_rate
     from glm4voice.lm.load import load_lm
     from glm4voice.train import lm_samples as ls
+    from glm4voice.train import lm_trainer as lt
     from glm4voice.train.corpus import MANIFEST
-    from glm4voice.train.lm_trainer import greedy_answers, load_text_tokenizer
 
-    tok = load_text_tokenizer(args.lm)
+    tok = lt.load_text_tokenizer(args.lm)
     sp = ls.Specials.from_tokenizer(tok)
     model = load_lm(args.lm, device="cpu", dtype=torch.float32).eval()
     held = ls.load_lm_data(args.corpus, split="heldout", tokens=args.tokens)
-    dialogues = random.Random(args.seed).sample(held.dialogues, min(args.n, len(held.dialogues)))
     if not held.dialogues:
         raise SystemExit(f"{args.corpus}: no held-out dialogues with {args.tokens}/ codes")
+    dialogues = random.Random(args.seed).sample(held.dialogues, min(args.n, len(held.dialogues)))
     rows, _ = ls._read_jsonl(str(Path(args.corpus) / MANIFEST))  # torn lines are left out, as the loader does
     voice = {r.get("id"): r.get("voice", "?") for r in rows}
     train_voices = {r.get("voice") for r in rows if r.get("split") == "train" and r.get("role") == "question"}
 
     def answers(prompts: list[list[int]], refs: list[list[int]]) -> list[bool]:
-        """Exact text of greedy answers (text tokens only; stop at the first wrong text token)."""
-        from glm4voice.constants import AUDIO_TOKENS_PER_BLOCK, TEXT_TOKENS_PER_BLOCK
-
+        """Whether each greedy answer's text is exactly the reference's."""
         ok = []
         for i in range(0, len(prompts), args.batch):
-            ps, rs = prompts[i:i + args.batch], refs[i:i + args.batch]
-            budgets = [len(r) + AUDIO_TOKENS_PER_BLOCK * ((len(r) - 1) // TEXT_TOKENS_PER_BLOCK) + 1 for r in rs]
-            n_text = [0] * len(ps)
-
-            def right_so_far(slot: int, token: int, rs=rs, n_text=n_text) -> bool:
-                if sp.is_audio(token):
-                    return True
-                k = n_text[slot]
-                n_text[slot] += 1
-                return k < len(rs[slot]) and rs[slot][k] == token
-
-            outs, _ = greedy_answers(model, ps, {sp.user, sp.eot}, budgets, keep=right_so_far)
+            rs = refs[i:i + args.batch]
+            outs = lt.checked_answers(model, sp, prompts[i:i + args.batch], rs)
             ok += [[t for t in o if not sp.is_audio(t)] == r for o, r in zip(outs, rs, strict=True)]
         return ok
 
@@ -89,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, len(codes_list), args.batch):
             prompts = [[sp.gmask, sp.sop, *tok.encode(ls.ASR_PROMPT), sp.boa, *sp.audio_ids(c), sp.eoa]
                        for c in codes_list[i:i + args.batch]]
-            outs, _ = greedy_answers(model, prompts, {sp.eot, sp.user}, 80)
+            outs, _ = lt.greedy_answers(model, prompts, {sp.eot, sp.user}, 80)
             out += [tok.decode([t for t in o if not sp.is_audio(t)]).strip() for o in outs]
         return out
 
@@ -107,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(dialogues):
         er = error_rate(d.question.text, heard[i], d.question.language)
-        g = group_of(voice.get(d.question.id, "?"), train_voices)
-        per.append({"id": d.question.id, "voice": voice.get(d.question.id), "group": g, "kind": d.kind,
+        v = voice.get(d.question.id, "?")
+        g = group_of(v, train_voices)
+        per.append({"id": d.question.id, "voice": v, "group": g, "kind": d.kind,
                     "language": d.question.language, "question": d.question.text, "heard": heard[i],
                     "asr_error": er, "spoken": spoken[i], "cascade": cascade[i], "typed": typed[i]})
         groups[g].append(i)

@@ -421,16 +421,31 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
 def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.Dialogue]) -> dict:
     """Greedy answers to spoken questions, through the inference prompt and KV-cache generator: the share whose
     text tokens equal the reference answer's exactly (``eval_answer_acc``), and the share that also starts the
-    audio of its first block in the streaming-thoughts layout (``eval_layout_acc``). Generation stops per question
-    at the first wrong text token, or once the reference text could be complete (its text plus the audio blocks
-    between), so this costs at most a few dozen decode steps."""
-    from glm4voice.constants import AUDIO_TOKENS_PER_BLOCK, TEXT_TOKENS_PER_BLOCK
+    audio of its first block in the streaming-thoughts layout (``eval_layout_acc``). See ``checked_answers``."""
+    from glm4voice.constants import TEXT_TOKENS_PER_BLOCK
 
     prompts = [ls.dialogue_prompt(tok, sp, d.question.codes) for d in dialogues]
     refs = [tok.encode(d.answer.text) for d in dialogues]
+    text_ok = layout_ok = 0
+    for ref, out in zip(refs, checked_answers(model, sp, prompts, refs), strict=True):
+        audio = [bool(sp.is_audio(t)) for t in out]
+        good = [t for t, a in zip(out, audio, strict=True) if not a] == ref
+        text_ok += good
+        first_audio = audio.index(True) if True in audio else -1
+        layout_ok += good and first_audio == min(len(ref), TEXT_TOKENS_PER_BLOCK)
+    return {"eval_answer_acc": text_ok / len(dialogues), "eval_layout_acc": layout_ok / len(dialogues)}
+
+
+def checked_answers(model: nn.Module, sp: ls.Specials, prompts: list[list[int]],
+                    refs: list[list[int]]) -> list[list[int]]:
+    """Greedy answers to ``prompts``, each checked against its reference text ids as it is generated: generation
+    stops per prompt at the first wrong text token, or once the reference text could be complete (its text plus
+    the audio blocks between), so this costs at most a few dozen decode steps. An answer is exactly right when its
+    text tokens (``not sp.is_audio``) equal the reference."""
+    from glm4voice.constants import AUDIO_TOKENS_PER_BLOCK, TEXT_TOKENS_PER_BLOCK
+
     budgets = [len(r) + AUDIO_TOKENS_PER_BLOCK * ((len(r) - 1) // TEXT_TOKENS_PER_BLOCK) + 1 for r in refs]
-    stops = {sp.user, sp.eot}
-    n_text = [0] * len(dialogues)
+    n_text = [0] * len(prompts)
 
     def right_so_far(slot: int, token: int) -> bool:  # a text token: stop at the first wrong one
         if sp.is_audio(token):
@@ -439,16 +454,8 @@ def answer_accuracy(model: nn.Module, tok, sp: ls.Specials, dialogues: list[ls.D
         n_text[slot] += 1
         return k < len(refs[slot]) and refs[slot][k] == token
 
-    outs, _ = greedy_answers(model, prompts, stops, budgets, keep=right_so_far)
-    text_ok = layout_ok = 0
-    for ref, out in zip(refs, outs, strict=True):
-        audio = [bool(sp.is_audio(t)) for t in out]
-        text = [t for t, a in zip(out, audio, strict=True) if not a]
-        good = text == ref
-        text_ok += good
-        first_audio = audio.index(True) if True in audio else -1
-        layout_ok += good and first_audio == min(len(ref), TEXT_TOKENS_PER_BLOCK)
-    return {"eval_answer_acc": text_ok / len(dialogues), "eval_layout_acc": layout_ok / len(dialogues)}
+    outs, _ = greedy_answers(model, prompts, {sp.user, sp.eot}, budgets, keep=right_so_far)
+    return outs
 
 
 @torch.no_grad()
