@@ -1,4 +1,5 @@
-"""Refitting a tokenizer's ASR branch on frozen codes with a word-piece CTC head (train/tokenizer_asr.py)."""
+"""Refitting a tokenizer's ASR branch on frozen codes with a word-piece CTC head or attention decoder
+(train/tokenizer_asr.py)."""
 
 import argparse
 import json
@@ -134,8 +135,58 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     exported = tt.load_for_asr(tmp_path / "export")
     assert exported.pieces is not None  # and the vocabulary that makes its targets travels with it
     assert ta.read_pieces(tmp_path / "export" / ta.ASR_PIECES)[1] == exported.pieces
-    with pytest.raises(Exception, match="word-piece"):  # refitting a refitted branch is refused
-        ta.main(_args(tmp_path, tmp_path / "export", corpus, out=tmp_path / "run2"))
+    # a refitted branch can be refitted again, here with the attention decoder (its post-VQ layers are kept)
+    assert ta.main(_args(tmp_path, tmp_path / "export", corpus, out=tmp_path / "run2", export=tmp_path / "att",
+                         head="attention", asr_layers=1, asr_dim=64)) == 0
+    meta = json.loads((tmp_path / "att" / tt.ASR_BRANCH_CONFIG).read_text())
+    assert meta["spec"]["ctc"] == 0 and meta["spec"]["asr_layers"] == 1 and meta["spec"]["asr_dim"] == 64
+    att = tt.load_for_asr(tmp_path / "att")
+    assert att.pieces is not None and not isinstance(att.asr, tt.CTCHead)
+    texts, codes = att.transcribe(*tt.featurize([u.pcm for u in _utts(2)]))
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and all(codes)
+    with pytest.raises(ConfigError, match="multiple"):
+        ta.main(_args(tmp_path, folder, corpus, out=tmp_path / "run3", head="attention", asr_dim=65))
+
+
+def test_attention_head_learns_codes_and_survives_export(tmp_path):
+    """The paper's reader of the codes: a Whisper-style decoder over word pieces (``--head attention``)."""
+    from dataclasses import replace
+
+    from glm4voice.train.engine import TrainConfig, Trainer
+
+    folder = _model(tmp_path)
+    branch = tt.load_for_asr(folder)
+    branch.spec = replace(branch.spec, ctc=0, asr_layers=1, asr_dim=64)
+    piece_tok, pieces = ta.train_pieces(TEXTS * 3, 300)
+    branch.use_pieces(pieces)
+    assert branch.asr.cfg.vocab_size == len(pieces) + 2 and branch.asr.cfg.eos_id == len(pieces) + 1
+    model = ta.CodesASR(branch)
+    rows = _rows()
+    torch.manual_seed(0)
+    Trainer(TrainConfig(out_dir=str(tmp_path / "run"), steps=300, lr=3e-3, warmup=10, log_every=50, eval_every=0,
+                        save_every=300), model, batch_fn=ta.CodeBatches(rows, piece_tok, 8, seed=0),
+            loss_fn=lambda m, b: m(*b)).fit()
+    model.eval()
+    clean = [r for r in rows if r["id"].endswith("-0")]
+    hyps = model.transcribe_codes(*ta.pad_codes(clean))
+    assert hyps == [r["text"] for r in clean]
+    out = ta.export(model, folder, tmp_path / "refit")
+    again = tt.load_for_asr(out)
+    assert json.loads((out / tt.ASR_BRANCH_CONFIG).read_text())["spec"]["ctc"] == 0
+    assert ta.CodesASR(again).transcribe_codes(*ta.pad_codes(clean)) == hyps
+
+
+def test_greedy_attention_decoding_stops_without_eos():
+    """An untrained decoder rarely says EOS: greedy decoding stops at 4 tokens per memory position."""
+    from glm4voice.train.asr_head import ASRHead, ASRHeadConfig
+
+    torch.manual_seed(0)
+    head = ASRHead(ASRHeadConfig(vocab_size=50, dim=32, layers=1, heads=4, bos_id=48, eos_id=49), 32).eval()
+    with torch.no_grad():
+        head.ln.bias.fill_(1.0)  # the final LayerNorm's output sums to its bias's sum: EOS's logit is -320
+        head.embed.weight[49] = -10.0
+    out = head.greedy(torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool))
+    assert [len(o) for o in out] == [4 * 5 + 7] * 2
 
 
 def test_cli_refuses_a_cache_of_another_tokenizer(tmp_path):
@@ -144,3 +195,22 @@ def test_cli_refuses_a_cache_of_another_tokenizer(tmp_path):
     with pytest.raises(ConfigError, match="re-cache"):
         ta.main(_args(tmp_path, folder, corpus))
     assert os.path.isdir(corpus)
+
+
+def test_incremental_greedy_equals_greedy_over_full_forward_passes():
+    """The cached decoding (memory keys/values once, self-attention cache) picks what a full forward pass over the
+    prefix picks at every step; padded memory positions are ignored either way."""
+    from glm4voice.train.asr_head import ASRHead, ASRHeadConfig
+
+    torch.manual_seed(1)
+    head = ASRHead(ASRHeadConfig(vocab_size=40, dim=32, layers=2, heads=4, bos_id=38, eos_id=39), 24).eval()
+    memory = torch.randn(3, 7, 24)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    valid[1, 5:] = False
+    got = head.greedy(memory, valid, max_len=12)
+    seq = torch.full((3, 1), 38)
+    with torch.no_grad():
+        for _ in range(11):
+            seq = torch.cat([seq, head(seq, memory, valid)[:, -1].argmax(-1, keepdim=True)], 1)
+    want = [row[: row.index(39)] if 39 in row else row for row in seq[:, 1:].tolist()]
+    assert got == want and any(len(w) > 3 for w in want)

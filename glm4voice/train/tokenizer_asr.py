@@ -1,4 +1,4 @@
-"""Refit a trained tokenizer's ASR branch on its frozen codes, with a word-piece CTC head.
+"""Refit a trained tokenizer's ASR branch on its frozen codes, with a word-piece CTC head or attention decoder.
 
 ``glm4voice train tokenizer-asr --tokenizer DIR --corpus DIR --out RUN --export DIR``
 
@@ -8,7 +8,10 @@ word letter by letter; its transcripts are phonetically close and badly spelled 
 spell. This trainer keeps the encoder and the codebook fixed (the codes, and so the LM and the decoder, stay
 valid), and trains the branch again, the post-VQ layers and a CTC head over byte-level BPE word pieces learned
 from the corpus's training transcripts. Like the official tokenizer's Whisper decoder, it is a reader of the
-codes: what it measures is how much of the transcript the codes carry.
+codes: what it measures is how much of the transcript the codes carry. ``--head attention`` makes that reader the
+paper's kind (session 22): a Whisper-style decoder over the same pieces (``asr_head.ASRHead``, ``--asr-layers``,
+``--asr-dim``), which spells whole words from its own context instead of one CTC label per 20 ms; a branch refitted
+before (word pieces already) can be refitted again, keeping its post-VQ layers.
 
 Data: the corpus's cached codes (``tokens/<id>.npy`` from ``glm4voice data tokens`` with this tokenizer; a few are
 re-encoded at the start to check that they match). Optional ``--code-noise p`` replaces that share of each
@@ -26,6 +29,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +193,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", default=None, help="write the tokenizer with the new branch here at the end")
     parser.add_argument("--pieces", type=int, default=1000, help="word-piece vocabulary (256 bytes + merges)")
     parser.add_argument("--code-noise", type=float, default=0.0, help="share of training codes made random")
+    parser.add_argument("--head", choices=("ctc", "attention"), default="ctc",
+                        help="ctc: a CTC classifier over the pieces; attention: the paper's attention decoder "
+                             "(Whisper-style, cross-attending to the post-VQ states)")
+    parser.add_argument("--asr-layers", type=int, default=None, help="attention decoder blocks (default: the spec's)")
+    parser.add_argument("--asr-dim", type=int, default=None, help="attention decoder width (default: the spec's)")
     parser.add_argument("--keep-layers", type=int, default=1,
                         help="1: start the post-VQ layers from the tokenizer's branch; 0: fresh")
     parser.add_argument("--max-codes", type=int, default=250, help="skip longer utterances (12.5 codes/s)")
@@ -204,8 +213,16 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     torch.manual_seed(cfg.seed)
     branch = tt.load_for_asr(args.tokenizer)
-    if branch.pieces is not None:
-        raise CheckpointError(f"{args.tokenizer} already has a word-piece branch; refit from the byte branch")
+    if branch.pieces is not None:  # its post-VQ layers are kept (--keep-layers 1); the head is replaced
+        log.info("%s has a word-piece branch already: its head is replaced by a fresh one", args.tokenizer)
+    if args.asr_layers is not None and args.asr_layers < 1 or args.asr_dim is not None and args.asr_dim < 8:
+        raise ConfigError(f"--asr-layers must be >= 1 and --asr-dim >= 8, not {args.asr_layers} / {args.asr_dim}")
+    head = {"ctc": int(args.head == "ctc")}
+    if args.head == "attention":
+        head.update(asr_layers=args.asr_layers or branch.spec.asr_layers, asr_dim=args.asr_dim or branch.spec.asr_dim)
+        if head["asr_dim"] % branch.spec.asr_heads:
+            raise ConfigError(f"--asr-dim {head['asr_dim']} is not a multiple of {branch.spec.asr_heads} heads")
+    branch.spec = replace(branch.spec, **head)
     train = load_codes(args.corpus, "train", args.max_codes)
     held = load_codes(args.corpus, "heldout", args.max_codes)
     if not train:
@@ -233,7 +250,8 @@ def main(args: argparse.Namespace) -> int:
              len(held), len(pieces), sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "run.json").write_text(json.dumps({"tokenizer": args.tokenizer, "pieces": args.pieces,
-                                                            "code_noise": args.code_noise}, indent=2))
+                                                            "code_noise": args.code_noise, "head": args.head,
+                                                            "spec": asdict(branch.spec)}, indent=2))
     trainer = Trainer(cfg, model, batch_fn=CodeBatches(train, piece_tok, cfg.batch_size, cfg.seed,
                                                         noise=args.code_noise, codebook=branch.spec.codebook),
                       loss_fn=lambda m, b: m(*b), eval_fn=make_eval(held) if held else None)

@@ -118,10 +118,15 @@ class TokenizerTrainModel(nn.Module):
         self._codebook_fitted = False  # by init_codebook in this process (a resumed run knows by vq.updates > 0)
 
     def use_pieces(self, pieces: list[bytes]) -> None:
-        """Replace the CTC head by a fresh one over word pieces (``pieces[i]`` = the bytes of label i)."""
-        if not isinstance(self.asr, CTCHead):
-            raise ValueError("word pieces need the CTC head (spec.ctc = 1)")
-        self.asr = CTCHead(self.spec.d_model, self.cfg.pooling_kernel_size, len(pieces) + 1)
+        """Replace the ASR head by a fresh one over word pieces (``pieces[i]`` = the bytes of label i): a CTC head
+        (``spec.ctc`` = 1; label ``len(pieces)`` is the blank) or the attention decoder (``spec.ctc`` = 0; ids
+        ``len(pieces)`` and ``len(pieces) + 1`` are its BOS and EOS)."""
+        n = len(pieces)
+        if self.spec.ctc:
+            self.asr = CTCHead(self.spec.d_model, self.cfg.pooling_kernel_size, n + 1)
+        else:
+            self.asr = ASRHead(replace(self.spec.asr_config(), vocab_size=n + 2, bos_id=n, eos_id=n + 1),
+                               self.spec.d_model)
         self.pieces = list(pieces)
 
     def encode(self, feats: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
