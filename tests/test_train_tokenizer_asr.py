@@ -187,6 +187,8 @@ def test_greedy_attention_decoding_stops_without_eos():
         head.embed.weight[49] = -10.0
     out = head.greedy(torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool))
     assert [len(o) for o in out] == [4 * 5 + 7] * 2
+    assert [len(o) for o in head.greedy(torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool),
+                                        per_position=1.0)] == [5 + 7] * 2  # word pieces: about 1 per code
 
 
 def test_cli_refuses_a_cache_of_another_tokenizer(tmp_path):

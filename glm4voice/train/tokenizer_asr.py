@@ -68,8 +68,7 @@ class CodesASR(nn.Module):
     def transcribe_codes(self, codes: Tensor, valid: Tensor) -> list[str]:
         b = self.branch
         codes, valid = self._on_device(codes, valid)
-        out = b.asr.greedy(b.memory(b.vq.codebook(codes.clamp(min=0)), valid), valid)
-        return [b.decode_text(row) for row in out]
+        return b.greedy_text(b.memory(b.vq.codebook(codes.clamp(min=0)), valid), valid)
 
 
 def train_pieces(texts: list[str], vocab_size: int):

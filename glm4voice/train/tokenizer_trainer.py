@@ -215,7 +215,7 @@ class TokenizerTrainModel(nn.Module):
         if phones and self.phone is None:
             raise ValueError("this model has no phoneme head (spec.phones = 0)")
         memory, valid, ids = self.read(feats, frame_mask, quantize=quantize)
-        texts = [self.decode_text(row) for row in self.asr.greedy(memory, valid)]
+        texts = self.greedy_text(memory, valid)
         codes = [ids[i][valid[i]].tolist() for i in range(ids.shape[0])]
         return texts, codes, self.phone.greedy(memory, valid) if phones else None
 
@@ -225,6 +225,14 @@ class TokenizerTrainModel(nn.Module):
         ids = self.vq.nearest(h.reshape(-1, h.shape[-1]).float()).view(h.shape[:2])
         q = self.vq.codebook(ids).to(h.dtype) if quantize else h
         return self.memory(q, valid), valid, ids
+
+    def greedy_text(self, memory: Tensor, valid: Tensor) -> list[str]:
+        """The ASR head's greedy transcripts of post-VQ ``memory``; an attention decoder over word pieces stops at
+        one piece per code (+7), over bytes at four."""
+        if isinstance(self.asr, CTCHead):
+            return [self.decode_text(row) for row in self.asr.greedy(memory, valid)]
+        out = self.asr.greedy(memory, valid, per_position=4.0 if self.pieces is None else 1.0)
+        return [self.decode_text(row) for row in out]
 
     def decode_text(self, ids: list[int]) -> str:
         """ASR head output -> text: UTF-8 bytes, or the byte strings of ``pieces`` (a refitted word-piece head)."""
