@@ -216,3 +216,21 @@ def test_incremental_greedy_equals_greedy_over_full_forward_passes():
             seq = torch.cat([seq, head(seq, memory, valid)[:, -1].argmax(-1, keepdim=True)], 1)
     want = [row[: row.index(39)] if 39 in row else row for row in seq[:, 1:].tolist()]
     assert got == want and any(len(w) > 3 for w in want)
+
+
+def test_post_full_lets_the_reader_look_past_the_encoder_blocks():
+    """--post-full: the post-VQ layers see the whole utterance; by default the first position only sees its own
+    block (the encoder's block-causal attention), so a change far ahead does not reach it."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    block = SPEC.block // 4  # 12.5 Hz positions per block
+    codes = torch.randint(0, SPEC.codebook, (1, 3 * block))
+    later = codes.clone()
+    later[0, -1] = (later[0, -1] + 1) % SPEC.codebook
+    valid = torch.ones_like(codes, dtype=torch.bool)
+    for full in (0, 1):
+        model = tt.TokenizerTrainModel(replace(SPEC, post_full=full)).eval()
+        with torch.no_grad():
+            a, b = (model.memory(model.vq.codebook(c), valid) for c in (codes, later))
+        assert torch.equal(a[0, :block], b[0, :block]) is (not full)

@@ -195,6 +195,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", choices=("ctc", "attention"), default="ctc",
                         help="ctc: a CTC classifier over the pieces; attention: the paper's attention decoder "
                              "(Whisper-style, cross-attending to the post-VQ states)")
+    parser.add_argument("--post-full", action="store_true",
+                        help="the post-VQ layers attend over the whole utterance (default: the encoder's 2 s blocks)")
     parser.add_argument("--asr-layers", type=int, default=None, help="attention decoder blocks (default: the spec's)")
     parser.add_argument("--asr-dim", type=int, default=None, help="attention decoder width (default: the spec's)")
     parser.add_argument("--keep-layers", type=int, default=1,
@@ -216,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
         log.info("%s has a word-piece branch already: its head is replaced by a fresh one", args.tokenizer)
     if args.asr_layers is not None and args.asr_layers < 1 or args.asr_dim is not None and args.asr_dim < 8:
         raise ConfigError(f"--asr-layers must be >= 1 and --asr-dim >= 8, not {args.asr_layers} / {args.asr_dim}")
-    head = {"ctc": int(args.head == "ctc")}
+    head = {"ctc": int(args.head == "ctc"), "post_full": int(args.post_full)}
     if args.head == "attention":
         head.update(asr_layers=args.asr_layers or branch.spec.asr_layers, asr_dim=args.asr_dim or branch.spec.asr_dim)
         if head["asr_dim"] % branch.spec.asr_heads:

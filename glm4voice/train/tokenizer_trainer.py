@@ -77,6 +77,9 @@ class TokenizerTrainSpec:
     # inventory (set from the corpus, saved in the run folder's phones.json).
     phone_weight: float = 0.0
     phones: int = 0
+    # 1: the training-only post-VQ layers attend over the whole utterance instead of the encoder's 2 s blocks (an
+    # ASR reader of the codes may look ahead; the codes themselves stay block-causal); ``tokenizer-asr --post-full``
+    post_full: int = 0
 
     def tokenizer_config(self) -> TokenizerConfig:
         cfg = TokenizerConfig(d_model=self.d_model, encoder_attention_heads=self.heads, encoder_ffn_dim=self.ffn,
@@ -142,7 +145,8 @@ class TokenizerTrainModel(nn.Module):
     def memory(self, q: Tensor, valid: Tensor) -> Tensor:
         """Post-VQ layers over the quantised vectors (positions from ``embed_positions2``, as official)."""
         x = q + self.encoder.embed_positions2.weight[: q.shape[1]].to(q.dtype)
-        block = self.cfg.quantize_causal_block_size // self.cfg.pooling_kernel_size
+        block = x.shape[1] if self.spec.post_full else \
+            self.cfg.quantize_causal_block_size // self.cfg.pooling_kernel_size
         mask = block_causal_mask(valid, 0, x.shape[1], block, x.dtype)
         for layer in self.post:
             x, _ = layer(x, mask)
