@@ -61,6 +61,15 @@ def build_tokenizer(src: Path, out: Path) -> dict:
         _save_unless_same(branch, out / ASR_BRANCH_WEIGHTS)
         if src.resolve() != out.resolve():
             shutil.copyfile(src / ASR_BRANCH_CONFIG, out / ASR_BRANCH_CONFIG)
+    # a word-piece branch's vocabulary (22 KB), which `train tokenizer-adapt` reads to make its targets; a stale one
+    # from an earlier branch goes
+    from glm4voice.train.tokenizer_asr import ASR_PIECES
+
+    if src.resolve() != out.resolve():
+        if has_branch and (src / ASR_PIECES).is_file():
+            shutil.copyfile(src / ASR_PIECES, out / ASR_PIECES)
+        elif (out / ASR_PIECES).is_file():
+            (out / ASR_PIECES).unlink()
     return {"source": str(src), "asr_branch": has_branch}
 
 

@@ -99,6 +99,26 @@ def test_build_script_leaves_an_unchanged_tokenizer_file_alone(tmp_path):
     assert torch.equal(load_file(str(weights))[name], sd[name].to(torch.bfloat16))
 
 
+def test_build_script_ships_the_word_piece_vocabulary_of_the_branch(tmp_path):
+    """tokenizer-adapt reads ``asr_pieces.json`` beside the branch: it travels with it, and a stale one goes."""
+    import shutil
+
+    import pytest
+
+    out = tmp_path / "embedded"
+    shutil.copytree(EMBEDDED, out)
+    src = tmp_path / "tok_export"
+    shutil.copytree(EMBEDDED / "tokenizer", src)
+    (src / "asr_pieces.json").write_text('{"vocab": "of this branch"}')
+    with pytest.raises(SystemExit):
+        _build_script(["--out", str(out), "--tokenizer", str(src)])
+    assert (out / "tokenizer" / "asr_pieces.json").read_text() == '{"vocab": "of this branch"}'
+    (src / "asr_pieces.json").unlink()
+    with pytest.raises(SystemExit):
+        _build_script(["--out", str(out), "--tokenizer", str(src)])
+    assert not (out / "tokenizer" / "asr_pieces.json").exists()
+
+
 def test_build_script_sets_the_flow_steps_of_a_kept_decoder(tmp_path):
     import shutil
 
