@@ -146,6 +146,8 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and all(codes)
     with pytest.raises(ConfigError, match="multiple"):
         ta.main(_args(tmp_path, folder, corpus, out=tmp_path / "run3", head="attention", asr_dim=65))
+    with pytest.raises(ConfigError, match="--head attention"):  # a CTC head has no decoder to size
+        ta.main(_args(tmp_path, folder, corpus, out=tmp_path / "run4", asr_layers=3))
 
 
 def test_attention_head_learns_codes_and_survives_export(tmp_path):

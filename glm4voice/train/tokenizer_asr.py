@@ -218,6 +218,8 @@ def main(args: argparse.Namespace) -> int:
         log.info("%s has a word-piece branch already: its head is replaced by a fresh one", args.tokenizer)
     if args.asr_layers is not None and args.asr_layers < 1 or args.asr_dim is not None and args.asr_dim < 8:
         raise ConfigError(f"--asr-layers must be >= 1 and --asr-dim >= 8, not {args.asr_layers} / {args.asr_dim}")
+    if args.head == "ctc" and (args.asr_layers is not None or args.asr_dim is not None):
+        raise ConfigError("--asr-layers and --asr-dim size the attention decoder: use them with --head attention")
     head = {"ctc": int(args.head == "ctc"), "post_full": int(args.post_full)}
     if args.head == "attention":
         head.update(asr_layers=args.asr_layers or branch.spec.asr_layers, asr_dim=args.asr_dim or branch.spec.asr_dim)

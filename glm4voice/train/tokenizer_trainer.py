@@ -233,10 +233,8 @@ class TokenizerTrainModel(nn.Module):
     def greedy_text(self, memory: Tensor, valid: Tensor) -> list[str]:
         """The ASR head's greedy transcripts of post-VQ ``memory``; an attention decoder over word pieces stops at
         one piece per code (+7), over bytes at four."""
-        if isinstance(self.asr, CTCHead):
-            return [self.decode_text(row) for row in self.asr.greedy(memory, valid)]
-        out = self.asr.greedy(memory, valid, per_position=4.0 if self.pieces is None else 1.0)
-        return [self.decode_text(row) for row in out]
+        stop = {} if isinstance(self.asr, CTCHead) else {"per_position": 4.0 if self.pieces is None else 1.0}
+        return [self.decode_text(row) for row in self.asr.greedy(memory, valid, **stop)]
 
     def decode_text(self, ids: list[int]) -> str:
         """ASR head output -> text: UTF-8 bytes, or the byte strings of ``pieces`` (a refitted word-piece head)."""
