@@ -111,6 +111,7 @@ class Sample:
     ids: list[int]
     mask: list[bool]  # mask[i]: ids[i] is a loss target
     kind: str = ""
+    ctc: tuple = ()  # lm_ctc.Span per input utterance with a transcript (the training-only CTC objective)
 
     def __post_init__(self):
         if len(self.ids) != len(self.mask):
@@ -452,8 +453,10 @@ class Mixture:
 
     def __init__(self, tok, sp: Specials, data: LMData, mix: str | dict[str, float], *, sft_loss: str = "split",
                  max_audio: int | None = None, rephrase: float = 0.0, augment_set: int = 1,
-                 code_noise: float = 0.0):
+                 code_noise: float = 0.0, ctc_encode: Callable[[str], list[int]] | None = None):
         self.tok, self.sp, self.data = tok, sp, data
+        # given, samples with input speech carry CTC spans: its positions and its transcript's pieces (lm_ctc)
+        self.ctc_encode = ctc_encode
         self.ratios = parse_mix(mix)
         self.pools = {k: data.pool(k) for k in self.ratios}
         empty = [k for k, p in self.pools.items() if not p]
@@ -482,22 +485,39 @@ class Mixture:
         return self.build(kind, x, rng)
 
     def build(self, kind: str, x, rng: random.Random) -> list[Sample]:
+        samples, heard = self._build(kind, x, rng)
+        if self.ctc_encode is not None and heard:
+            from dataclasses import replace
+
+            from glm4voice.train.lm_ctc import ctc_spans
+
+            # one copy of a split dialogue carries the spans (the copies have the same ids: the same hidden states)
+            spans = ctc_spans(samples[0].ids, heard, self.sp.boa, self.sp.eoa, self.ctc_encode)
+            samples = [replace(samples[0], ctc=spans), *samples[1:]]
+        if kind in SFT_KINDS:
+            rng.shuffle(samples)  # a copy cut at the end of a row is the text or the speech one alike
+        return samples
+
+    def _build(self, kind: str, x, rng: random.Random) -> tuple[list[Sample], list[str]]:
+        """The samples and the transcripts of their input utterances in order (for CTC spans; [] if none or if an
+        utterance was cut to ``max_audio``)."""
         tok, sp = self.tok, self.sp
         if kind == "text":
-            return [text_sample(tok, sp, x)]
+            return [text_sample(tok, sp, x)], []
         if kind == "interleaved":
             if isinstance(x, Dialogue):
                 from glm4voice.train.interleave import pair_segments
 
                 x = pair_segments(x.question, x.answer, rng)
-            return [interleaved_sample(tok, sp, x)]
+            return [interleaved_sample(tok, sp, x)], []
         if kind in ("speech", "asr", "tts"):
             codes = x.codes[:self.max_audio] if self.max_audio else x.codes
+            whole = [x.text] if len(codes) == len(x.codes) else []
             if kind == "speech":
-                return [speech_sample(tok, sp, codes)]
+                return [speech_sample(tok, sp, codes)], whole
             if kind == "asr":
-                return [asr_sample(tok, sp, self._heard(codes, rng), x.text)]
-            return [tts_sample(tok, sp, x.text, codes)]
+                return [asr_sample(tok, sp, self._heard(codes, rng), x.text)], whole
+            return [tts_sample(tok, sp, x.text, codes)], []
         dialogues = [x]
         if kind == "multi":  # further turns: other dialogues of the pool, drawn by the same RNG
             pool = self.pools[kind]
@@ -505,10 +525,8 @@ class Mixture:
         turns = [(self._typed(d, rng) if kind == "sft_text" else self._heard(d.question.codes, rng), d.answer.text,
                   d.answer.codes)
                  for d in dialogues]
-        copies = conversation_samples(tok, sp, turns, loss=self.sft_loss, kind=kind)
-        rng.shuffle(copies)  # a copy cut at the end of a row is the text or the speech one alike
-        return copies
-
+        heard = [] if kind == "sft_text" else [d.question.text for d in dialogues]
+        return conversation_samples(tok, sp, turns, loss=self.sft_loss, kind=kind), heard
 
     def _heard(self, codes, rng: random.Random):
         return perturb_codes(codes, self.code_noise, rng, self.sp.codebook_size) if self.code_noise else codes
@@ -531,10 +549,11 @@ class PackedBatch:
     position_ids: torch.Tensor
     doc_ids: torch.Tensor
     stats: dict
+    ctc: list = field(default_factory=list)  # (row, start, length, target pieces) per input utterance (lm_ctc)
 
     def to(self, device) -> PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.loss_mask.to(device), self.position_ids.to(device),
-                           self.doc_ids.to(device), self.stats)
+                           self.doc_ids.to(device), self.stats, self.ctc)
 
 
 def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, seq_len: int, pad_id: int,
@@ -545,9 +564,11 @@ def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, 
     row with padding. With ``fill_tries`` 1 (the default) the first misfit ends the row; more tries fill rows
     tighter (less padding, so more tokens per step) at the cost of favouring short documents at row ends. A draw
     that does not fit an empty row goes in anyway: its documents in order, the one crossing the row end cut
-    (counted in ``stats["cut"]``).
+    (counted in ``stats["cut"]``). Returns ids, mask, positions, document numbers and the documents' CTC spans
+    moved to row positions (a span the cut reaches is dropped).
     """
     ids: list[int] = []
+    spans: list = []
     mask: list[bool] = []
     pos: list[int] = []
     doc: list[int] = []
@@ -562,21 +583,22 @@ def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, 
                 continue
             fill = seq_len - len(ids)
             stats["pad_tokens"] += fill
-            return ids + [pad_id] * fill, mask + [False] * fill, pos + [0] * fill, doc + [-1] * fill
+            return ids + [pad_id] * fill, mask + [False] * fill, pos + [0] * fill, doc + [-1] * fill, spans
         for s in samples:
             room = seq_len - len(ids)
             if room <= 0:
                 break
             if len(s) > room:
-                s = Sample(s.ids[:room], s.mask[:room], s.kind)
+                s = Sample(s.ids[:room], s.mask[:room], s.kind, tuple(c for c in s.ctc if c[0] + c[1] <= room))
                 stats["cut"] += 1
+            spans += [(len(ids) + start, n, targets) for start, n, targets in s.ctc]
             ids += s.ids
             mask += s.mask
             pos += range(len(s))
             doc += [n] * len(s)
             n += 1
             stats[f"docs:{s.kind}"] += 1
-    return ids, mask, pos, doc
+    return ids, mask, pos, doc, spans
 
 
 def pack_batch(draw: Callable[[random.Random], list[Sample]], *, seed: int, step: int, rank: int, batch_size: int,
@@ -588,7 +610,8 @@ def pack_batch(draw: Callable[[random.Random], list[Sample]], *, seed: int, step
                      fill_tries) for i in range(batch_size)]
     cols = [torch.tensor([r[j] for r in rows]) for j in range(4)]
     stats["pad_share"] = stats.pop("pad_tokens", 0) / (batch_size * seq_len)
-    return PackedBatch(cols[0].long(), cols[1].bool(), cols[2].long(), cols[3].long(), dict(stats))
+    ctc = [(i, start, n, targets) for i, r in enumerate(rows) for start, n, targets in r[4]]
+    return PackedBatch(cols[0].long(), cols[1].bool(), cols[2].long(), cols[3].long(), dict(stats), ctc)
 
 
 class MixtureBatches:

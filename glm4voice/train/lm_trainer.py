@@ -156,11 +156,17 @@ def _mean_targets_per_process(n: Tensor) -> Tensor:
     return total / dist.get_world_size()
 
 
-def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials) -> tuple[Tensor, dict]:
-    """Mean cross-entropy over the loss-masked targets of the (global) batch; text and speech parts reported."""
+def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials, *, ctc_weight: float = 0.0,
+            ctc_blank: int = -1) -> tuple[Tensor, dict]:
+    """Mean cross-entropy over the loss-masked targets of the (global) batch; text and speech parts reported.
+    A model with a CTC head (``lm_ctc.AudioCTC``) adds ``ctc_weight`` times the CTC loss of the batch's spans."""
     device = next(model.parameters()).device
     batch = batch.to(device)
-    logits = forward_logits(model, batch)[:, :-1]
+    logits = forward_logits(model, batch)
+    ctc_logits = None
+    if isinstance(logits, tuple):
+        logits, ctc_logits = logits
+    logits = logits[:, :-1]
     targets, mask = batch.input_ids[:, 1:], batch.loss_mask[:, 1:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
     ce = ce.view_as(targets)
@@ -172,6 +178,13 @@ def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials) -> tuple[T
         metrics = {"text_loss": float((ce * text).sum() / text.sum().clamp(min=1)),
                    "speech_loss": float((ce * audio).sum() / audio.sum().clamp(min=1)),
                    "target_tokens": float(n), "pad_share": float(batch.stats.get("pad_share", 0.0))}
+    if ctc_logits is not None and batch.ctc and ctc_weight:
+        from glm4voice.train.lm_ctc import ctc_loss
+
+        # the mean over this process's spans (each DDP process weighs its spans alike; spans are per-sample here)
+        ctc = ctc_loss(ctc_logits, batch.ctc, ctc_blank)
+        loss = loss + ctc_weight * ctc
+        metrics["ctc_loss"] = float(ctc.detach())
     return loss, metrics
 
 
@@ -180,9 +193,21 @@ def evaluate_batches(model: nn.Module, batches: list[ls.PackedBatch], sp: ls.Spe
     """Held-out loss (text / speech) and teacher-forced next-token accuracy on the text and speech targets."""
     device = next(model.parameters()).device
     sums = {"ce_text": 0.0, "ce_speech": 0.0, "ok_text": 0.0, "ok_speech": 0.0, "n_text": 0.0, "n_speech": 0.0}
+    ctc = {"loss": 0.0, "spans": 0, "edits": 0, "pieces": 0}
     for b in batches:
         b = b.to(device)
-        logits = forward_logits(model, b)[:, :-1].float()
+        logits = forward_logits(model, b)
+        if isinstance(logits, tuple):  # a CTC head (lm_ctc.AudioCTC): its held-out loss and piece error rate
+            from glm4voice.train.lm_ctc import ctc_loss, greedy_ctc, piece_error
+
+            logits, ctc_logits = logits
+            if b.ctc:
+                ctc["loss"] += float(ctc_loss(ctc_logits, b.ctc, model.blank)) * len(b.ctc)
+                ctc["spans"] += len(b.ctc)
+                edits, pieces = piece_error([t for *_, t in b.ctc], greedy_ctc(ctc_logits, b.ctc, model.blank))
+                ctc["edits"] += edits
+                ctc["pieces"] += pieces
+        logits = logits[:, :-1].float()
         targets, mask = b.input_ids[:, 1:], b.loss_mask[:, 1:]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
         ce = ce.view_as(targets)
@@ -197,6 +222,9 @@ def evaluate_batches(model: nn.Module, batches: list[ls.PackedBatch], sp: ls.Spe
         if sums[f"n_{name}"]:
             out[f"eval_{name}_loss"] = sums[f"ce_{name}"] / sums[f"n_{name}"]
             out[f"eval_{name}_acc"] = sums[f"ok_{name}"] / sums[f"n_{name}"]
+    if ctc["spans"]:
+        out["eval_ctc_loss"] = ctc["loss"] / ctc["spans"]
+        out["eval_ctc_per"] = ctc["edits"] / max(ctc["pieces"], 1)  # piece error rate of the greedy CTC path
     return out
 
 
@@ -233,6 +261,10 @@ def export(model: nn.Module, folder: str | os.PathLike, tokenizer_dir: str | os.
 
     if dtype not in EXPORT_DTYPES:
         raise ConfigError(f"export dtype must be one of {sorted(EXPORT_DTYPES)}, not {dtype!r}")
+    from glm4voice.train.lm_ctc import AudioCTC
+
+    if isinstance(model, AudioCTC):  # the CTC head is training-only
+        model = model.lm
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plain = merge_lora(copy.deepcopy(model)) if any(isinstance(m, LoRALinear) for m in model.modules()) else model
@@ -275,6 +307,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="probability that each code of a speech *input* (spoken question, ASR audio) is "
                              "replaced by a random code, dropped or doubled (augmentation against memorising "
                              "utterances; 0: off)")
+    parser.add_argument("--ctc-weight", type=float, default=0.0,
+                        help="> 0: add this times a CTC loss over word pieces of each input utterance's transcript, "
+                             "read from the hidden states of --ctc-layer at its positions (training only; the "
+                             "export is the plain LM)")
+    parser.add_argument("--ctc-layer", type=int, default=None,
+                        help="the block (1-based, below the last) whose output the CTC head reads; default: half")
+    parser.add_argument("--ctc-pieces", type=int, default=1000, help="word-piece vocabulary of the CTC head")
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
@@ -312,6 +351,10 @@ def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str 
     model = GLM(GLMConfig.from_dict(info["config"], source=str(run / "run.json")))
     if info.get("lora_rank"):
         add_lora(model, rank=info["lora_rank"], alpha=info.get("lora_alpha", 16.0))
+    if info.get("ctc"):
+        from glm4voice.train.lm_ctc import AudioCTC
+
+        model = AudioCTC(model, info["ctc"]["pieces"], info["ctc"]["layer"])
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)  # tensors only: no code runs
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
@@ -351,12 +394,19 @@ def main(args: argparse.Namespace) -> int:
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts,
                             tokens=args.tokens)
     log.info("lm %s: train data %s", args.stage, train.summary())
+    if args.ctc_weight < 0:
+        raise ConfigError(f"--ctc-weight must be >= 0, not {args.ctc_weight}")
+    ctc_encode, n_pieces = None, 0
+    if args.ctc_weight:
+        from glm4voice.train.lm_ctc import piece_vocabulary
+
+        ctc_encode, n_pieces = piece_vocabulary(cfg.out_dir, [u.text for u in train.utterances], args.ctc_pieces)
     batches = ls.MixtureBatches(ls.Mixture(tok, sp, train, mix, sft_loss=args.sft_loss, max_audio=args.max_audio,
                                            rephrase=args.rephrase, augment_set=args.augment_set,
-                                           code_noise=args.code_noise),
+                                           code_noise=args.code_noise, ctc_encode=ctc_encode),
                                 batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed,
                                 fill_tries=args.pack_tries)
-    eval_fn = _make_eval(args, tok, sp, mix, cfg)
+    eval_fn = _make_eval(args, tok, sp, mix, cfg, ctc_encode)
 
     model = build_model(args, tok)
     if args.seq_len > model.cfg.seq_length:
@@ -364,6 +414,15 @@ def main(args: argparse.Namespace) -> int:
     if args.lora_rank:
         wrapped = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
         log.info("LoRA rank %d on %d layers", args.lora_rank, len(wrapped))
+    ctc_info = None
+    if args.ctc_weight:
+        from glm4voice.train.lm_ctc import AudioCTC
+
+        layer = args.ctc_layer if args.ctc_layer is not None else max(1, model.cfg.num_layers // 2)
+        model = AudioCTC(model, n_pieces, layer)
+        ctc_info = {"weight": args.ctc_weight, "layer": layer, "pieces": n_pieces}
+        log.info("CTC objective: %d word pieces read from block %d of %d, weight %g", n_pieces, layer,
+                 model.cfg.num_layers, args.ctc_weight)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: %.2fM parameters, %.2fM trained", sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
@@ -371,9 +430,12 @@ def main(args: argparse.Namespace) -> int:
         {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "rephrase": args.rephrase,
          "augment_set": args.augment_set, "code_noise": args.code_noise, "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank,
-         "lora_alpha": args.lora_alpha, "config": asdict(model.cfg),
+         "lora_alpha": args.lora_alpha, "ctc": ctc_info, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
-    trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=lambda m, b: lm_loss(m, b, sp), eval_fn=eval_fn)
+    blank = n_pieces  # AudioCTC's blank class: the last
+    trainer = Trainer(cfg, model, batch_fn=batches,
+                      loss_fn=lambda m, b: lm_loss(m, b, sp, ctc_weight=args.ctc_weight, ctc_blank=blank),
+                      eval_fn=eval_fn)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= cfg.steps and trainer.is_main:
         export(trainer.model, args.export, tok_dir, dtype=args.export_dtype)
@@ -381,14 +443,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
+def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
     """Held-out batches (split ``heldout``: held-out phrasings and voices) of the kinds that have held-out data, and
     for SFT mixtures the spoken-question answer accuracy on ``--eval-answers`` held-out dialogues."""
     held = ls.load_lm_data(args.corpus, split="heldout", with_item_texts=True, tokens=args.tokens)
     ratios = {k: v for k, v in ls.parse_mix(mix).items() if held.pool(k)}
     fixed = []
     if ratios and args.eval_batches:
-        m = ls.Mixture(tok, sp, held, ratios, sft_loss=args.sft_loss, max_audio=args.max_audio)
+        m = ls.Mixture(tok, sp, held, ratios, sft_loss=args.sft_loss, max_audio=args.max_audio,
+                       ctc_encode=ctc_encode)
         fixed = [ls.pack_batch(m.draw, seed=10_000 + cfg.seed, step=i, rank=0, batch_size=cfg.batch_size,
                                seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
     dialogues, spoken, asr = [], [], None
@@ -408,6 +471,7 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg):
 
     def evaluate(model: nn.Module) -> dict:
         out = evaluate_batches(model, fixed, sp) if fixed else {}
+        model = getattr(model, "lm", model)  # answers come from the plain LM (a CTC head is training-only)
         if dialogues:
             out.update(answer_accuracy(model, tok, sp, dialogues))
         if spoken:
