@@ -253,7 +253,7 @@ class Trainer:
             window.append(metrics)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                # a metric some steps lack (e.g. a loss on samples a batch may not have) averages over those that have it
+                # a metric some steps lack (a loss on samples a batch may lack) averages over those that have it
                 keys = dict.fromkeys(k for m in window for k in m)
                 avg = {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window) for k in keys}
                 avg.update(step=self.step, sec_per_step=(time.perf_counter() - t0) / len(window))

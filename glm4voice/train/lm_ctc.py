@@ -1,4 +1,4 @@
-"""A training-only CTC objective on the LM's hidden states over its *input* speech (``glm4voice train lm --ctc-weight``).
+"""A training-only CTC objective on the LM's hidden states over its input speech (`glm4voice train lm --ctc-weight`).
 
 Why: sessions 21 and 22 found that the embedded LM answers a spoken question by recognising its gist, not its words
 (asked to transcribe, it writes memorised training sentences; model card, "What the LM hears"). Its only teacher
