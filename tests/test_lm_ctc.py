@@ -103,6 +103,15 @@ def test_head_leaves_the_logits_alone_and_refuses_the_last_block(parts):
     logits, ctc_logits = model(ids)
     torch.testing.assert_close(logits, lm(ids))
     assert ctc_logits.shape == (2, 9, 21) and model.blank == 20
+    model.train()
+    model.head_only = True  # warm-up: the CTC loss reaches the head, not the LM
+    _, ctc_logits = model(ids)
+    lm_ctc.ctc_loss(ctc_logits, [(0, 1, 6, (1, 2))], model.blank).backward()
+    assert model.head.weight.grad is not None and all(p.grad is None for p in lm.parameters())
+    model.head_only = False
+    _, ctc_logits = model(ids)
+    lm_ctc.ctc_loss(ctc_logits, [(0, 1, 6, (1, 2))], model.blank).backward()
+    assert lm.layers[0].mlp.up.weight.grad.abs().sum() > 0
     for bad in (0, 2):  # 2 blocks: only the first may be read
         with pytest.raises(ConfigError, match="--ctc-layer"):
             lm_ctc.AudioCTC(lm, 20, bad)
@@ -147,7 +156,7 @@ def test_training_with_ctc_learns_the_transcripts_and_exports_the_plain_lm(env, 
 
 
 def test_ctc_run_resumes_exactly(env, tmp_path):  # noqa: F811
-    opts = ("--mix", "sft=1,asr=1", "--ctc-weight", 0.5, "--ctc-layer", 1, "--ctc-pieces", 300)
+    opts = ("--mix", "sft=1,asr=1", "--ctc-weight", 0.5, "--ctc-layer", 1, "--ctc-pieces", 300, "--ctc-warmup", 6)
     _run(env, tmp_path / "full", *opts, steps=10)
     _run(env, tmp_path / "cut", *opts, "--until", 4, steps=10)
     _run(env, tmp_path / "cut", *opts, steps=10)

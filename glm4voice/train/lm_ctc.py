@@ -50,6 +50,9 @@ class AudioCTC(nn.Module):
         self.layer = layer
         self.blank = n_pieces
         self.head = nn.Linear(lm.cfg.hidden_size, n_pieces + 1, device=lm.device)
+        # True: the CTC loss trains the head only (the LM's states are detached), as while a new head warms up: a
+        # random head's large early gradients would otherwise pull the trained LM away from what it knows
+        self.head_only = False
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
@@ -65,7 +68,8 @@ class AudioCTC(nn.Module):
             logits = self.lm(input_ids, position_ids=position_ids, mask=mask)
         finally:
             hook.remove()
-        return logits, self.head(seen[0])
+        hidden = seen[0].detach() if self.head_only else seen[0]
+        return logits, self.head(hidden)
 
 
 def ctc_spans(ids: Sequence[int], texts: Sequence[str], boa: int, eoa: int,

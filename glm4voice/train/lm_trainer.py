@@ -313,6 +313,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "export is the plain LM)")
     parser.add_argument("--ctc-layer", type=int, default=None,
                         help="the block (1-based, below the last) whose output the CTC head reads; default: half")
+    parser.add_argument("--ctc-warmup", type=int, default=0,
+                        help="first steps in which the CTC loss trains its new head only, not the LM")
     parser.add_argument("--ctc-pieces", type=int, default=1000, help="word-piece vocabulary of the CTC head")
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
@@ -420,7 +422,7 @@ def main(args: argparse.Namespace) -> int:
 
         layer = args.ctc_layer if args.ctc_layer is not None else max(1, model.cfg.num_layers // 2)
         model = AudioCTC(model, n_pieces, layer)
-        ctc_info = {"weight": args.ctc_weight, "layer": layer, "pieces": n_pieces}
+        ctc_info = {"weight": args.ctc_weight, "layer": layer, "pieces": n_pieces, "warmup": args.ctc_warmup}
         log.info("CTC objective: %d word pieces read from block %d of %d, weight %g", n_pieces, layer,
                  model.cfg.num_layers, args.ctc_weight)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -433,9 +435,13 @@ def main(args: argparse.Namespace) -> int:
          "lora_alpha": args.lora_alpha, "ctc": ctc_info, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
     blank = n_pieces  # AudioCTC's blank class: the last
-    trainer = Trainer(cfg, model, batch_fn=batches,
-                      loss_fn=lambda m, b: lm_loss(m, b, sp, ctc_weight=args.ctc_weight, ctc_blank=blank),
-                      eval_fn=eval_fn)
+
+    def loss_fn(m: nn.Module, b: ls.PackedBatch) -> tuple[Tensor, dict]:
+        if ctc_info:  # a function of the step alone, so a resumed run warms up as an uninterrupted one
+            getattr(m, "module", m).head_only = trainer.step < args.ctc_warmup
+        return lm_loss(m, b, sp, ctc_weight=args.ctc_weight, ctc_blank=blank)
+
+    trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=loss_fn, eval_fn=eval_fn)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= cfg.steps and trainer.is_main:
         export(trainer.model, args.export, tok_dir, dtype=args.export_dtype)
