@@ -162,6 +162,8 @@ def test_ctc_run_resumes_exactly(env, tmp_path):  # noqa: F811
     _run(env, tmp_path / "cut", *opts, steps=10)
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    with pytest.raises(ConfigError, match="CTC objective"):  # resumed without the head it started with
+        _run(env, tmp_path / "cut", "--mix", "sft=1,asr=1", steps=12)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

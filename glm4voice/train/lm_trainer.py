@@ -425,6 +425,7 @@ def main(args: argparse.Namespace) -> int:
         ctc_info = {"weight": args.ctc_weight, "layer": layer, "pieces": n_pieces, "warmup": args.ctc_warmup}
         log.info("CTC objective: %d word pieces read from block %d of %d, weight %g", n_pieces, layer,
                  model.cfg.num_layers, args.ctc_weight)
+    _check_resume_matches(Path(cfg.out_dir), ctc_info)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: %.2fM parameters, %.2fM trained", sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
@@ -447,6 +448,17 @@ def main(args: argparse.Namespace) -> int:
         export(trainer.model, args.export, tok_dir, dtype=args.export_dtype)
         log.info("exported the LM to %s", args.export)
     return 0
+
+
+def _check_resume_matches(out_dir: Path, ctc_info: dict | None) -> None:
+    """A run resumed with or without the CTC head as it started: its checkpoint has (or lacks) the head's weights."""
+    if not (out_dir / "last.pt").is_file() or not (out_dir / "run.json").is_file():
+        return
+    before = json.loads((out_dir / "run.json").read_text()).get("ctc")
+    shape = (lambda c: (c["layer"], c["pieces"]) if c else None)  # noqa: E731
+    if shape(before) != shape(ctc_info):
+        raise ConfigError(f"{out_dir} was started with CTC objective {before}, resumed with {ctc_info}: give the same "
+                          f"--ctc-weight (0 or not) and --ctc-layer, or a new --out")
 
 
 def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
