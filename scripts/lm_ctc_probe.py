@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     from glm4voice.train import lm_samples as ls
     from glm4voice.train import lm_trainer as lt
     from glm4voice.train.tokenizer_asr import read_pieces
+    from glm4voice.train.tokenizer_trainer import sequence_error_rate
 
     tok = lt.load_text_tokenizer(args.lm)
     sp = ls.Specials.from_tokenizer(tok)
@@ -86,13 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     @torch.no_grad()
     def evaluate() -> dict:
-        loss = edits = total = spans = 0
+        loss, refs, hyps = 0.0, [], []
         for b in fixed:
             logits = head(hidden(b))
             loss += float(lm_ctc.ctc_loss(logits, b.ctc, blank)) * len(b.ctc)
-            e, n = lm_ctc.piece_error([t for *_, t in b.ctc], lm_ctc.greedy_ctc(logits, b.ctc, blank))
-            edits, total, spans = edits + e, total + n, spans + len(b.ctc)
-        return {"ctc_loss": loss / max(spans, 1), "per": edits / max(total, 1), "utterances": spans}
+            refs += [list(t) for *_, t in b.ctc]
+            hyps += lm_ctc.greedy_ctc(logits, b.ctc, blank)
+        return {"ctc_loss": loss / max(len(refs), 1), "per": sequence_error_rate(refs, hyps), "utterances": len(refs)}
 
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
     curve = [{"step": 0, **evaluate()}]

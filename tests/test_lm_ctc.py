@@ -117,15 +117,13 @@ def test_head_leaves_the_logits_alone_and_refuses_the_last_block(parts):
             lm_ctc.AudioCTC(lm, 20, bad)
 
 
-def test_greedy_path_and_piece_error():
+def test_greedy_path_and_ctc_loss():
     blank = 3
     logits = torch.full((1, 6, 4), -5.0)
     for t, c in enumerate([0, 0, 3, 0, 1, 3]):
         logits[0, t, c] = 5.0
     spans = [(0, 0, 6, (0, 0, 1))]
     assert lm_ctc.greedy_ctc(logits, spans, blank) == [[0, 0, 1]]  # a blank separates the repeated piece
-    assert lm_ctc.piece_error([[0, 0, 1]], [[0, 1]]) == (1, 3)
-    assert lm_ctc.piece_error([[1, 2]], [[2, 1, 2, 2]]) == (2, 2)
     right = lm_ctc.ctc_loss(logits, spans, blank)
     wrong = lm_ctc.ctc_loss(logits, [(0, 0, 6, (2, 2, 1))], blank)
     assert float(right) < 0.1 < float(wrong)

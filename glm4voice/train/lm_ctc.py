@@ -123,20 +123,6 @@ def greedy_ctc(ctc_logits: Tensor, spans: Sequence[tuple[int, int, int, Sequence
     return out
 
 
-def piece_error(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """(edits, reference pieces) summed over the pairs: Levenshtein distance of piece sequences."""
-    edits = total = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        row = list(range(len(hyp) + 1))
-        for i, a in enumerate(ref, 1):
-            prev, row[0] = row[0], i
-            for j, b in enumerate(hyp, 1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (a != b))
-        edits += row[-1]
-        total += len(ref)
-    return edits, total
-
-
 def piece_vocabulary(out_dir: str | Path, texts: Sequence[str], n_pieces: int):
     """The run's word pieces: read from ``out_dir/ctc_pieces.json`` when a run is resumed, else learnt from
     ``texts`` (byte-level BPE over lower-cased transcripts, ``tokenizer_asr.train_pieces``) and saved there.

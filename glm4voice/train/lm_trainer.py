@@ -193,20 +193,19 @@ def evaluate_batches(model: nn.Module, batches: list[ls.PackedBatch], sp: ls.Spe
     """Held-out loss (text / speech) and teacher-forced next-token accuracy on the text and speech targets."""
     device = next(model.parameters()).device
     sums = {"ce_text": 0.0, "ce_speech": 0.0, "ok_text": 0.0, "ok_speech": 0.0, "n_text": 0.0, "n_speech": 0.0}
-    ctc = {"loss": 0.0, "spans": 0, "edits": 0, "pieces": 0}
+    ctc = {"loss": 0.0, "spans": 0, "refs": [], "hyps": []}
     for b in batches:
         b = b.to(device)
         logits = forward_logits(model, b)
         if isinstance(logits, tuple):  # a CTC head (lm_ctc.AudioCTC): its held-out loss and piece error rate
-            from glm4voice.train.lm_ctc import ctc_loss, greedy_ctc, piece_error
+            from glm4voice.train.lm_ctc import ctc_loss, greedy_ctc
 
             logits, ctc_logits = logits
             if b.ctc:
                 ctc["loss"] += float(ctc_loss(ctc_logits, b.ctc, model.blank)) * len(b.ctc)
                 ctc["spans"] += len(b.ctc)
-                edits, pieces = piece_error([t for *_, t in b.ctc], greedy_ctc(ctc_logits, b.ctc, model.blank))
-                ctc["edits"] += edits
-                ctc["pieces"] += pieces
+                ctc["refs"] += [list(t) for *_, t in b.ctc]
+                ctc["hyps"] += greedy_ctc(ctc_logits, b.ctc, model.blank)
         logits = logits[:, :-1].float()
         targets, mask = b.input_ids[:, 1:], b.loss_mask[:, 1:]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
@@ -224,7 +223,9 @@ def evaluate_batches(model: nn.Module, batches: list[ls.PackedBatch], sp: ls.Spe
             out[f"eval_{name}_acc"] = sums[f"ok_{name}"] / sums[f"n_{name}"]
     if ctc["spans"]:
         out["eval_ctc_loss"] = ctc["loss"] / ctc["spans"]
-        out["eval_ctc_per"] = ctc["edits"] / max(ctc["pieces"], 1)  # piece error rate of the greedy CTC path
+        from glm4voice.train.tokenizer_trainer import sequence_error_rate
+
+        out["eval_ctc_per"] = sequence_error_rate(ctc["refs"], ctc["hyps"])  # piece error of the greedy CTC path
     return out
 
 
