@@ -591,7 +591,7 @@ def pack_row(draw: Callable[[random.Random], list[Sample]], rng: random.Random, 
             if len(s) > room:
                 s = Sample(s.ids[:room], s.mask[:room], s.kind, tuple(c for c in s.ctc if c[0] + c[1] <= room))
                 stats["cut"] += 1
-            spans += [(len(ids) + start, n, targets) for start, n, targets in s.ctc]
+            spans += [(len(ids) + start, length, targets) for start, length, targets in s.ctc]
             ids += s.ids
             mask += s.mask
             pos += range(len(s))
