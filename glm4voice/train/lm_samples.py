@@ -22,6 +22,10 @@ prediction target, i.e. the loss is ``CE(logits[i - 1], ids[i])`` summed over th
   loss on the audio only). The short task prompts keep "audio then its transcript" apart from "text then the speech
   that continues it" (interleaved).
 
+With ``Mixture(ctc_encode=...)`` (``train lm --ctc-weight``) a sample with input speech also carries ``ctc`` spans:
+the positions of each input utterance's codes and closing ``<|end_of_audio|>`` and its transcript as word pieces,
+for the training-only CTC head of ``lm_ctc``; packing moves them to row positions (``PackedBatch.ctc``).
+
 A ``Mixture`` draws documents by configurable ratios; ``pack_batch`` fills rows of a fixed length with whole
 draws (a draw that does not fit closes the row with padding; one longer than a whole row is cut). Rows
 are a pure function of (seed, step, global row index), so a resumed run sees the same batches and N processes with
