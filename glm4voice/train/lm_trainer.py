@@ -156,8 +156,8 @@ def _mean_targets_per_process(n: Tensor) -> Tensor:
     return total / dist.get_world_size()
 
 
-def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials, *, ctc_weight: float = 0.0,
-            ctc_blank: int = -1) -> tuple[Tensor, dict]:
+def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials, *,
+            ctc_weight: float = 0.0) -> tuple[Tensor, dict]:
     """Mean cross-entropy over the loss-masked targets of the (global) batch; text and speech parts reported.
     A model with a CTC head (``lm_ctc.AudioCTC``) adds ``ctc_weight`` times the CTC loss of the batch's spans."""
     device = next(model.parameters()).device
@@ -182,7 +182,7 @@ def lm_loss(model: nn.Module, batch: ls.PackedBatch, sp: ls.Specials, *, ctc_wei
         from glm4voice.train.lm_ctc import ctc_loss
 
         # the mean over this process's spans (each DDP process weighs its spans alike; spans are per-sample here)
-        ctc = ctc_loss(ctc_logits, batch.ctc, ctc_blank)
+        ctc = ctc_loss(ctc_logits, batch.ctc, getattr(model, "module", model).blank)  # DDP wraps the AudioCTC
         loss = loss + ctc_weight * ctc
         metrics["ctc_loss"] = float(ctc.detach())
     return loss, metrics
@@ -436,12 +436,10 @@ def main(args: argparse.Namespace) -> int:
          "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "ctc": ctc_info, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
-    blank = n_pieces  # AudioCTC's blank class: the last
-
     def loss_fn(m: nn.Module, b: ls.PackedBatch) -> tuple[Tensor, dict]:
         if ctc_info:  # a function of the step alone, so a resumed run warms up as an uninterrupted one
             getattr(m, "module", m).head_only = trainer.step < args.ctc_warmup
-        return lm_loss(m, b, sp, ctc_weight=args.ctc_weight, ctc_blank=blank)
+        return lm_loss(m, b, sp, ctc_weight=args.ctc_weight)
 
     trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=loss_fn, eval_fn=eval_fn)
     trainer.fit(until=args.until)
