@@ -219,6 +219,33 @@ def test_training_forward_backward_and_packed_mask():
     assert model.layers[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
+def test_dropout_acts_in_training_mode_only():
+    """``set_dropout`` (training-time hidden/attention dropout): eval mode and p = 0 give the plain forward exactly;
+    train mode drops on every attention path (plain causal, short and long masked chunks); bad values raise."""
+    torch.manual_seed(0)
+    model = GLM(TINY)
+    model.init_weights()
+    x = torch.randint(0, 96, (2, 24))
+    short = torch.randint(0, 96, (1, 9))
+    mask = packed_mask(torch.tensor([[0] * 4 + [1] * 5]))
+    plain = [model.eval()(x), model(short, mask=mask)]
+    model.train()
+    assert torch.equal(model(x), plain[0])  # p = 0 in train mode: the plain path
+    for hidden, attention in ((0.3, 0.0), (0.0, 0.3)):
+        model.set_dropout(hidden, attention)
+        model.train()
+        torch.manual_seed(1)
+        a = model(x)
+        assert not torch.allclose(a, plain[0]) and not torch.allclose(model(short, mask=mask), plain[1])
+        torch.manual_seed(1)
+        assert torch.equal(model(x), a)  # the global RNG drives it (so exact resume restores it)
+        model.eval()
+        assert torch.equal(model(x), plain[0]) and torch.equal(model(short, mask=mask), plain[1])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout"):
+            model.set_dropout(bad)
+
+
 def test_grouped_attention_accepts_any_output_layout_of_sdpa(monkeypatch):
     """CUDA's SDPA kernels returned the folded (B, G, R*T, D) output in a layout that ``view`` cannot split (H200,
     session 13: every cached decode step failed). Simulate such a backend on the CPU: same values, other strides."""

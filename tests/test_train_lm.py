@@ -79,11 +79,12 @@ def test_tiny_lm_overfits_sft_dialogues(env, tmp_path):
     assert 0 <= last["pad_share"] < 1
 
 
-def test_resume_is_exact(env, tmp_path):
-    _run(env, tmp_path / "full", "--mix", "pretrain", steps=12)
-    _run(env, tmp_path / "cut", "--mix", "pretrain", "--until", 7, steps=12)  # stops after a checkpoint at 7...
+@pytest.mark.parametrize("extra", [(), ("--dropout", 0.2, "--attention-dropout", 0.1)], ids=["plain", "dropout"])
+def test_resume_is_exact(env, tmp_path, extra):
+    _run(env, tmp_path / "full", "--mix", "pretrain", *extra, steps=12)
+    _run(env, tmp_path / "cut", "--mix", "pretrain", "--until", 7, *extra, steps=12)  # stops after a checkpoint at 7...
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 7
-    _run(env, tmp_path / "cut", "--mix", "pretrain", steps=12)  # ...and continues from it
+    _run(env, tmp_path / "cut", "--mix", "pretrain", *extra, steps=12)  # ...and continues from it
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
     for k in a:
@@ -163,6 +164,24 @@ def test_bad_options(env, tmp_path):
         lt.main(_args("--corpus", env["corpus"], "--tokenizer", env["tok"], "--out", tmp_path, "--mix", "x=1"))
     with pytest.raises(ConfigError, match="tokenizer"):
         lt.main(_args("--corpus", env["corpus"], "--out", tmp_path))
+
+
+def test_dropout_option_trains_differently_and_exports_the_release_config(env, tmp_path):
+    """--dropout changes the training trajectory (same seed and data), is recorded in run.json, and the export's
+    config keeps the release's hidden_dropout 0 (inference never drops); out-of-range values are refused by name."""
+    import json
+
+    plain = _run(env, tmp_path / "plain", steps=10)
+    drop = _run(env, tmp_path / "drop", "--dropout", 0.2, "--attention-dropout", 0.1, "--export",
+                tmp_path / "drop_export", steps=10)
+    assert plain[0]["loss"] != drop[0]["loss"] and plain[-1]["loss"] != drop[-1]["loss"]
+    run = json.loads((tmp_path / "drop" / "run.json").read_text())
+    assert run["dropout"] == {"hidden": 0.2, "attention": 0.1}
+    config = json.loads((tmp_path / "drop_export" / "config.json").read_text())
+    assert config["hidden_dropout"] == 0.0 and config["attention_dropout"] == 0.0
+    for flag in ("--dropout", "--attention-dropout"):
+        with pytest.raises(ConfigError, match=flag):
+            _run(env, tmp_path / "bad", flag, 1.5, steps=1)
 
 
 def test_eval_reports_heldout_metrics(env, tmp_path):

@@ -64,9 +64,11 @@ class Attention(nn.Module):
         self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.hidden_size, cfg.qkv_size, bias=cfg.add_qkv_bias)
         self.out = nn.Linear(self.n_head * self.head_dim, cfg.hidden_size, bias=False)
+        self.dropout = 0.0  # attention_dropout: on the attention weights, in training mode only (GLM.set_dropout)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv_write=None) -> Tensor:
         B, T, _ = x.shape
+        p = self.dropout if self.training else 0.0
         hd = self.head_dim
         qk, v = self.qkv(x).split([(self.n_head + self.n_kv) * hd, self.n_kv * hd], dim=-1)
         qk = apply_rope(qk.view(B, T, self.n_head + self.n_kv, hd), cos, sin).transpose(1, 2)  # q and k at once
@@ -75,12 +77,14 @@ class Attention(nn.Module):
         if kv_write is not None:
             k, v = kv_write(k, v)  # this chunk written into the cache; returns all cached keys/values
         if mask is None:  # plain causal: flash kernels take GQA directly
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_head)
-        elif T <= GROUPED_MAX_QUERIES:  # decode steps: fold the query heads of a group into the query length
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_head,
+                                               dropout_p=p)
+        elif T <= GROUPED_MAX_QUERIES and not p:  # decode steps: fold the query heads of a group into the query length
             y = grouped_attention(q, k, v, mask)
         else:  # long masked chunks (prefill after a reused prefix, packed sequences): one mask for all heads
             r = self.n_head // self.n_kv
-            y = F.scaled_dot_product_attention(q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1), attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1), attn_mask=mask,
+                                               dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_head * hd))
 
 
@@ -119,8 +123,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.layernorm_epsilon)
         self.mlp = MLP(cfg)
+        self.dropout = 0.0  # hidden_dropout: on each branch's output before the residual add, in training mode only
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv_write=None) -> Tensor:
+        if self.training and self.dropout:  # as the official GLMBlock: drop each branch output, then add
+            x = x + F.dropout(self.attn(self.attn_norm(x), cos, sin, mask, kv_write), self.dropout, True)
+            return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, True)
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, kv_write)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -160,6 +168,15 @@ class GLM(nn.Module):
             x = layer(x, cos, sin, mask, write)
         x = self.norm(x)
         return self.output(x[:, -1:] if last_only else x)
+
+    def set_dropout(self, hidden: float = 0.0, attention: float = 0.0) -> None:
+        """Training-time regularisation, the config's ``hidden_dropout`` / ``attention_dropout`` (0 in the release and
+        in every file we write: inference never drops). Active in ``train()`` mode only."""
+        for name, p in (("hidden", hidden), ("attention", attention)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} dropout must be in [0, 1), not {p}")
+        for block in self.layers:
+            block.dropout, block.attn.dropout = float(hidden), float(attention)
 
     @property
     def dtype(self) -> torch.dtype:

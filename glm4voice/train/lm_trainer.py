@@ -308,6 +308,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="probability that each code of a speech *input* (spoken question, ASR audio) is "
                              "replaced by a random code, dropped or doubled (augmentation against memorising "
                              "utterances; 0: off)")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="hidden dropout while training (each block's attention and MLP outputs; the config's "
+                             "hidden_dropout; exports keep the release's 0)")
+    parser.add_argument("--attention-dropout", type=float, default=0.0,
+                        help="dropout on the attention weights while training (the config's attention_dropout)")
     parser.add_argument("--ctc-weight", type=float, default=0.0,
                         help="> 0: add this times a CTC loss over word pieces of each input utterance's transcript, "
                              "read from the hidden states of --ctc-layer at its positions (training only; the "
@@ -412,6 +417,10 @@ def main(args: argparse.Namespace) -> int:
     eval_fn = _make_eval(args, tok, sp, mix, cfg, ctc_encode)
 
     model = build_model(args, tok)
+    for flag, p in (("--dropout", args.dropout), ("--attention-dropout", args.attention_dropout)):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"{flag} must be in [0, 1), not {p}")
+    model.set_dropout(args.dropout, args.attention_dropout)
     if args.seq_len > model.cfg.seq_length:
         raise ConfigError(f"--seq-len {args.seq_len} exceeds the model's context {model.cfg.seq_length}")
     if args.lora_rank:
@@ -434,7 +443,8 @@ def main(args: argparse.Namespace) -> int:
         {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "rephrase": args.rephrase,
          "augment_set": args.augment_set, "code_noise": args.code_noise, "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "lora_rank": args.lora_rank,
-         "lora_alpha": args.lora_alpha, "ctc": ctc_info, "config": asdict(model.cfg),
+         "lora_alpha": args.lora_alpha, "ctc": ctc_info,
+         "dropout": {"hidden": args.dropout, "attention": args.attention_dropout}, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
     def loss_fn(m: nn.Module, b: ls.PackedBatch) -> tuple[Tensor, dict]:
         if ctc_info:  # a function of the step alone, so a resumed run warms up as an uninterrupted one
