@@ -5,6 +5,7 @@
     glm4voice data stats data/corpus_v1 --check
     glm4voice data tokens data/corpus_v1 --tokenizer PATH   (cache speech tokens with a trained speech tokenizer)
     glm4voice data variety --out data/variety_v1 --per-voice 1500   (other languages' natural voices, tokenizer)
+    glm4voice data reading --corpus data/corpus_v6 --out data/reading_v1   (new sentences read aloud, LM ASR/TTS)
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("reading", help="the corpus's training voices reading sentences it never says: ASR/TTS "
+                                       "data for the LM (train lm --extra-corpus)")
+    p.add_argument("--corpus", required=True, help="the dialogue corpus (its training voices; its sentences are "
+                                                   "left out)")
+    p.add_argument("--out", required=True, help="corpus folder (resumes if it exists)")
+    p.add_argument("--en", type=int, default=12000, help="English sentences (WordNet examples, unused fortunes)")
+    p.add_argument("--zh", type=int, default=8000, help="Mandarin clauses (unused fortunes-zh)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("tokens", help="cache speech tokens per utterance (tokens/<id>.npy)")
     p.add_argument("corpus", help="corpus folder")
     p.add_argument("--tokenizer", default=None, help="speech tokenizer folder or hub id (default: the embedded one)")
@@ -83,13 +95,22 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return {"synth": _synth, "bpe": _bpe, "stats": _stats, "tokens": _tokens,
-            "variety": _variety}[args.data_command](args)
+            "variety": _variety, "reading": _reading}[args.data_command](args)
 
 
 def _variety(args: argparse.Namespace) -> int:
     from glm4voice.train.variety import build
 
     report = build(args.out, per_voice=args.per_voice, seed=args.seed, progress=not args.quiet, jobs=args.jobs)
+    print(report.summary())
+    return 0
+
+
+def _reading(args: argparse.Namespace) -> int:
+    from glm4voice.train.reading import build
+
+    report = build(args.out, args.corpus, {"en": args.en, "zh": args.zh}, seed=args.seed, jobs=args.jobs,
+                   progress=not args.quiet)
     print(report.summary())
     return 0
 

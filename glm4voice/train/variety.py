@@ -83,9 +83,10 @@ class VarietyReport:
     failed: int = 0
     seconds: float = 0.0
     skipped_voices: list[str] = field(default_factory=list)
+    name: str = "variety corpus"
 
     def summary(self) -> str:
-        s = (f"variety corpus: {self.made} new utterances ({self.seconds / 3600:.2f} h), {self.kept} kept from an "
+        s = (f"{self.name}: {self.made} new utterances ({self.seconds / 3600:.2f} h), {self.kept} kept from an "
              f"earlier run, {self.failed} failed")
         if self.skipped_voices:
             s += f"; voices not installed (skipped): {', '.join(self.skipped_voices)}"
@@ -93,11 +94,11 @@ class VarietyReport:
 
 
 def _speak(task: tuple, synth: Callable | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """One batch: (out_dir, voice, ids, texts) -> manifest rows of the sentences spoken (their audio written) and
+    """One batch: (out_dir, voice, ids, texts, role) -> manifest rows of the sentences spoken (their audio written) and
     (id, reason) of those that failed. Runs in a worker process when ``jobs > 1``."""
     import soundfile as sf
 
-    out, v, ids, texts = task
+    out, v, ids, texts, role = task
     if synth is None:
         from glm4voice.train.tts import synthesize_batch as synth
     rows, failed = [], []
@@ -109,8 +110,8 @@ def _speak(task: tuple, synth: Callable | None = None) -> tuple[list[dict], list
         path = f"{AUDIO_DIR}/{rid}.wav"
         sf.write(Path(out) / path, pcm, SAMPLE_RATE, subtype="PCM_16")
         rows.append({"id": rid, "text": text, "language": v.language, "voice": v.name, "style": "plain",
-                     "duration": round(len(pcm) / SAMPLE_RATE, 3), "path": path, "role": "variety",
-                     "kind": "variety", "item_id": rid, "split": "train"})
+                     "duration": round(len(pcm) / SAMPLE_RATE, 3), "path": path, "role": role,
+                     "kind": role, "item_id": rid, "split": "train"})
     return rows, failed
 
 
@@ -122,10 +123,29 @@ def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: 
 
     ``words``, ``synth`` (``tts.synthesize_batch``'s signature) and ``available`` are injectable for tests (with
     ``jobs=1``)."""
-    from tqdm import tqdm
-
     if per_voice < 1:
         raise ConfigError(f"--per-voice must be >= 1, got {per_voice}")
+    skipped = [v.name for v in voices if not available(v)]
+    use = [v for v in voices if available(v)]
+    if not use:
+        raise ConfigError("no speaker-variety voice is installed: run scripts/install_variety_voices.sh")
+    # each voice its own texts, the same ones on every run with this seed
+    plan = [(v, f"var-{v.language}-{v.engine_voice}-{i:05d}", t) for v in use for i, t in enumerate(
+        sentences(words(v.language), per_voice, random.Random(f"{seed}:{v.name}"), encoding=v.text_encoding))]
+    report = speak_corpus(out_dir, plan, role="variety", synth=synth, progress=progress, jobs=jobs, desc="variety")
+    report.skipped_voices = skipped
+    return report
+
+
+def speak_corpus(out_dir: str | os.PathLike, plan: Sequence[tuple[Voice, str, str]], *, role: str,
+                 synth: Callable | None = None, progress: bool = True, jobs: int = 1,
+                 desc: str = "speak") -> VarietyReport:
+    """Speak each (voice, row id, text) of ``plan`` into the corpus folder ``out_dir`` (``audio16k/<id>.wav`` and a
+    ``manifest.jsonl`` row of role and kind ``role``, split ``train``). Rows already in the manifest are kept (a second
+    run resumes), in ``jobs`` worker processes (batches of ``BATCH`` texts of one voice; only this process writes
+    the manifest). ``synth`` has ``tts.synthesize_batch``'s signature (injectable for tests, with ``jobs=1``)."""
+    from tqdm import tqdm
+
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
@@ -135,25 +155,19 @@ def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: 
     if torn:  # a kill mid-write tore the last line: rewrite without it (its row is made again), so appends stay whole
         write_jsonl_atomic(str(manifest), rows)
     done = {r["id"] for r in rows}
-    report = VarietyReport(kept=len(done))
-    use = []
-    for v in voices:
-        if available(v):
-            use.append(v)
-        else:
-            report.skipped_voices.append(v.name)
-    if not use:
-        raise ConfigError("no speaker-variety voice is installed: run scripts/install_variety_voices.sh")
+    report = VarietyReport(kept=len(done), name=f"{role} corpus")
+    by_voice: dict[str, list[tuple[str, str]]] = {}
+    voice_of: dict[str, Voice] = {}
+    for v, rid, text in plan:
+        if rid not in done:
+            by_voice.setdefault(v.name, []).append((rid, text))
+            voice_of[v.name] = v
     tasks = []
-    for v in use:
-        # each voice its own texts, the same ones on every run with this seed
-        texts = sentences(words(v.language), per_voice, random.Random(f"{seed}:{v.name}"), encoding=v.text_encoding)
-        todo = [(f"var-{v.language}-{v.engine_voice}-{i:05d}", texts[i]) for i in range(per_voice)]
-        todo = [(rid, t) for rid, t in todo if rid not in done]
+    for name, todo in by_voice.items():
         for start in range(0, len(todo), BATCH):
             part = todo[start: start + BATCH]
-            tasks.append((str(out), v, [rid for rid, _ in part], [t for _, t in part]))
-    bar = tqdm(total=sum(len(t[2]) for t in tasks), desc="variety", disable=not progress)
+            tasks.append((str(out), voice_of[name], [rid for rid, _ in part], [t for _, t in part], role))
+    bar = tqdm(total=sum(len(t[2]) for t in tasks), desc=desc, disable=not progress)
     with manifest.open("a", encoding="utf-8") as f:
         if jobs == 1:
             results = (_speak(t, synth) for t in tasks)

@@ -1,0 +1,147 @@
+"""A reading corpus: the training voices reading many sentences the dialogue corpus never says (LM ASR/TTS data).
+
+Why: the dialogue corpus (``glm4voice data synth``) speaks about 11,800 distinct texts, each by several voices and
+phrasings. Trained on its ASR documents, the embedded LM transcribes *training* utterances almost perfectly
+(text loss 0.22 per token) and held-out ones badly (2.99): with so few sentences it learns to recognise which known
+sentence was said instead of reading the words (docs/model_card.md, session 24). Here the corpus's own training voices
+read sentences that are new to it, each sentence spoken once:
+
+- English: the example sentences of WordNet (``wordnet-base``: the quoted examples of its glosses, about 28,600 of
+  5-16 words), then the one-sentence fortunes the corpus does not use;
+- Mandarin: the 4-16 Hanzi clauses of ``fortunes-zh`` the corpus does not use (about 30,000).
+
+A sentence the corpus's items contain (any question or answer holding it) is left out, so the reading corpus adds
+no utterance of a sentence a held-out question asks about. Sentences are dealt round-robin over the language's
+training voices (the corpus's ``corpus.json``), in a seeded order.
+
+    glm4voice data reading --corpus data/corpus_v6 --out data/reading_v1 --en 12000 --zh 8000 --jobs 2
+    glm4voice data tokens data/reading_v1
+    glm4voice train lm --corpus data/corpus_v6 --extra-corpus data/reading_v1 ...
+
+The folder has the corpus layout (``manifest.jsonl`` rows of role ``reading``, split ``train``, ``audio16k/<id>.wav``)
+that ``data tokens`` caches and ``train lm --extra-corpus`` reads (its utterances join the asr, tts and speech pools).
+A second run with the same arguments resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from glm4voice.errors import ConfigError
+from glm4voice.train import texts as tx
+from glm4voice.train.variety import VarietyReport, speak_corpus
+from glm4voice.train.voices import Voice, get_voice
+
+ROLE = "reading"
+_QUOTED = re.compile(r'"([^"]+)"')
+_BAD_CHARS = set('()[]{}<>|_*#@\\/:;=~^`"')
+
+
+def wordnet_examples(root: str = tx.WORDNET_DIR, lengths: tuple[int, int] = (5, 16)) -> list[str]:
+    """WordNet's example sentences (the quoted parts of its glosses) of ``lengths`` words, plain ASCII, as sentences
+    (capitalised, ending in a full stop unless they end in ! or ?), deduplicated and sorted."""
+    out = set()
+    for name in ("data.noun", "data.verb", "data.adj", "data.adv"):
+        path = os.path.join(root, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("  ") or "|" not in line:  # the licence header; a synset line has a gloss
+                    continue
+                for q in _QUOTED.findall(line.split("|", 1)[1]):
+                    q = " ".join(q.split()).strip(" ,;")
+                    if not q.isascii() or _BAD_CHARS & set(q) or not lengths[0] <= len(q.split()) <= lengths[1]:
+                        continue
+                    q = q[0].upper() + q[1:]
+                    out.add(q if q[-1] in ".!?" else q + ".")
+    return sorted(out)
+
+
+def candidate_sentences(language: str) -> list[str]:
+    if language == "en":
+        return wordnet_examples() + tx.english_phrases()
+    if language == "zh":
+        return tx.chinese_phrases()
+    raise ConfigError(f"no reading sentences for language {language!r} (en, zh)")
+
+
+_CLAUSE_END = re.compile(r"[.!?。！？:：]\s*")
+
+
+def sentence_key(text: str) -> str:
+    return " ".join(text.split()).strip(" .!?。！？").lower()
+
+
+def corpus_sentences(corpus_dir: str | os.PathLike) -> set[str]:
+    """Keys (``sentence_key``) of every clause of every question and answer of the corpus's items and manifest: a
+    candidate whose key is among them is said somewhere in the corpus (whole, or after a template's colon)."""
+    keys = set()
+    for name in ("items.jsonl", "manifest.jsonl"):
+        path = Path(corpus_dir) / name
+        if not path.exists():
+            continue
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                for k in ("question", "answer", "text"):
+                    text = str(r.get(k, ""))
+                    keys.add(sentence_key(text))
+                    keys.update(sentence_key(c) for c in _CLAUSE_END.split(text))
+    keys.discard("")
+    return keys
+
+
+def corpus_train_voices(corpus_dir: str | os.PathLike, language: str) -> list[Voice]:
+    path = Path(corpus_dir) / "corpus.json"
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: --corpus must be a folder made by `glm4voice data synth`")
+    names = json.loads(path.read_text()).get("voices", {}).get("train", [])
+    voices = []
+    for name in names:
+        try:
+            v = get_voice(name)
+        except (KeyError, ConfigError):
+            continue
+        if v.language == language:
+            voices.append(v)
+    return voices
+
+
+def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, seed: int = 0,
+         sentences: Callable[[str], list[str]] = candidate_sentences,
+         voices: Callable[[str], Sequence[Voice]] | None = None) -> list[tuple[Voice, str, str]]:
+    """(voice, row id, text) for ``counts[language]`` new sentences per language, dealt round-robin over the
+    corpus's training voices of that language. Deterministic from ``seed`` and the installed text sources."""
+    said = corpus_sentences(corpus_dir)
+    out = []
+    for lang, n in counts.items():
+        if n < 0:
+            raise ConfigError(f"sentence count for {lang} must be >= 0, not {n}")
+        if n == 0:
+            continue
+        vs = list(voices(lang) if voices else corpus_train_voices(corpus_dir, lang))
+        if not vs:
+            raise ConfigError(f"{corpus_dir} has no training voice of language {lang!r}")
+        pool = [s for s in sentences(lang)
+                if sentence_key(s) not in said and not any(sentence_key(c) in said for c in _CLAUSE_END.split(s))]
+        random.Random(f"{seed}:reading:{lang}").shuffle(pool)
+        if len(pool) < n:
+            raise ConfigError(f"only {len(pool)} new {lang} sentences are available, {n} asked")
+        out += [(vs[i % len(vs)], f"read-{lang}-{i:06d}", text) for i, text in enumerate(pool[:n])]
+    return out
+
+
+def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, counts: dict[str, int], *, seed: int = 0,
+          jobs: int = 1, progress: bool = True, synth: Callable | None = None, **plan_kw) -> VarietyReport:
+    """Speak the reading corpus into ``out_dir`` (resumable). ``plan_kw`` and ``synth`` are for tests."""
+    rows = plan(corpus_dir, counts, seed=seed, **plan_kw)
+    return speak_corpus(out_dir, rows, role=ROLE, synth=synth, progress=progress, jobs=jobs, desc="reading")

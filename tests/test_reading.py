@@ -1,0 +1,122 @@
+"""The reading corpus (`glm4voice data reading`): new sentences only, dealt over the corpus's training voices, written
+in the corpus layout, resumable; and its use by the LM trainer (`train lm --extra-corpus`)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from test_lm_samples import fake_codes, make_corpus, make_tokenizer_dir
+from test_variety import _fake_synth
+
+from glm4voice.errors import ConfigError
+from glm4voice.train import lm_samples as ls
+from glm4voice.train import reading
+from glm4voice.train.corpus import read_jsonl
+from glm4voice.train.voices import get_voice
+
+EN = [get_voice("espeak:en-us+f1"), get_voice("flite:slt")]
+ZH = [get_voice("espeak:cmn-latn-pinyin+m1")]
+SENTENCES = {
+    "en": ["The cat sat on the mat.", "A dog ran home.", "Rain fell all night long.", "We sang a song together.",
+           "Paris.", "It was a bad day indeed."],
+    "zh": ["二加三等于几。", "天气很好。", "我们一起唱歌。"],
+}
+
+
+def _plan(corpus, counts, **kw):
+    return reading.plan(corpus, counts, sentences=lambda lang: SENTENCES[lang],
+                        voices=lambda lang: EN if lang == "en" else ZH, **kw)
+
+
+def test_wordnet_examples_are_clean_sentences(tmp_path):
+    (tmp_path / "data.noun").write_text(
+        "  1 This software and database is being provided\n"
+        "00001740 03 n 01 entity 0 001 | that which is perceived; \"the entity was seen near the old mill\"; "
+        "\"too short\"\n"
+        "00002137 03 n 01 thing 0 001 | a thing; \"he put (the) thing away in a box\"; \"did you see it?\"\n"
+        "00002138 03 n 01 thing 0 001 | another; \"did you see it near the house?\"; \"café au lait is served hot\"\n",
+        encoding="utf-8")
+    got = reading.wordnet_examples(str(tmp_path))
+    # the licence line, short quotes, brackets and non-ASCII are left out; capitalised; a full stop unless ! or ?
+    assert got == ["Did you see it near the house?", "The entity was seen near the old mill."]
+
+
+def test_plan_leaves_out_what_the_corpus_says_and_deals_over_the_voices(tmp_path):
+    # the toy items say "the cat sat on the mat." (after a colon), "a dog ran home.", "Paris." and 二加三等于几？
+    corpus = make_corpus(tmp_path / "c", broken=False)
+    rows = _plan(corpus, {"en": 3, "zh": 2}, seed=1)
+    texts = [t for _, _, t in rows]
+    assert len(rows) == 5 and len(set(texts)) == 5
+    assert set(texts) == {"Rain fell all night long.", "We sang a song together.", "It was a bad day indeed.",
+                          "天气很好。", "我们一起唱歌。"}
+    en = [v.name for v, rid, t in rows if rid.startswith("read-en")]
+    assert en == [EN[0].name, EN[1].name, EN[0].name]  # round-robin over the language's voices
+    assert all(v.language == "zh" for v, rid, _ in rows if rid.startswith("read-zh"))
+    assert rows == _plan(corpus, {"en": 3, "zh": 2}, seed=1)  # deterministic
+    assert [t for *_, t in _plan(corpus, {"en": 2}, seed=1)] == texts[:2]  # a smaller count takes a prefix
+    with pytest.raises(ConfigError, match="only 3 new en sentences are available, 4 asked"):
+        _plan(corpus, {"en": 4})
+    with pytest.raises(ConfigError, match=">= 0"):
+        _plan(corpus, {"en": -1})
+    with pytest.raises(ConfigError, match="corpus.json"):
+        reading.plan(tmp_path / "nowhere", {"en": 1}, sentences=lambda lang: SENTENCES[lang])
+
+
+def test_corpus_voices_come_from_corpus_json(tmp_path):
+    (tmp_path / "corpus.json").write_text(json.dumps({"voices": {"train": [
+        "espeak:en-us+f1", "flite:slt", "espeak:cmn-latn-pinyin+m1"], "heldout": ["flite:awb"]}}))
+    assert [v.name for v in reading.corpus_train_voices(tmp_path, "en")] == ["espeak:en-us+f1", "flite:slt"]
+    assert [v.name for v in reading.corpus_train_voices(tmp_path, "zh")] == ["espeak:cmn-latn-pinyin+m1"]
+    with pytest.raises(ConfigError, match="no training voice"):
+        reading.plan(tmp_path, {"en": 1, "zh": 1}, sentences=lambda lang: SENTENCES[lang],
+                     voices=lambda lang: [])
+
+
+def test_build_writes_the_corpus_layout_and_resumes(tmp_path):
+    corpus = make_corpus(tmp_path / "c", broken=False)
+    out = tmp_path / "r"
+    calls = []
+    report = reading.build(out, corpus, {"en": 3, "zh": 2}, synth=_fake_synth(calls), progress=False,
+                           sentences=lambda lang: SENTENCES[lang], voices=lambda lang: EN if lang == "en" else ZH)
+    # "It was a bad day indeed." fails in the fake engine: counted, not written
+    assert (report.made, report.failed) == (4, 1) and report.summary().startswith("reading corpus")
+    rows, torn = read_jsonl(str(out / "manifest.jsonl"))
+    assert not torn and len(rows) == 4
+    for r in rows:
+        assert r["role"] == r["kind"] == "reading" and r["split"] == "train" and r["id"].startswith("read-")
+        assert os.path.exists(out / r["path"])
+    calls.clear()
+    again = reading.build(out, corpus, {"en": 3, "zh": 2}, synth=_fake_synth(calls), progress=False,
+                          sentences=lambda lang: SENTENCES[lang], voices=lambda lang: EN if lang == "en" else ZH)
+    assert (again.made, again.kept) == (0, 4) and [t for _, ts in calls for t in ts] == [
+        "It was a bad day indeed."]  # only the failed row is tried again
+
+
+def _reading_tokens(folder, rows):
+    (folder / "tokens").mkdir(parents=True)
+    with open(folder / "manifest.jsonl", "w", encoding="utf-8") as f:
+        for rid, text in rows:
+            f.write(json.dumps({"id": rid, "text": text, "language": "en", "voice": "espeak:en-us+f1",
+                                "style": "plain", "duration": 1.0, "path": f"audio16k/{rid}.wav", "role": "reading",
+                                "kind": "reading", "item_id": rid, "split": "train"}) + "\n")
+            np.save(folder / "tokens" / f"{rid}.npy", fake_codes(text))
+
+
+def test_lm_trainer_adds_the_extra_corpus_utterances(tmp_path):
+    from test_train_lm import _run
+
+    env = {"tok": make_tokenizer_dir(tmp_path / "tok"), "corpus": make_corpus(tmp_path / "corpus")}
+    extra = tmp_path / "reading"
+    _reading_tokens(extra, [("read-en-000000", "Rain fell all night long."), ("read-en-000001", "A dog ran home.")])
+    base = ls.load_lm_data(env["corpus"])
+    rows = _run(env, tmp_path / "run", "--mix", "asr=1", "--extra-corpus", extra, steps=2)
+    assert rows
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["extra_corpus"] == [str(extra)]
+    assert f"{len(base.utterances) + 2} utterances" in run["data"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="no utterance with cached codes"):
+        _run(env, tmp_path / "run2", "--extra-corpus", empty, steps=1)
