@@ -115,6 +115,11 @@ def test_lm_trainer_adds_the_extra_corpus_utterances(tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["extra_corpus"] == [str(extra)]
     assert f"{len(base.utterances) + 2} utterances" in run["data"]
+    _run(env, tmp_path / "run3", "--mix", "asr=1", "--extra-corpus", extra, "--extra-repeat", 3, steps=1)
+    run = json.loads((tmp_path / "run3" / "run.json").read_text())
+    assert f"{len(base.utterances) + 6} utterances" in run["data"] and run["extra_repeat"] == 3
+    with pytest.raises(ConfigError, match="--extra-repeat"):
+        _run(env, tmp_path / "run4", "--extra-corpus", extra, "--extra-repeat", 0, steps=1)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "manifest.jsonl").write_text("")

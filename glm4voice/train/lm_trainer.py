@@ -326,6 +326,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="more corpus folders with cached codes (their --tokens subfolder), training split: "
                              "their utterances join the asr/tts/speech pools and their dialogues the dialogue "
                              "kinds (e.g. `glm4voice data reading`)")
+    parser.add_argument("--extra-repeat", type=int, default=1, metavar="K",
+                        help="each --extra-corpus row appears K times in its pools (drawn K times as often)")
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
@@ -405,14 +407,16 @@ def main(args: argparse.Namespace) -> int:
     mix = args.mix or args.stage
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts,
                             tokens=args.tokens)
+    if args.extra_repeat < 1:
+        raise ConfigError(f"--extra-repeat must be >= 1, not {args.extra_repeat}")
     for extra in args.extra_corpus:  # e.g. `data reading`: more utterances for the asr / tts / speech pools
         more = ls.load_lm_data(extra, split="train", with_item_texts=False, tokens=args.tokens)
         if not more.utterances:
             raise ConfigError(f"--extra-corpus {extra}: no utterance with cached codes in {extra}/{args.tokens} "
                               f"(run `glm4voice data tokens {extra}`); left out: {dict(more.problems)}")
-        log.info("extra corpus %s: %s", extra, more.summary())
-        train.utterances += more.utterances
-        train.dialogues += more.dialogues
+        log.info("extra corpus %s: %s (x%d)", extra, more.summary(), args.extra_repeat)
+        train.utterances += more.utterances * args.extra_repeat
+        train.dialogues += more.dialogues * args.extra_repeat
         train.problems.update({f"{extra}: {k}": v for k, v in more.problems.items()})
     log.info("lm %s: train data %s", args.stage, train.summary())
     if args.ctc_weight < 0:
@@ -455,7 +459,8 @@ def main(args: argparse.Namespace) -> int:
     (Path(cfg.out_dir) / "run.json").write_text(json.dumps(
         {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "rephrase": args.rephrase,
          "augment_set": args.augment_set, "code_noise": args.code_noise, "seq_len": args.seq_len,
-         "init": args.init, "tokenizer": tok_dir, "extra_corpus": args.extra_corpus, "lora_rank": args.lora_rank,
+         "init": args.init, "tokenizer": tok_dir, "extra_corpus": args.extra_corpus,
+         "extra_repeat": args.extra_repeat, "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "ctc": ctc_info,
          "dropout": {"hidden": args.dropout, "attention": args.attention_dropout}, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
