@@ -24,9 +24,16 @@ SENTENCES = {
 }
 
 
+HELD = {"en": [get_voice("flite:awb")], "zh": [get_voice("espeak:cmn-latn-pinyin+m6")]}
+
+
+def _voices(lang, split):
+    return HELD[lang] if split == "heldout" else EN if lang == "en" else ZH
+
+
 def _plan(corpus, counts, **kw):
     return reading.plan(corpus, counts, sentences=lambda lang: SENTENCES[lang],
-                        voices=lambda lang: EN if lang == "en" else ZH, **kw)
+                        voices=_voices, **kw)
 
 
 def test_wordnet_examples_are_clean_sentences(tmp_path):
@@ -46,17 +53,30 @@ def test_plan_leaves_out_what_the_corpus_says_and_deals_over_the_voices(tmp_path
     # the toy items say "the cat sat on the mat." (after a colon), "a dog ran home.", "Paris." and 二加三等于几？
     corpus = make_corpus(tmp_path / "c", broken=False)
     rows = _plan(corpus, {"en": 3, "zh": 2}, seed=1)
-    texts = [t for _, _, t in rows]
+    texts = [t for _, _, t, _ in rows]
     assert len(rows) == 5 and len(set(texts)) == 5
     assert set(texts) == {"Rain fell all night long.", "We sang a song together.", "It was a bad day indeed.",
                           "天气很好。", "我们一起唱歌。"}
-    en = [v.name for v, rid, t in rows if rid.startswith("read-en")]
+    en = [v.name for v, rid, t, _ in rows if rid.startswith("read-en")]
     assert en == [EN[0].name, EN[1].name, EN[0].name]  # round-robin over the language's voices
-    assert all(v.language == "zh" for v, rid, _ in rows if rid.startswith("read-zh"))
+    assert all(v.language == "zh" for v, rid, *_ in rows if rid.startswith("read-zh"))
+    assert {split for *_, split in rows} == {"train"}
     assert rows == _plan(corpus, {"en": 3, "zh": 2}, seed=1)  # deterministic
-    assert [t for *_, t in _plan(corpus, {"en": 2}, seed=1)] == texts[:2]  # a smaller count takes a prefix
+    assert [r[2] for r in _plan(corpus, {"en": 2}, seed=1)] == texts[:2]  # a smaller count takes a prefix
+    # held-out rows: other new sentences, by the held-out voices; the training rows stay as they were
+    both = _plan(corpus, {"en": 2, "zh": 1}, heldout={"en": 1, "zh": 1}, seed=1)
+    train = [r for r in both if r[3] == "train"]
+    held = [r for r in both if r[3] == "heldout"]
+    assert train == _plan(corpus, {"en": 2, "zh": 1}, seed=1)
+    assert [(v.name, rid[:10]) for v, rid, _, _ in held] == [("flite:awb", "read-en-h0"),
+                                                              ("espeak:cmn-latn-pinyin+m6", "read-zh-h0")]
+    assert not {r[2] for r in held} & {r[2] for r in train}
+    with pytest.raises(ConfigError, match="only 3 new en sentences are available, 4 asked"):
+        _plan(corpus, {"en": 2}, heldout={"en": 2})
     with pytest.raises(ConfigError, match="only 3 new en sentences are available, 4 asked"):
         _plan(corpus, {"en": 4})
+    with pytest.raises(ConfigError, match=">= 0"):
+        _plan(corpus, {"en": 1}, heldout={"en": -1})
     with pytest.raises(ConfigError, match=">= 0"):
         _plan(corpus, {"en": -1})
     with pytest.raises(ConfigError, match="corpus.json"):
@@ -66,29 +86,33 @@ def test_plan_leaves_out_what_the_corpus_says_and_deals_over_the_voices(tmp_path
 def test_corpus_voices_come_from_corpus_json(tmp_path):
     (tmp_path / "corpus.json").write_text(json.dumps({"voices": {"train": [
         "espeak:en-us+f1", "flite:slt", "espeak:cmn-latn-pinyin+m1"], "heldout": ["flite:awb"]}}))
-    assert [v.name for v in reading.corpus_train_voices(tmp_path, "en")] == ["espeak:en-us+f1", "flite:slt"]
-    assert [v.name for v in reading.corpus_train_voices(tmp_path, "zh")] == ["espeak:cmn-latn-pinyin+m1"]
-    with pytest.raises(ConfigError, match="no training voice"):
-        reading.plan(tmp_path, {"en": 1, "zh": 1}, sentences=lambda lang: SENTENCES[lang],
-                     voices=lambda lang: [])
+    assert [v.name for v in reading.corpus_voices(tmp_path, "en")] == ["espeak:en-us+f1", "flite:slt"]
+    assert [v.name for v in reading.corpus_voices(tmp_path, "zh")] == ["espeak:cmn-latn-pinyin+m1"]
+    assert [v.name for v in reading.corpus_voices(tmp_path, "en", "heldout")] == ["flite:awb"]
+    with pytest.raises(ConfigError, match="no heldout voice of language 'zh'"):
+        reading.plan(tmp_path, {"en": 1}, heldout={"zh": 1}, sentences=lambda lang: SENTENCES[lang])
 
 
 def test_build_writes_the_corpus_layout_and_resumes(tmp_path):
     corpus = make_corpus(tmp_path / "c", broken=False)
     out = tmp_path / "r"
     calls = []
-    report = reading.build(out, corpus, {"en": 3, "zh": 2}, synth=_fake_synth(calls), progress=False,
-                           sentences=lambda lang: SENTENCES[lang], voices=lambda lang: EN if lang == "en" else ZH)
+    report = reading.build(out, corpus, {"en": 3, "zh": 1}, heldout={"zh": 1}, synth=_fake_synth(calls),
+                           progress=False,
+                           sentences=lambda lang: SENTENCES[lang], voices=_voices)
     # "It was a bad day indeed." fails in the fake engine: counted, not written
     assert (report.made, report.failed) == (4, 1) and report.summary().startswith("reading corpus")
     rows, torn = read_jsonl(str(out / "manifest.jsonl"))
     assert not torn and len(rows) == 4
+    assert sorted(r["split"] for r in rows) == ["heldout", "train", "train", "train"]
     for r in rows:
-        assert r["role"] == r["kind"] == "reading" and r["split"] == "train" and r["id"].startswith("read-")
+        assert r["role"] == r["kind"] == "reading" and r["id"].startswith("read-")
+        assert (r["split"] == "heldout") == (r["voice"] == "espeak:cmn-latn-pinyin+m6")
         assert os.path.exists(out / r["path"])
     calls.clear()
-    again = reading.build(out, corpus, {"en": 3, "zh": 2}, synth=_fake_synth(calls), progress=False,
-                          sentences=lambda lang: SENTENCES[lang], voices=lambda lang: EN if lang == "en" else ZH)
+    again = reading.build(out, corpus, {"en": 3, "zh": 1}, heldout={"zh": 1}, synth=_fake_synth(calls),
+                          progress=False,
+                          sentences=lambda lang: SENTENCES[lang], voices=_voices)
     assert (again.made, again.kept) == (0, 4) and [t for _, ts in calls for t in ts] == [
         "It was a bad day indeed."]  # only the failed row is tried again
 

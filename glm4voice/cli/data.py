@@ -76,6 +76,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="corpus folder (resumes if it exists)")
     p.add_argument("--en", type=int, default=12000, help="English sentences (WordNet examples, unused fortunes)")
     p.add_argument("--zh", type=int, default=8000, help="Mandarin clauses (unused fortunes-zh)")
+    p.add_argument("--heldout-en", type=int, default=0,
+                   help="English sentences read by the corpus's held-out voices (split heldout, to measure)")
+    p.add_argument("--heldout-zh", type=int, default=0, help="the same for Mandarin")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -109,7 +112,8 @@ def _variety(args: argparse.Namespace) -> int:
 def _reading(args: argparse.Namespace) -> int:
     from glm4voice.train.reading import build
 
-    report = build(args.out, args.corpus, {"en": args.en, "zh": args.zh}, seed=args.seed, jobs=args.jobs,
+    report = build(args.out, args.corpus, {"en": args.en, "zh": args.zh},
+                   heldout={"en": args.heldout_en, "zh": args.heldout_zh}, seed=args.seed, jobs=args.jobs,
                    progress=not args.quiet)
     print(report.summary())
     return 0

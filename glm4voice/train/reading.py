@@ -12,7 +12,9 @@ read sentences that are new to it, each sentence spoken once:
 
 A sentence the corpus's items contain (any question or answer holding it) is left out, so the reading corpus adds
 no utterance of a sentence a held-out question asks about. Sentences are dealt round-robin over the language's
-training voices (the corpus's ``corpus.json``), in a seeded order.
+training voices (the corpus's ``corpus.json``), in a seeded order. ``--heldout-en/--heldout-zh`` add rows of split
+``heldout``: other new sentences read by the corpus's held-out voices, which measure reading (``scripts/
+lm_kind_loss.py --corpus`` on this folder) and are never trained on.
 
     glm4voice data reading --corpus data/corpus_v6 --out data/reading_v1 --en 12000 --zh 8000 --jobs 2
     glm4voice data tokens data/reading_v1
@@ -100,48 +102,59 @@ def corpus_sentences(corpus_dir: str | os.PathLike) -> set[str]:
     return keys
 
 
-def corpus_train_voices(corpus_dir: str | os.PathLike, language: str) -> list[Voice]:
+def corpus_voices(corpus_dir: str | os.PathLike, language: str, split: str = "train") -> list[Voice]:
+    """The corpus's voices of ``split`` (``train`` or ``heldout``, from its ``corpus.json``) speaking ``language``."""
     path = Path(corpus_dir) / "corpus.json"
     if not path.exists():
         raise ConfigError(f"{path} is missing: --corpus must be a folder made by `glm4voice data synth`")
-    names = json.loads(path.read_text()).get("voices", {}).get("train", [])
+    names = json.loads(path.read_text()).get("voices", {}).get(split, [])
     voices = []
     for name in names:
         try:
             v = get_voice(name)
-        except (KeyError, ConfigError):
+        except (KeyError, ValueError):
             continue
         if v.language == language:
             voices.append(v)
     return voices
 
 
-def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, seed: int = 0,
-         sentences: Callable[[str], list[str]] = candidate_sentences,
-         voices: Callable[[str], Sequence[Voice]] | None = None) -> list[tuple[Voice, str, str]]:
-    """(voice, row id, text) for ``counts[language]`` new sentences per language, dealt round-robin over the
-    corpus's training voices of that language. Deterministic from ``seed`` and the installed text sources."""
+def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, heldout: dict[str, int] | None = None,
+         seed: int = 0, sentences: Callable[[str], list[str]] = candidate_sentences,
+         voices: Callable[[str, str], Sequence[Voice]] | None = None) -> list[tuple[Voice, str, str, str]]:
+    """(voice, row id, text, split) for ``counts[language]`` new sentences per language dealt round-robin over the
+    corpus's training voices of that language (split ``train``), and ``heldout[language]`` further ones, none of them
+    among the training ones, over its held-out voices (split ``heldout``: reading of new sentences by new voices, to
+    measure). Deterministic from ``seed`` and the installed text sources; a larger count keeps the rows of a
+    smaller one. ``voices(language, split)`` overrides the corpus's voices (tests)."""
     said = corpus_sentences(corpus_dir)
+    heldout = heldout or {}
     out = []
-    for lang, n in counts.items():
-        if n < 0:
-            raise ConfigError(f"sentence count for {lang} must be >= 0, not {n}")
-        if n == 0:
+    for lang in dict.fromkeys([*counts, *heldout]):
+        n, m = counts.get(lang, 0), heldout.get(lang, 0)
+        if n < 0 or m < 0:
+            raise ConfigError(f"sentence counts for {lang} must be >= 0, not {n} and {m}")
+        if n + m == 0:
             continue
-        vs = list(voices(lang) if voices else corpus_train_voices(corpus_dir, lang))
-        if not vs:
-            raise ConfigError(f"{corpus_dir} has no training voice of language {lang!r}")
         pool = [s for s in sentences(lang)
                 if sentence_key(s) not in said and not any(sentence_key(c) in said for c in _CLAUSE_END.split(s))]
         random.Random(f"{seed}:reading:{lang}").shuffle(pool)
-        if len(pool) < n:
-            raise ConfigError(f"only {len(pool)} new {lang} sentences are available, {n} asked")
-        out += [(vs[i % len(vs)], f"read-{lang}-{i:06d}", text) for i, text in enumerate(pool[:n])]
+        if len(pool) < n + m:
+            raise ConfigError(f"only {len(pool)} new {lang} sentences are available, {n + m} asked")
+        for split, texts in (("train", pool[:n]), ("heldout", pool[len(pool) - m:] if m else [])):
+            if not texts:
+                continue
+            vs = list(voices(lang, split) if voices else corpus_voices(corpus_dir, lang, split))
+            if not vs:
+                raise ConfigError(f"{corpus_dir} has no {split} voice of language {lang!r}")
+            tag = "" if split == "train" else "h"
+            out += [(vs[i % len(vs)], f"read-{lang}-{tag}{i:06d}", text, split) for i, text in enumerate(texts)]
     return out
 
 
-def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, counts: dict[str, int], *, seed: int = 0,
-          jobs: int = 1, progress: bool = True, synth: Callable | None = None, **plan_kw) -> VarietyReport:
+def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, counts: dict[str, int], *,
+          heldout: dict[str, int] | None = None, seed: int = 0, jobs: int = 1, progress: bool = True,
+          synth: Callable | None = None, **plan_kw) -> VarietyReport:
     """Speak the reading corpus into ``out_dir`` (resumable). ``plan_kw`` and ``synth`` are for tests."""
-    rows = plan(corpus_dir, counts, seed=seed, **plan_kw)
+    rows = plan(corpus_dir, counts, heldout=heldout, seed=seed, **plan_kw)
     return speak_corpus(out_dir, rows, role=ROLE, synth=synth, progress=progress, jobs=jobs, desc="reading")

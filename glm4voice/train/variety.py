@@ -94,11 +94,11 @@ class VarietyReport:
 
 
 def _speak(task: tuple, synth: Callable | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """One batch: (out_dir, voice, ids, texts, role) -> manifest rows of the sentences spoken (their audio written) and
-    (id, reason) of those that failed. Runs in a worker process when ``jobs > 1``."""
+    """One batch: (out_dir, voice, ids, texts, role, split) -> manifest rows of the sentences spoken (their audio
+    written) and (id, reason) of those that failed. Runs in a worker process when ``jobs > 1``."""
     import soundfile as sf
 
-    out, v, ids, texts, role = task
+    out, v, ids, texts, role, split = task
     if synth is None:
         from glm4voice.train.tts import synthesize_batch as synth
     rows, failed = [], []
@@ -111,7 +111,7 @@ def _speak(task: tuple, synth: Callable | None = None) -> tuple[list[dict], list
         sf.write(Path(out) / path, pcm, SAMPLE_RATE, subtype="PCM_16")
         rows.append({"id": rid, "text": text, "language": v.language, "voice": v.name, "style": "plain",
                      "duration": round(len(pcm) / SAMPLE_RATE, 3), "path": path, "role": role,
-                     "kind": role, "item_id": rid, "split": "train"})
+                     "kind": role, "item_id": rid, "split": split})
     return rows, failed
 
 
@@ -137,13 +137,14 @@ def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: 
     return report
 
 
-def speak_corpus(out_dir: str | os.PathLike, plan: Sequence[tuple[Voice, str, str]], *, role: str,
+def speak_corpus(out_dir: str | os.PathLike, plan: Sequence[tuple], *, role: str,
                  synth: Callable | None = None, progress: bool = True, jobs: int = 1,
                  desc: str = "speak") -> VarietyReport:
-    """Speak each (voice, row id, text) of ``plan`` into the corpus folder ``out_dir`` (``audio16k/<id>.wav`` and a
-    ``manifest.jsonl`` row of role and kind ``role``, split ``train``). Rows already in the manifest are kept (a second
-    run resumes), in ``jobs`` worker processes (batches of ``BATCH`` texts of one voice; only this process writes
-    the manifest). ``synth`` has ``tts.synthesize_batch``'s signature (injectable for tests, with ``jobs=1``)."""
+    """Speak each (voice, row id, text[, split]) of ``plan`` into the corpus folder ``out_dir`` (``audio16k/<id>.wav``
+    and a ``manifest.jsonl`` row of role and kind ``role``, split ``train`` unless given). Rows already in the
+    manifest are kept (a second run resumes), in ``jobs`` worker processes (batches of ``BATCH`` texts of one voice
+    and split; only this process writes the manifest). ``synth`` has ``tts.synthesize_batch``'s signature
+    (injectable for tests, with ``jobs=1``)."""
     from tqdm import tqdm
 
     if jobs < 1:
@@ -156,17 +157,17 @@ def speak_corpus(out_dir: str | os.PathLike, plan: Sequence[tuple[Voice, str, st
         write_jsonl_atomic(str(manifest), rows)
     done = {r["id"] for r in rows}
     report = VarietyReport(kept=len(done), name=f"{role} corpus")
-    by_voice: dict[str, list[tuple[str, str]]] = {}
+    by_voice: dict[tuple[str, str], list[tuple[str, str]]] = {}
     voice_of: dict[str, Voice] = {}
-    for v, rid, text in plan:
+    for v, rid, text, *split in plan:
         if rid not in done:
-            by_voice.setdefault(v.name, []).append((rid, text))
+            by_voice.setdefault((v.name, split[0] if split else "train"), []).append((rid, text))
             voice_of[v.name] = v
     tasks = []
-    for name, todo in by_voice.items():
+    for (name, split), todo in by_voice.items():
         for start in range(0, len(todo), BATCH):
             part = todo[start: start + BATCH]
-            tasks.append((str(out), voice_of[name], [rid for rid, _ in part], [t for _, t in part], role))
+            tasks.append((str(out), voice_of[name], [rid for rid, _ in part], [t for _, t in part], role, split))
     bar = tqdm(total=sum(len(t[2]) for t in tasks), desc=desc, disable=not progress)
     with manifest.open("a", encoding="utf-8") as f:
         if jobs == 1:
