@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_lm_samples import load_tokenizer, make_corpus, make_tokenizer_dir
-from test_train_lm import TINY, _args
+from test_train_lm import export_tiny_lm, load_script
 
 from glm4voice.train import lm_samples as ls
 from glm4voice.train import lm_trainer as lt
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lm_asr_probe.py"
-
 
 def _probe_module():
-    spec = importlib.util.spec_from_file_location("lm_asr_probe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("lm_asr_probe")
 
 
 def test_probe_routes_each_way_and_scores_it(tmp_path, monkeypatch, capsys):
@@ -30,9 +24,7 @@ def test_probe_routes_each_way_and_scores_it(tmp_path, monkeypatch, capsys):
     # the toy codes depend on the text only: give the second voice's question other codes, so the two differ
     q1 = Path(corpus) / "tokens" / "arith-1h.q1.npy"
     np.save(q1, np.load(q1)[::-1].copy())
-    assert lt.main(_args("--corpus", corpus, "--tokenizer", tok_dir, "--out", tmp_path / "run", "--steps", 1,
-                         "--batch-size", 1, "--seq-len", 128, "--eval-every", 0, "--export", tmp_path / "lm",
-                         "--export-dtype", "fp32", *TINY)) == 0
+    export_tiny_lm(corpus, tok_dir, tmp_path)
     tok = load_tokenizer(tok_dir)
     sp = ls.Specials.from_tokenizer(tok)
     held = ls.load_lm_data(corpus, split="heldout").dialogues
@@ -74,8 +66,6 @@ def test_probe_refuses_a_corpus_without_held_out_dialogues(tmp_path):
 
     tok_dir = make_tokenizer_dir(tmp_path / "tok")
     corpus = make_corpus(tmp_path / "corpus", items=[it for it in TOY_ITEMS if it[5] != "heldout"])
-    assert lt.main(_args("--corpus", corpus, "--tokenizer", tok_dir, "--out", tmp_path / "run", "--steps", 1,
-                         "--batch-size", 1, "--seq-len", 128, "--eval-every", 0, "--export", tmp_path / "lm",
-                         *TINY)) == 0
+    export_tiny_lm(corpus, tok_dir, tmp_path)
     with pytest.raises(SystemExit, match="no held-out dialogues"):
         _probe_module().main(["--corpus", corpus, "--lm", str(tmp_path / "lm"), "--threads", "1"])

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 from test_lm_samples import make_corpus, make_tokenizer_dir
-from test_train_lm import TINY, _args
+from test_train_lm import export_tiny_lm, load_script
 
-from glm4voice.train import lm_trainer as lt
 from glm4voice.train.tokenizer_asr import train_pieces
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lm_ctc_probe.py"
 
 
 def test_probe_learns_on_frozen_states(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("lm_ctc_probe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("lm_ctc_probe")
     corpus = make_corpus(tmp_path / "corpus", broken=False)
-    assert lt.main(_args("--corpus", corpus, "--tokenizer", make_tokenizer_dir(tmp_path / "tok"), "--out",
-                         tmp_path / "run", "--steps", 1, "--batch-size", 1, "--seq-len", 128, "--eval-every", 0,
-                         "--export", tmp_path / "lm", "--export-dtype", "fp32", *TINY)) == 0
+    export_tiny_lm(corpus, make_tokenizer_dir(tmp_path / "tok"), tmp_path)
     texts = [json.loads(line)["text"] for line in open(Path(corpus) / "manifest.jsonl", encoding="utf-8")]
     piece_tok, _ = train_pieces(texts, 300)
     (tmp_path / "pieces.json").write_text(piece_tok.to_str())

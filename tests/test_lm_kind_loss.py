@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 from test_lm_samples import make_corpus, make_tokenizer_dir
-from test_train_lm import TINY, _args
-
-from glm4voice.train import lm_trainer as lt
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lm_kind_loss.py"
+from test_train_lm import export_tiny_lm, load_script
 
 
 def test_kind_losses_show_the_gap_between_splits(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("lm_kind_loss", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("lm_kind_loss")
     corpus = make_corpus(tmp_path / "corpus", broken=False)
-    assert lt.main(_args("--corpus", corpus, "--tokenizer", make_tokenizer_dir(tmp_path / "tok"), "--out",
-                         tmp_path / "run", "--steps", 80, "--batch-size", 2, "--seq-len", 256, "--lr", 1e-2,
-                         "--warmup", 5, "--eval-every", 0, "--mix", "asr=1", "--export", tmp_path / "lm",
-                         "--export-dtype", "fp32", *TINY)) == 0
-    lm = str(tmp_path / "lm")
+    lm = export_tiny_lm(corpus, make_tokenizer_dir(tmp_path / "tok"), tmp_path, "--lr", 1e-2, "--warmup", 5,
+                        "--mix", "asr=1", steps=80, batch_size=2, seq_len=256)
     assert mod.main(["--corpus", corpus, "--lm", lm, lm, "--kinds", "asr,sft", "--batches", "2", "--batch-size", "2",
                      "--seq-len", "256", "--out", str(tmp_path / "k.json")]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {lm} |")]

@@ -42,6 +42,25 @@ def _run(env, out, *extra, steps=40):
     return [r for r in read_metrics(str(out)) if r["kind"] == "train"]
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def export_tiny_lm(corpus, tok_dir, root, *extra, steps=1, batch_size=1, seq_len=128) -> str:
+    """Train a TINY LM on ``corpus`` for ``steps`` and export it (fp32) to ``root/lm``; returns that folder."""
+    assert lt.main(_args("--corpus", corpus, "--tokenizer", tok_dir, "--out", root / "run", "--steps", steps,
+                         "--batch-size", batch_size, "--seq-len", seq_len, "--eval-every", 0, "--export", root / "lm",
+                         "--export-dtype", "fp32", *TINY, *extra)) == 0
+    return str(root / "lm")
+
+
 def _tiny_model(tok):
     from glm4voice.lm.model import GLM
 
