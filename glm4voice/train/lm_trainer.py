@@ -397,6 +397,11 @@ def main(args: argparse.Namespace) -> int:
     if not args.corpus:
         raise ConfigError("--corpus is required (a folder made by `glm4voice data synth` with cached tokens)")
     cfg = config_from_args(args)
+    for flag, p in (("--dropout", args.dropout), ("--attention-dropout", args.attention_dropout)):
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"{flag} must be in [0, 1), not {p}")
+    if args.extra_repeat < 1:
+        raise ConfigError(f"--extra-repeat must be >= 1, not {args.extra_repeat}")
     tok_dir = args.tokenizer or args.init
     if not tok_dir:
         raise ConfigError("give --tokenizer (a new model) or --init (a model folder with its tokenizer)")
@@ -407,8 +412,6 @@ def main(args: argparse.Namespace) -> int:
     mix = args.mix or args.stage
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts,
                             tokens=args.tokens)
-    if args.extra_repeat < 1:
-        raise ConfigError(f"--extra-repeat must be >= 1, not {args.extra_repeat}")
     for extra in args.extra_corpus:  # e.g. `data reading`: more utterances for the asr / tts / speech pools
         more = ls.load_lm_data(extra, split="train", with_item_texts=False, tokens=args.tokens)
         if not more.utterances:
@@ -434,9 +437,6 @@ def main(args: argparse.Namespace) -> int:
     eval_fn = _make_eval(args, tok, sp, mix, cfg, ctc_encode)
 
     model = build_model(args, tok)
-    for flag, p in (("--dropout", args.dropout), ("--attention-dropout", args.attention_dropout)):
-        if not 0.0 <= p < 1.0:
-            raise ConfigError(f"{flag} must be in [0, 1), not {p}")
     model.set_dropout(args.dropout, args.attention_dropout)
     if args.seq_len > model.cfg.seq_length:
         raise ConfigError(f"--seq-len {args.seq_len} exceeds the model's context {model.cfg.seq_length}")
