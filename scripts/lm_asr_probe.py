@@ -47,14 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from glm4voice.eval.metrics import error_rate
-    from glm4voice.lm.load import load_lm
     from glm4voice.train import lm_samples as ls
     from glm4voice.train import lm_trainer as lt
     from glm4voice.train.corpus import MANIFEST
 
-    tok = lt.load_text_tokenizer(args.lm)
-    sp = ls.Specials.from_tokenizer(tok)
-    model = load_lm(args.lm, device="cpu", dtype=torch.float32).eval()
+    tok, sp, model = lt.load_frozen_lm(args.lm)
     held = ls.load_lm_data(args.corpus, split="heldout", tokens=args.tokens)
     if not held.dialogues:
         raise SystemExit(f"{args.corpus}: no held-out dialogues with {args.tokens}/ codes")

@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from glm4voice.lm.load import load_lm
     from glm4voice.lm.model import packed_mask, rope
     from glm4voice.train import lm_ctc
     from glm4voice.train import lm_samples as ls
@@ -52,11 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     from glm4voice.train.tokenizer_asr import read_pieces
     from glm4voice.train.tokenizer_trainer import sequence_error_rate
 
-    tok = lt.load_text_tokenizer(args.lm)
-    sp = ls.Specials.from_tokenizer(tok)
-    lm = load_lm(args.lm, device="cpu", dtype=torch.float32).eval()
-    for param in lm.parameters():
-        param.requires_grad_(False)
+    tok, sp, lm = lt.load_frozen_lm(args.lm)
     piece_tok, pieces = read_pieces(args.pieces)
 
     def encode(text: str) -> list[int]:

@@ -33,13 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from glm4voice.lm.load import load_lm
     from glm4voice.train import lm_samples as ls
-    from glm4voice.train.lm_trainer import evaluate_batches, load_text_tokenizer
+    from glm4voice.train.lm_trainer import evaluate_batches, load_frozen_lm
 
     kinds = [k for k in args.kinds.split(",") if k]
-    tok = load_text_tokenizer(args.lm[0])
-    sp = ls.Specials.from_tokenizer(tok)
+    tok, sp, model = load_frozen_lm(args.lm[0])
     batches = {}  # the same batches for every LM (they share the first LM's text tokenizer)
     for split in ("train", "heldout"):
         data = ls.load_lm_data(args.corpus, split=split, tokens=args.tokens)
@@ -50,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             batches[split, kind] = [ls.pack_batch(m.draw, seed=args.seed, step=i, rank=0, batch_size=args.batch_size,
                                                   seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.batches)]
     results = []
-    for lm in args.lm:
-        model = load_lm(lm, device="cpu", dtype=torch.float32).eval()
+    for i, lm in enumerate(args.lm):
+        if i:
+            model = load_frozen_lm(lm)[2]
         for (split, kind), bs in batches.items():
             r = evaluate_batches(model, bs, sp)
             results.append({"lm": lm, "split": split, "kind": kind, **r})

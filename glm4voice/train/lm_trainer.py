@@ -384,6 +384,16 @@ def load_text_tokenizer(folder: str | os.PathLike):
     return TextTokenizer.from_dir(str(folder))
 
 
+def load_frozen_lm(folder: str | os.PathLike, *, device: str = "cpu"):
+    """An official-format LM folder for measuring (the probes in scripts/): (its text tokenizer, its special ids,
+    the model in fp32, eval mode, no parameter requiring gradients)."""
+    from glm4voice.lm.load import load_lm
+
+    tok = load_text_tokenizer(folder)
+    model = load_lm(folder, device=device, dtype=torch.float32).eval().requires_grad_(False)
+    return tok, ls.Specials.from_tokenizer(tok), model
+
+
 def main(args: argparse.Namespace) -> int:
     from glm4voice.train.engine import Trainer, config_from_args
 

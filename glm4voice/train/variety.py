@@ -125,8 +125,9 @@ def build(out_dir: str | os.PathLike, *, per_voice: int, seed: int = 0, voices: 
     ``jobs=1``)."""
     if per_voice < 1:
         raise ConfigError(f"--per-voice must be >= 1, got {per_voice}")
-    skipped = [v.name for v in voices if not available(v)]
-    use = [v for v in voices if available(v)]
+    installed_now = {v.name: available(v) for v in voices}
+    skipped = [v.name for v in voices if not installed_now[v.name]]
+    use = [v for v in voices if installed_now[v.name]]
     if not use:
         raise ConfigError("no speaker-variety voice is installed: run scripts/install_variety_voices.sh")
     # each voice its own texts, the same ones on every run with this seed
