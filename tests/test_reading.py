@@ -13,6 +13,7 @@ from glm4voice.errors import ConfigError
 from glm4voice.train import lm_samples as ls
 from glm4voice.train import reading
 from glm4voice.train.corpus import read_jsonl
+from glm4voice.train.engine import read_metrics
 from glm4voice.train.voices import get_voice
 
 EN = [get_voice("espeak:en-us+f1"), get_voice("flite:slt")]
@@ -117,13 +118,14 @@ def test_build_writes_the_corpus_layout_and_resumes(tmp_path):
         "It was a bad day indeed."]  # only the failed row is tried again
 
 
-def _reading_tokens(folder, rows):
+def _reading_tokens(folder, rows, heldout=()):
     (folder / "tokens").mkdir(parents=True)
     with open(folder / "manifest.jsonl", "w", encoding="utf-8") as f:
         for rid, text in rows:
+            split = "heldout" if rid in heldout else "train"
             f.write(json.dumps({"id": rid, "text": text, "language": "en", "voice": "espeak:en-us+f1",
                                 "style": "plain", "duration": 1.0, "path": f"audio16k/{rid}.wav", "role": "reading",
-                                "kind": "reading", "item_id": rid, "split": "train"}) + "\n")
+                                "kind": "reading", "item_id": rid, "split": split}) + "\n")
             np.save(folder / "tokens" / f"{rid}.npy", fake_codes(text))
 
 
@@ -149,3 +151,26 @@ def test_lm_trainer_adds_the_extra_corpus_utterances(tmp_path):
     (empty / "manifest.jsonl").write_text("")
     with pytest.raises(ConfigError, match="no utterance with cached codes"):
         _run(env, tmp_path / "run2", "--extra-corpus", empty, steps=1)
+
+
+def test_lm_trainer_reports_the_extra_corpus_heldout_transcript_loss(tmp_path):
+    from test_train_lm import _run
+
+    env = {"tok": make_tokenizer_dir(tmp_path / "tok"), "corpus": make_corpus(tmp_path / "corpus")}
+    extra = tmp_path / "reading_v9"
+    _reading_tokens(extra, [("read-en-000000", "Rain fell all night long."), ("read-en-000001", "A dog ran home."),
+                            ("read-en-h000000", "The cat sat on a warm mat.")], heldout={"read-en-h000000"})
+    _run(env, tmp_path / "run", "--mix", "asr=1", "--extra-corpus", extra, "--eval-every", 2, "--eval-batches", 1,
+         steps=4)
+    evals = [r for r in read_metrics(str(tmp_path / "run")) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:  # the held-out reading row's transcript, apart from the corpus's own held-out batches
+        assert r["eval_reading_v9_asr_loss"] > 0 and 0 <= r["eval_reading_v9_asr_acc"] <= 1
+        assert r["eval_reading_v9_asr_loss"] != r["eval_text_loss"]
+    # a folder without held-out rows adds nothing
+    plain = tmp_path / "plain"
+    _reading_tokens(plain, [("read-en-000000", "Rain fell all night long.")])
+    _run(env, tmp_path / "run2", "--mix", "asr=1", "--extra-corpus", plain, "--eval-every", 1, "--eval-batches", 1,
+         steps=1)
+    (row,) = [r for r in read_metrics(str(tmp_path / "run2")) if r["kind"] == "eval"]
+    assert not any(k.startswith("eval_plain") for k in row) and "eval_text_loss" in row

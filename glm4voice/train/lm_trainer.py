@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -509,6 +510,7 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
                        ctc_encode=ctc_encode)
         fixed = [ls.pack_batch(m.draw, seed=10_000 + cfg.seed, step=i, rank=0, batch_size=cfg.batch_size,
                                seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
+    extra_fixed = _extra_heldout_batches(args, tok, sp, cfg) if args.eval_batches else []
     dialogues, spoken, asr = [], [], None
     if args.eval_answers and set(ratios) & set(ls.SFT_KINDS):
         dialogues = random.Random(cfg.seed).sample(held.dialogues, min(args.eval_answers, len(held.dialogues)))
@@ -520,12 +522,16 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
         spoken = random.Random(cfg.seed + 1).sample(held.dialogues, min(args.eval_speech, len(held.dialogues)))
         asr = CodesASR(load_for_asr(resolve(args.eval_speech_tokenizer, "tokenizer", allow_download=False),
                                     device=cfg.device)).eval()
-    if not fixed and not dialogues and not spoken:
+    if not fixed and not extra_fixed and not dialogues and not spoken:
         log.info("no held-out data for the mixture: evaluation off")
         return None
 
     def evaluate(model: nn.Module) -> dict:
         out = evaluate_batches(model, fixed, sp) if fixed else {}
+        for tag, batches in extra_fixed:  # transcripts of the extra corpora's held-out rows
+            got = evaluate_batches(model, batches, sp)
+            out.update({f"eval_{tag}_asr_{m}": got[f"eval_text_{m}"] for m in ("loss", "acc")
+                        if f"eval_text_{m}" in got})
         model = getattr(model, "lm", model)  # answers come from the plain LM (a CTC head is training-only)
         if dialogues:
             out.update(answer_accuracy(model, tok, sp, dialogues))
@@ -534,6 +540,24 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
         return out
 
     return evaluate
+
+
+def _extra_heldout_batches(args, tok, sp: ls.Specials, cfg) -> list[tuple[str, list[ls.PackedBatch]]]:
+    """For each ``--extra-corpus`` with rows of split ``heldout`` (e.g. `data reading --heldout-en`: new sentences
+    read by held-out voices), fixed ASR batches of those rows, named by the folder (``eval_<name>_asr_loss``)."""
+    out, seen = [], set()
+    for i, extra in enumerate(args.extra_corpus):
+        held = ls.load_lm_data(extra, split="heldout", with_item_texts=False, tokens=args.tokens)
+        if not held.utterances:
+            continue
+        tag = re.sub(r"[^0-9A-Za-z]+", "_", Path(extra).name).strip("_") or f"extra{i + 1}"
+        tag = tag if tag not in seen else f"{tag}_{i + 1}"
+        seen.add(tag)
+        m = ls.Mixture(tok, sp, held, {"asr": 1.0}, max_audio=args.max_audio)
+        out.append((tag, [ls.pack_batch(m.draw, seed=20_000 + cfg.seed, step=j, rank=0, batch_size=cfg.batch_size,
+                                        seq_len=args.seq_len, pad_id=sp.eot) for j in range(args.eval_batches)]))
+        log.info("held-out rows of %s: %d utterances, reported as eval_%s_asr_loss", extra, len(held.utterances), tag)
+    return out
 
 
 @torch.no_grad()
