@@ -213,6 +213,29 @@ def test_eval_reports_heldout_metrics(env, tmp_path):
     assert evals[-1]["eval_answer_acc"] == 0  # 5 steps: no exact answer yet
 
 
+def test_eval_data_follows_eval_seed_not_seed(env):
+    """Runs that differ only in --seed are scored on the same held-out batches and questions; --eval-seed changes
+    them."""
+    from glm4voice.train.engine import config_from_args
+
+    tok = load_tokenizer(env["tok"])
+    sp = ls.Specials.from_tokenizer(tok)
+    torch.manual_seed(0)
+    model = lt.build_model(_args("--tokenizer", env["tok"], "--out", env["root"] / "unused", *TINY), tok).eval()
+
+    def scores(*extra):
+        args = _args("--corpus", env["corpus"], "--tokenizer", env["tok"], "--out", env["root"] / "unused",
+                     "--mix", "sft=1", "--eval-batches", 2, "--eval-answers", 4, "--seq-len", 256,
+                     "--batch-size", 2, *TINY, *extra)
+        evaluate = lt._make_eval(args, tok, sp, "sft=1", config_from_args(args))
+        with torch.no_grad():
+            return evaluate(model)
+
+    base = scores()
+    assert base == scores("--seed", 7)
+    assert base["eval_text_loss"] != scores("--eval-seed", 3)["eval_text_loss"]
+
+
 # ---- process-level: SIGKILL and torchrun (slow: several interpreter starts) ------------------------------------
 
 def _cli(env, out, *extra, steps=12, batch=2):

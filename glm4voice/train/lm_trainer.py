@@ -332,6 +332,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
+    parser.add_argument("--eval-seed", type=int, default=0,
+                        help="draws the held-out batches and questions (not --seed: runs that differ only in "
+                             "--seed are evaluated on the same held-out data)")
     parser.add_argument("--eval-answers", type=int, default=32,
                         help="SFT: held-out spoken questions answered greedily per evaluation (0: off)")
     parser.add_argument("--eval-speech", type=int, default=0,
@@ -508,18 +511,18 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
     if ratios and args.eval_batches:
         m = ls.Mixture(tok, sp, held, ratios, sft_loss=args.sft_loss, max_audio=args.max_audio,
                        ctc_encode=ctc_encode)
-        fixed = [ls.pack_batch(m.draw, seed=10_000 + cfg.seed, step=i, rank=0, batch_size=cfg.batch_size,
+        fixed = [ls.pack_batch(m.draw, seed=10_000 + args.eval_seed, step=i, rank=0, batch_size=cfg.batch_size,
                                seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
     extra_fixed = _extra_heldout_batches(args, tok, sp, cfg) if args.eval_batches else []
     dialogues, spoken, asr = [], [], None
     if args.eval_answers and set(ratios) & set(ls.SFT_KINDS):
-        dialogues = random.Random(cfg.seed).sample(held.dialogues, min(args.eval_answers, len(held.dialogues)))
+        dialogues = random.Random(args.eval_seed).sample(held.dialogues, min(args.eval_answers, len(held.dialogues)))
     if args.eval_speech and set(ratios) & set(ls.SFT_KINDS):
         from glm4voice.checkpoints import resolve
         from glm4voice.train.tokenizer_asr import CodesASR
         from glm4voice.train.tokenizer_trainer import load_for_asr
 
-        spoken = random.Random(cfg.seed + 1).sample(held.dialogues, min(args.eval_speech, len(held.dialogues)))
+        spoken = random.Random(args.eval_seed + 1).sample(held.dialogues, min(args.eval_speech, len(held.dialogues)))
         asr = CodesASR(load_for_asr(resolve(args.eval_speech_tokenizer, "tokenizer", allow_download=False),
                                     device=cfg.device)).eval()
     if not fixed and not extra_fixed and not dialogues and not spoken:
@@ -554,7 +557,7 @@ def _extra_heldout_batches(args, tok, sp: ls.Specials, cfg) -> list[tuple[str, l
         tag = tag if tag not in seen else f"{tag}_{i + 1}"
         seen.add(tag)
         m = ls.Mixture(tok, sp, held, {"asr": 1.0}, max_audio=args.max_audio)
-        out.append((tag, [ls.pack_batch(m.draw, seed=20_000 + cfg.seed, step=j, rank=0, batch_size=cfg.batch_size,
+        out.append((tag, [ls.pack_batch(m.draw, seed=20_000 + args.eval_seed, step=j, rank=0, batch_size=cfg.batch_size,
                                         seq_len=args.seq_len, pad_id=sp.eot) for j in range(args.eval_batches)]))
         log.info("held-out rows of %s: %d utterances, reported as eval_%s_asr_loss", extra, len(held.utterances), tag)
     return out
