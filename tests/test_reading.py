@@ -174,3 +174,27 @@ def test_lm_trainer_reports_the_extra_corpus_heldout_transcript_loss(tmp_path):
          steps=1)
     (row,) = [r for r in read_metrics(str(tmp_path / "run2")) if r["kind"] == "eval"]
     assert not any(k.startswith("eval_plain") for k in row) and "eval_text_loss" in row
+
+
+def test_lm_trainer_extra_kinds_puts_the_extra_utterances_in_those_pools_only(tmp_path):
+    from test_train_lm import _run
+
+    env = {"tok": make_tokenizer_dir(tmp_path / "tok"), "corpus": make_corpus(tmp_path / "corpus")}
+    extra = tmp_path / "reading"
+    _reading_tokens(extra, [("read-en-000000", "Rain fell all night long."), ("read-en-000001", "A dog ran home.")])
+    base = ls.load_lm_data(env["corpus"])
+    _run(env, tmp_path / "run", "--mix", "asr=1", "--extra-corpus", extra, "--extra-kinds", "asr",
+         "--extra-repeat", 2, steps=1)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["extra_kinds"] == ["asr"]
+    assert f"{len(base.utterances)} utterances" in run["data"] and "4 more utterances for asr only" in run["data"]
+    for bad in ("asr,sft", ","):
+        with pytest.raises(ConfigError, match="--extra-kinds"):
+            _run(env, tmp_path / "run2", "--extra-corpus", extra, "--extra-kinds", bad, steps=1)
+    # the pools the mixture draws from: the extra rows are heard (asr) but never spoken (tts, speech)
+    more = ls.load_lm_data(str(extra), with_item_texts=False)
+    base.kind_utterances["asr"] = list(more.utterances)
+    ids = {k: {u.id for u in base.pool(k)} for k in ("asr", "tts", "speech")}
+    extra_ids = {u.id for u in more.utterances}
+    assert extra_ids <= ids["asr"] and not extra_ids & (ids["tts"] | ids["speech"])
+    assert ids["tts"] == ids["speech"] == ids["asr"] - extra_ids

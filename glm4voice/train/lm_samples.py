@@ -280,12 +280,15 @@ class LMData:
     dialogues: list[Dialogue] = field(default_factory=list)
     interleaved: list[list[Segment]] = field(default_factory=list)
     problems: Counter = field(default_factory=Counter)  # reason -> rows left out
+    # utterances that join the pools of some utterance kinds only (kind -> list; `train lm --extra-kinds`)
+    kind_utterances: dict[str, list[Utt]] = field(default_factory=dict)
 
     def pool(self, kind: str) -> list:
         if kind == "text":
             return self.texts
         if kind in ("speech", "asr", "tts"):
-            return self.utterances
+            more = self.kind_utterances.get(kind)
+            return self.utterances + more if more else self.utterances
         if kind == "interleaved":  # generated documents, and spoken Q/A pairs with a random modality per side
             return self.interleaved + self.dialogues
         if kind in ("sft", "sft_text", "multi"):
@@ -298,7 +301,8 @@ class LMData:
         styled = sum(d.style != "normal" for d in self.dialogues)
         return (f"{len(self.texts)} texts, {len(self.utterances)} utterances, {len(self.dialogues)} dialogues "
                 f"({styled} style-controlled), {len(self.interleaved)} interleaved documents; "
-                f"left out: {dict(self.problems) or 'none'}")
+                + "".join(f"{len(v)} more utterances for {k} only; " for k, v in sorted(self.kind_utterances.items()))
+                + f"left out: {dict(self.problems) or 'none'}")
 
 
 def _read_jsonl(path: str) -> tuple[list[dict], int]:

@@ -329,6 +329,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "kinds (e.g. `glm4voice data reading`)")
     parser.add_argument("--extra-repeat", type=int, default=1, metavar="K",
                         help="each --extra-corpus row appears K times in its pools (drawn K times as often)")
+    parser.add_argument("--extra-kinds", default="asr,tts,speech", metavar="K1,K2",
+                        help="the utterance kinds whose pools the --extra-corpus utterances join (default all three; "
+                             "e.g. asr: new voices are heard but never spoken, so the LM's own speech keeps its "
+                             "voice)")
     parser.add_argument("--interleaved", nargs="*", default=[], help="jsonl files from `glm4voice train interleave`")
     parser.add_argument("--texts", nargs="*", default=[], help="extra text-only files, one document per line")
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches per evaluation")
@@ -426,13 +430,21 @@ def main(args: argparse.Namespace) -> int:
     mix = args.mix or args.stage
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts,
                             tokens=args.tokens)
+    extra_kinds = [k.strip() for k in args.extra_kinds.split(",") if k.strip()]
+    bad = sorted(set(extra_kinds) - {"asr", "tts", "speech"}) if args.extra_corpus else []
+    if bad or (args.extra_corpus and not extra_kinds):
+        raise ConfigError(f"--extra-kinds takes utterance kinds among asr, tts, speech, not {args.extra_kinds!r}")
     for extra in args.extra_corpus:  # e.g. `data reading`: more utterances for the asr / tts / speech pools
         more = ls.load_lm_data(extra, split="train", with_item_texts=False, tokens=args.tokens)
         if not more.utterances:
             raise ConfigError(f"--extra-corpus {extra}: no utterance with cached codes in {extra}/{args.tokens} "
                               f"(run `glm4voice data tokens {extra}`); left out: {dict(more.problems)}")
         log.info("extra corpus %s: %s (x%d)", extra, more.summary(), args.extra_repeat)
-        train.utterances += more.utterances * args.extra_repeat
+        if set(extra_kinds) == {"asr", "tts", "speech"}:
+            train.utterances += more.utterances * args.extra_repeat
+        else:  # only those kinds' pools (LMData.pool)
+            for k in extra_kinds:
+                train.kind_utterances.setdefault(k, []).extend(more.utterances * args.extra_repeat)
         train.dialogues += more.dialogues * args.extra_repeat
         train.problems.update({f"{extra}: {k}": v for k, v in more.problems.items()})
     log.info("lm %s: train data %s", args.stage, train.summary())
@@ -474,7 +486,8 @@ def main(args: argparse.Namespace) -> int:
         {"stage": args.stage, "mix": ls.parse_mix(mix), "sft_loss": args.sft_loss, "rephrase": args.rephrase,
          "augment_set": args.augment_set, "code_noise": args.code_noise, "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "extra_corpus": args.extra_corpus,
-         "extra_repeat": args.extra_repeat, "lora_rank": args.lora_rank,
+         "extra_repeat": args.extra_repeat,
+         "extra_kinds": extra_kinds if args.extra_corpus else [], "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "ctc": ctc_info,
          "dropout": {"hidden": args.dropout, "attention": args.attention_dropout}, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
