@@ -5,6 +5,11 @@
 
 SUITE: tokenizer, lm, spoken_qa, tts, style, latency, quality, judge_score, or all (every suite but judge_score).
 Without --data the built-in held-out set is used: held-out phrasings spoken by held-out voices, made once.
+
+    glm4voice eval compare BASE_RESULTS OTHER_RESULTS [...] [--out REPORT.md]
+
+compares the results folders of earlier runs item by item (glm4voice/eval/compare.py): better / worse answers and
+an exact test of whether the difference is more than noise.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     from glm4voice.eval.judge import JUDGES
     from glm4voice.eval.suites import SUITES
 
-    parser.add_argument("suites", nargs="+", metavar="SUITE", choices=sorted(SUITES) + ["all"],
-                        help=f"one or more of {', '.join(SUITES)}, all")
+    parser.add_argument("suites", nargs="+", metavar="SUITE",
+                        help=f"one or more of {', '.join(SUITES)}, all; or 'compare' followed by two or more "
+                             "results folders of earlier runs (the first is the base)")
     g = parser.add_argument_group("system under test")
     g.add_argument("--model", default=None,
                    help="all three components: 'embedded' (default), 'official', or a folder with tokenizer/ lm/ "
@@ -77,8 +83,38 @@ def check_data_options(args: argparse.Namespace) -> None:
                           "which have no text answers: use one or the other")
 
 
+def check_suites(names: list[str]) -> None:
+    from glm4voice.errors import ConfigError
+    from glm4voice.eval.suites import SUITES
+
+    unknown = [n for n in names if n not in SUITES and n != "all"]
+    if unknown:
+        raise ConfigError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}, all (or: eval compare "
+                          "RESULTS RESULTS ...)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from glm4voice.eval.compare import compare
+
+    md, js = compare(args.suites[1:])
+    print(md)
+    if args.out:
+        import json
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(md + "\n", encoding="utf-8")
+        out.with_suffix(".json").write_text(json.dumps(js, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import os
+
+    if args.suites[0] == "compare":
+        return run_compare(args)
+    check_suites(args.suites)
 
     from glm4voice.eval.context import Context
     from glm4voice.eval.report import write_report
