@@ -7,6 +7,7 @@ from torch import nn
 from glm4voice.train.engine import (
     TrainConfig,
     Trainer,
+    WeightAverage,
     add_train_args,
     config_from_args,
     cpu_lacks_native_bf16,
@@ -62,6 +63,51 @@ def test_resume_is_exact(tmp_path):
     assert len(read_metrics(str(tmp_path / "b"))) > cfg_rows_before
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def _fit_averaged(out, steps, until=None, decay=0.9):
+    batch_fn, loss_fn = _task()
+    cfg = TrainConfig(out_dir=str(out), steps=steps, lr=1e-2, warmup=5, log_every=5, save_every=5, eval_every=0)
+    avg = WeightAverage(decay)
+    seen = []  # the weights after every step, to average by hand
+    model = _model()
+
+    def after(m, step):
+        avg.update(m, step)
+        seen.append([p.detach().clone() for p in m.parameters()])
+
+    t = Trainer(cfg, model, batch_fn=batch_fn, loss_fn=loss_fn, extra_state={"ema": avg}, after_step=after)
+    t.fit(until)
+    return t, avg, seen
+
+
+def test_weight_average_is_the_warmed_up_ema_and_resumes_exactly(tmp_path):
+    t, avg, seen = _fit_averaged(tmp_path / "a", 12)
+    expect = [w.clone() for w in seen[0]]
+    for n, ws in enumerate(seen[1:]):
+        d = min(0.9, (1 + n + 1) / (10 + n + 1))
+        expect = [d * e + (1 - d) * w for e, w in zip(expect, ws, strict=True)]
+    names = [n for n, _ in t.model.named_parameters()]
+    for name, e in zip(names, expect, strict=True):
+        torch.testing.assert_close(avg.shadow[name], e)
+    own = [p.detach().clone() for p in t.model.parameters()]
+    with avg.swapped_in(t.model):
+        for p, name in zip(t.model.parameters(), names, strict=True):
+            assert torch.equal(p, avg.shadow[name])
+        assert not all(torch.equal(p, o) for p, o in zip(t.model.parameters(), own, strict=True))
+    for p, o in zip(t.model.parameters(), own, strict=True):  # its own weights are back
+        assert torch.equal(p, o)
+    # killed after step 7 and resumed: the same average as the uninterrupted run
+    _fit_averaged(tmp_path / "b", 12, until=7)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["extra"]["ema"]["updates"] == 7
+    _, resumed, _ = _fit_averaged(tmp_path / "b", 12)
+    assert resumed.updates == 12
+    for name in names:
+        assert torch.equal(resumed.shadow[name], avg.shadow[name]), name
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(1.0)
+    with pytest.raises(KeyError, match="different model"), avg.swapped_in(nn.Linear(2, 2)):
+        pass
 
 
 def test_bf16_autocast_runs(tmp_path):

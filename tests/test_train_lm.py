@@ -2,6 +2,7 @@
 through the production loader, LoRA (adapters only, merged on export), fine-tuning from an exported folder."""
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -390,6 +391,34 @@ def test_export_only_writes_an_unfinished_run(env, tmp_path):
         lt.export_run(tmp_path / "model", tmp_path / "again")
     with pytest.raises(ConfigError, match="--corpus"):
         lt.main(_args("--out", tmp_path / "x", "--tokenizer", env["tok"]))
+
+
+def test_ema_exports_the_weight_average_and_the_raw_weights_apart(env, tmp_path):
+    from glm4voice.lm.load import load_lm
+    from glm4voice.train.engine import WeightAverage
+
+    _run(env, tmp_path / "run", "--mix", "sft=1", "--ema", 0.8, "--export", tmp_path / "avg", "--export-raw",
+         tmp_path / "raw", "--export-dtype", "fp32", steps=6)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    kept = state["extra"]["ema"]
+    assert kept["updates"] == 6 and json.loads((tmp_path / "run" / "run.json").read_text())["ema"] == 0.8
+    avg = load_lm(tmp_path / "avg", dtype=torch.float32).state_dict()
+    raw = load_lm(tmp_path / "raw", dtype=torch.float32).state_dict()
+    for k, v in raw.items():
+        assert torch.equal(v, state["model"][k]), k
+        assert torch.equal(avg[k], kept["shadow"][k]), k
+    assert any(not torch.equal(avg[k], raw[k]) for k in raw)
+    # --export-only of the run: the average again (and the raw weights with --export-raw)
+    assert lt.main(_args("--out", tmp_path / "run", "--export-only", "--export", tmp_path / "again",
+                         "--export-raw", tmp_path / "again_raw", "--export-dtype", "fp32")) == 0
+    for k, v in load_lm(tmp_path / "again", dtype=torch.float32).state_dict().items():
+        assert torch.equal(v, avg[k]), k
+    for k, v in load_lm(tmp_path / "again_raw", dtype=torch.float32).state_dict().items():
+        assert torch.equal(v, raw[k]), k
+    assert isinstance(WeightAverage(0.5), WeightAverage)
+    for bad, msg in ((("--ema", 1.5), "--ema"), (("--export-raw", tmp_path / "x"), "give --ema")):
+        with pytest.raises(ConfigError, match=msg):
+            _run(env, tmp_path / "bad", "--mix", "sft=1", *bad, steps=1)
 
 
 def test_export_only_merges_lora(env, tmp_path):

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -270,6 +270,65 @@ class Trainer:
                 plot_metrics(cfg.out_dir)
         bar.close()
         return self.model
+
+
+class WeightAverage:
+    """Exponential moving average of a model's trained parameters (Polyak averaging), for ``Trainer``'s
+    ``after_step`` and ``extra_state``: ``update`` after each optimizer step, ``swapped_in`` to evaluate or export the
+    averaged weights. A small batch makes every step's weights noisy; their average over the last ~1 / (1 - decay)
+    steps usually generalises better. The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the
+    first steps are not frozen at the starting weights. A run resumed from a checkpoint without an average starts
+    one from its current weights. The shadow copy is float32 whatever the model's dtype."""
+
+    def __init__(self, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the averaging decay must be in (0, 1), not {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.shadow: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _trained(model: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        params = self._trained(model)
+        if not self.shadow:
+            self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
+        else:
+            d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+            for n, p in params.items():
+                self.shadow[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.shadow = {n: t.float() for n, t in state["shadow"].items()}
+
+    @contextmanager
+    def swapped_in(self, model: nn.Module):
+        """The model holds the averaged weights inside the block, its own weights again after it (also on error)."""
+        params = self._trained(model)
+        missing = sorted(set(params) - set(self.shadow))
+        if not self.shadow:
+            yield model  # nothing averaged yet: the weights are the model's own
+            return
+        if missing:
+            raise KeyError(f"the weight average has no copy of {missing[0]} (a different model?)")
+        saved = {n: p.detach().clone() for n, p in params.items()}
+        try:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(self.shadow[n].to(p.dtype))
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(saved[n])
 
 
 def read_metrics(out_dir: str) -> list[dict]:

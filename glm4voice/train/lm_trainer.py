@@ -348,6 +348,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="the glm4voice-trained tokenizer (with asr_branch.*) whose codes the corpus tokens are")
     parser.add_argument("--export", default=None, help="write the final model here (official format)")
     parser.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="bf16")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="keep an exponential moving average of the weights (e.g. 0.998: about the last 500 "
+                             "steps); evaluations and --export then use the average (0: off)")
+    parser.add_argument("--export-raw", default=None, metavar="DIR",
+                        help="with --ema: also export the last step's own weights here, to compare")
     parser.add_argument("--export-only", action="store_true",
                         help="only export the run in --out (its last.pt, finished or not) to --export")
     parser.add_argument("--until", type=int, default=None, help="stop at this step (continue later)")
@@ -359,9 +364,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_train_args(parser, lr=1e-3, steps=2000, batch_size=8, warmup=100, eval_every=200, save_every=100)
 
 
-def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str = "bf16") -> tuple[int, int]:
+def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str = "bf16",
+               average: bool = True) -> tuple[int, int]:
     """Export a run folder's ``last.pt`` (finished or not; LoRA adapters merged) to an official-format folder with
-    the run's text tokenizer. Returns (the step the checkpoint reached, the run's planned steps)."""
+    the run's text tokenizer: its weight average when it keeps one (``--ema``) and ``average``, else the last
+    step's weights. Returns (the step the checkpoint reached, the run's planned steps)."""
     from glm4voice.lm.config import GLMConfig
     from glm4voice.lm.model import GLM
 
@@ -382,7 +389,18 @@ def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str 
     if missing or unexpected:
         raise CheckpointError(f"{run / 'last.pt'} does not match run.json: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}")
-    export(model, folder, info["tokenizer"], dtype=dtype)
+    from contextlib import nullcontext
+
+    from glm4voice.train.engine import WeightAverage
+
+    kept = state.get("extra", {}).get("ema")
+    swap = nullcontext()
+    if average and kept and kept.get("shadow"):
+        avg = WeightAverage(float(kept["decay"]))
+        avg.load_state_dict(kept)
+        swap = avg.swapped_in(model)
+    with swap:
+        export(model, folder, info["tokenizer"], dtype=dtype)
     return int(state["step"]), int(state["config"]["steps"])
 
 
@@ -403,7 +421,9 @@ def load_frozen_lm(folder: str | os.PathLike, *, device: str = "cpu"):
 
 
 def main(args: argparse.Namespace) -> int:
-    from glm4voice.train.engine import Trainer, config_from_args
+    from contextlib import nullcontext
+
+    from glm4voice.train.engine import Trainer, WeightAverage, config_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.export_only:
@@ -411,6 +431,9 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("--export-only needs --export DIR")
         step, steps = export_run(args.out_dir, args.export, dtype=args.export_dtype)
         log.info("exported %s (step %d of %d) to %s", args.out_dir, step, steps, args.export)
+        if args.export_raw:
+            export_run(args.out_dir, args.export_raw, dtype=args.export_dtype, average=False)
+            log.info("exported its last step's own weights to %s", args.export_raw)
         return 0
     if not args.corpus:
         raise ConfigError("--corpus is required (a folder made by `glm4voice data synth` with cached tokens)")
@@ -418,6 +441,10 @@ def main(args: argparse.Namespace) -> int:
     for flag, p in (("--dropout", args.dropout), ("--attention-dropout", args.attention_dropout)):
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"{flag} must be in [0, 1), not {p}")
+    if not 0.0 <= args.ema < 1.0:
+        raise ConfigError(f"--ema is a decay in [0, 1) (0: off), not {args.ema}")
+    if args.export_raw and not args.ema:
+        raise ConfigError("--export-raw exports the raw weights beside the --ema average: give --ema too")
     if args.extra_repeat < 1:
         raise ConfigError(f"--extra-repeat must be >= 1, not {args.extra_repeat}")
     tok_dir = args.tokenizer or args.init
@@ -487,7 +514,7 @@ def main(args: argparse.Namespace) -> int:
          "augment_set": args.augment_set, "code_noise": args.code_noise, "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "extra_corpus": args.extra_corpus,
          "extra_repeat": args.extra_repeat,
-         "extra_kinds": extra_kinds if args.extra_corpus else [], "lora_rank": args.lora_rank,
+         "extra_kinds": extra_kinds if args.extra_corpus else [], "ema": args.ema, "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "ctc": ctc_info,
          "dropout": {"hidden": args.dropout, "attention": args.attention_dropout}, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
@@ -496,11 +523,26 @@ def main(args: argparse.Namespace) -> int:
             getattr(m, "module", m).head_only = trainer.step < args.ctc_warmup
         return lm_loss(m, b, sp, ctc_weight=args.ctc_weight)
 
-    trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=loss_fn, eval_fn=eval_fn)
+    average = WeightAverage(args.ema) if args.ema else None
+    if average is not None and eval_fn is not None:
+        plain_eval = eval_fn
+
+        def eval_fn(m: nn.Module) -> dict:  # noqa: F811 - the held-out numbers of the weights that are exported
+            with average.swapped_in(m):
+                return plain_eval(m)
+
+    trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=loss_fn, eval_fn=eval_fn,
+                      extra_state={"ema": average} if average else None,
+                      after_step=average.update if average else None)
     trainer.fit(until=args.until)
-    if args.export and trainer.step >= cfg.steps and trainer.is_main:
-        export(trainer.model, args.export, tok_dir, dtype=args.export_dtype)
-        log.info("exported the LM to %s", args.export)
+    if trainer.step >= cfg.steps and trainer.is_main:
+        if args.export_raw:
+            export(trainer.model, args.export_raw, tok_dir, dtype=args.export_dtype)
+            log.info("exported the LM's own last weights to %s", args.export_raw)
+        if args.export:
+            with average.swapped_in(trainer.model) if average else nullcontext():
+                export(trainer.model, args.export, tok_dir, dtype=args.export_dtype)
+            log.info("exported the LM%s to %s", " (weight average)" if average else "", args.export)
     return 0
 
 
