@@ -82,3 +82,17 @@ def test_eval_compare_command_writes_the_report_and_refuses_bad_input(tmp_path, 
         (tmp_path / "odd").mkdir()
         (tmp_path / "odd" / "results.json").write_text("[1, 2]")
         compare([str(base), str(tmp_path / "odd")])
+
+
+def test_comma_joined_folders_pool_their_items(tmp_path):
+    a1 = _results(tmp_path / "a1", "v11", [{"id": "x", "correct": True}, {"id": "y", "correct": False}], "lm")
+    a2 = _results(tmp_path / "a2", "v11", [{"id": "x", "correct": False}], "lm")  # the same id in another set
+    b1 = _results(tmp_path / "b1", "new", [{"id": "x", "correct": True}, {"id": "y", "correct": True}], "lm")
+    b2 = _results(tmp_path / "b2", "new", [{"id": "x", "correct": True}], "lm")
+    md, js = compare([f"{a1},{a2}", f"{b1},{b2}"])
+    (row,) = js["others"][0]["rows"]
+    assert (row["items"], row["base"], row["other"], row["better"], row["worse"]) == (3, "1", "3", 2, 0)
+    assert row["left_out"] == 0 and "lm new" in md
+    # one side pooled, the other not: the ids do not match and nothing is compared
+    md, js = compare([f"{a1},{a2}", str(b1)])
+    assert js["others"][0]["rows"] == [] and "No paired measure" in md

@@ -16,7 +16,9 @@ of each ``glm4voice eval`` run and compares every other run with the first *item
   welcome."): the row ``same answer`` repeats the comparison on the items where both said the same text, which
   compares the speech alone.
 
-Items are matched by id; items only one run has are left out and counted.
+Items are matched by id; items only one run has are left out and counted. An argument may name several results
+folders joined by commas (``a/corpus200,a/sqa4``): their rows are pooled (ids prefixed by the position in the
+list), so two evaluation sets can be judged together; both sides must then list their sets in the same order.
 """
 
 from __future__ import annotations
@@ -51,6 +53,22 @@ def load_results(path: str | Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("suites"), dict):
         raise ConfigError(f"{p}: no 'suites' object; not a `glm4voice eval` results file")
     return data
+
+
+def load_pooled(arg: str) -> dict:
+    """One results folder, or several joined by commas with their rows pooled per suite (ids ``<k>:<id>``)."""
+    parts = [p for p in arg.split(",") if p]
+    if len(parts) == 1:
+        return load_results(parts[0])
+    pooled: dict = {"meta": {"model": [], "pooled": parts}, "suites": {}}
+    for k, part in enumerate(parts):
+        res = load_results(part)
+        pooled["meta"]["model"].append(_model(res))
+        for suite, body in res["suites"].items():
+            rows = [dict(r, id=f"{k}:{r['id']}") for r in body.get("rows") or [] if isinstance(r, dict) and "id" in r]
+            pooled["suites"].setdefault(suite, {"rows": []})["rows"].extend(rows)
+    pooled["meta"]["model"] = "; ".join(dict.fromkeys(pooled["meta"]["model"]))
+    return pooled
 
 
 def two_sided_binomial_p(a: int, b: int) -> float:
@@ -142,7 +160,7 @@ def compare(paths: list[str]) -> tuple[str, dict]:
     """Markdown report and JSON of every run after the first compared with the first."""
     if len(paths) < 2:
         raise ConfigError("eval compare needs at least two results folders: BASE OTHER [OTHER ...]")
-    results = [load_results(p) for p in paths]
+    results = [load_pooled(p) for p in paths]
     lines = ["# Paired comparison of evaluation results", "",
              f"Base: `{paths[0]}` ({_model(results[0])}).", "",
              "better / worse: items where the other run is right and the base wrong (or has the lower error) / the "
