@@ -291,8 +291,15 @@ class WeightAverage:
     def _trained(model: nn.Module) -> dict[str, torch.Tensor]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
+    @classmethod
+    def from_state(cls, state: dict) -> WeightAverage:
+        """An average as saved by ``state_dict`` (e.g. ``last.pt``'s ``extra.ema``)."""
+        avg = cls(float(state["decay"]))
+        avg.load_state_dict(state)
+        return avg
+
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int | None = None) -> None:
+    def update(self, model: nn.Module, _step: int | None = None) -> None:  # Trainer.after_step also passes the step
         params = self._trained(model)
         if not self.shadow:
             self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
@@ -312,11 +319,11 @@ class WeightAverage:
     @contextmanager
     def swapped_in(self, model: nn.Module):
         """The model holds the averaged weights inside the block, its own weights again after it (also on error)."""
-        params = self._trained(model)
-        missing = sorted(set(params) - set(self.shadow))
         if not self.shadow:
             yield model  # nothing averaged yet: the weights are the model's own
             return
+        params = self._trained(model)
+        missing = sorted(set(params) - set(self.shadow))
         if missing:
             raise KeyError(f"the weight average has no copy of {missing[0]} (a different model?)")
         saved = {n: p.detach().clone() for n, p in params.items()}

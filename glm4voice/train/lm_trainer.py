@@ -394,12 +394,7 @@ def export_run(run: str | os.PathLike, folder: str | os.PathLike, *, dtype: str 
     from glm4voice.train.engine import WeightAverage
 
     kept = state.get("extra", {}).get("ema")
-    swap = nullcontext()
-    if average and kept and kept.get("shadow"):
-        avg = WeightAverage(float(kept["decay"]))
-        avg.load_state_dict(kept)
-        swap = avg.swapped_in(model)
-    with swap:
+    with WeightAverage.from_state(kept).swapped_in(model) if average and kept else nullcontext():
         export(model, folder, info["tokenizer"], dtype=dtype)
     return int(state["step"]), int(state["config"]["steps"])
 
@@ -524,13 +519,8 @@ def main(args: argparse.Namespace) -> int:
         return lm_loss(m, b, sp, ctc_weight=args.ctc_weight)
 
     average = WeightAverage(args.ema) if args.ema else None
-    if average is not None and eval_fn is not None:
-        plain_eval = eval_fn
-
-        def eval_fn(m: nn.Module) -> dict:  # noqa: F811 - the held-out numbers of the weights that are exported
-            with average.swapped_in(m):
-                return plain_eval(m)
-
+    if average is not None and eval_fn is not None:  # the held-out numbers of the weights that are exported
+        eval_fn = _on_average(eval_fn, average)
     trainer = Trainer(cfg, model, batch_fn=batches, loss_fn=loss_fn, eval_fn=eval_fn,
                       extra_state={"ema": average} if average else None,
                       after_step=average.update if average else None)
@@ -544,6 +534,14 @@ def main(args: argparse.Namespace) -> int:
                 export(trainer.model, args.export, tok_dir, dtype=args.export_dtype)
             log.info("exported the LM%s to %s", " (weight average)" if average else "", args.export)
     return 0
+
+
+def _on_average(eval_fn, average):
+    """``eval_fn`` run with the weight average swapped into the model."""
+    def run(m: nn.Module) -> dict:
+        with average.swapped_in(m):
+            return eval_fn(m)
+    return run
 
 
 def _check_resume_matches(out_dir: Path, ctc_info: dict | None) -> None:
