@@ -10,7 +10,7 @@ from glm4voice.lm.config import GLMConfig
 from glm4voice.lm.generate import Generator, KVCache, generate
 from glm4voice.lm.load import load_lm
 from glm4voice.lm.model import GLM
-from glm4voice.lm.sampling import SamplingParams, sample, top_k_filter, top_p_filter
+from glm4voice.lm.sampling import SamplingParams, make_generator, sample, sample_first, top_k_filter, top_p_filter
 from tests.conftest import load_expected
 
 TINY = GLMConfig(hidden_size=32, num_layers=2, num_attention_heads=4, kv_channels=8, multi_query_group_num=2,
@@ -173,6 +173,49 @@ def test_sample_greedy_seeded_and_masked():
     assert set(torch.stack([sample(logits, p, None, allowed) for _ in range(50)]).flatten().tolist()) <= {3, 9}
     one = SamplingParams(temperature=0.7, top_k=1, top_p=1.0)
     assert torch.equal(sample(logits, one), logits.argmax(-1))
+
+
+def test_sample_first_draws_again_only_outside_the_first_mask():
+    torch.manual_seed(3)
+    first = torch.ones(50, dtype=torch.bool)
+    first[20:40] = False  # say, the speech codes
+    logits = torch.randn(50)
+    logits[25] = 9.0  # the free argmax is outside
+    logits[7] = 8.0
+    assert sample_first(logits, GREEDY) == 25 and sample_first(logits, GREEDY, first=first) == 7
+    assert sample_first(logits, GREEDY, first=torch.ones(50, dtype=torch.bool)) == 25
+    # seeded sampling: a first draw inside the mask is the plain draw with the same generator (official answers
+    # that open with text are unchanged); a draw outside is replaced by one inside
+    p = SamplingParams(temperature=1.0, top_k=0, top_p=1.0)
+    flat = torch.zeros(50)
+    kept = redrawn = 0
+    for seed in range(60):
+        plain = int(sample(flat[None], p, make_generator(seed))[0])
+        got = sample_first(flat, p, make_generator(seed), first=first)
+        if first[plain]:
+            assert got == plain
+            kept += 1
+        else:
+            assert first[got]
+            redrawn += 1
+    assert kept and redrawn
+    allowed = torch.zeros(50, dtype=torch.bool)
+    allowed[[3, 25, 30]] = True  # with a language lock too: inside both masks
+    assert {sample_first(flat, p, make_generator(s), allowed, first) for s in range(20)} == {3}
+
+
+def test_generator_first_mask_binds_the_first_id_only(tiny):
+    ids = list(range(5))
+    free = list(generate(tiny, ids, params=GREEDY, max_new_tokens=6))
+    first = torch.ones(96, dtype=torch.bool)
+    assert free == list(generate(tiny, ids, params=GREEDY, max_new_tokens=6, first=first))
+    first[free[0]] = False
+    bound = list(generate(tiny, ids, params=GREEDY, max_new_tokens=6, first=first))
+    assert bound[0] != free[0] and first[bound[0]]
+    first[:] = False
+    first[bound[0]] = True  # later ids may be anything: the mask would forbid all but one
+    out = list(generate(tiny, ids, params=GREEDY, max_new_tokens=6, first=first))
+    assert out[0] == bound[0] and any(t != bound[0] for t in out[1:])
 
 
 def test_grouped_attention_equals_repeated_kv_heads():

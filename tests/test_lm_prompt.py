@@ -144,3 +144,39 @@ def test_language_lock_never_emits_a_forbidden_text_token(tok):
     assert any(tok.is_audio(i) for i in locked)  # audio stays free
     text = tok.decode([i for i in locked if i < tok.n_ranks])
     assert text.isascii()
+
+
+# --- answers open with text ------------------------------------------------------------------------------------
+def test_local_answers_open_with_text_and_other_prompts_stay_free(tok):
+    from glm4voice.pipeline.lm_backend import LocalLM, Sampling
+
+    torch.manual_seed(0)
+    cfg = GLMConfig(hidden_size=32, num_layers=1, num_attention_heads=2, kv_channels=16, multi_query_group_num=1,
+                    ffn_hidden_size=32, padded_vocab_size=tok.vocab_size + 4, seq_length=256, torch_dtype="float32")
+    model = GLM(cfg).eval()
+    model.init_weights(0.5)
+    gen = Generator(model, 1, 256)
+
+    hit = prompt.build_turn(tok, text="q")
+    raw = hit[:-1]  # a raw completion prompt, not at an answer start
+    with torch.no_grad():  # make each prompt's free greedy answer a speech code, its runner-up the old winner
+        for ids, code in ((hit, 3), (raw, 5)):
+            best = int(gen.prefill(ids).argmax())
+            model.output.weight[tok.audio_offset + code] = 2 * model.output.weight[best]
+    gen.reset(0)
+    assert tok.is_audio(int(gen.prefill(hit).argmax())) and tok.is_audio(int(gen.prefill(raw).argmax()))
+    assert prompt.at_answer_start(tok, hit) and not prompt.at_answer_start(tok, raw)
+    lm = LocalLM(model, tok, max_sessions=1, max_seq=256)
+
+    def first_id(ids, **kw):
+        stream = lm.open()
+        try:
+            return next(iter(stream.generate(ids, Sampling(temperature=0, max_new_tokens=4, **kw))))
+        finally:
+            stream.close()
+
+    assert not tok.is_audio(first_id(hit)) and first_id(hit) == int(
+        gen.prefill(hit).masked_fill(torch.tensor([tok.is_audio(i) for i in range(cfg.padded_vocab_size)]),
+                                     float("-inf")).argmax())
+    assert tok.is_audio(first_id(hit, text_first=False))
+    assert tok.is_audio(first_id(raw))  # a raw completion prompt is left alone

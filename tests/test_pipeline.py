@@ -362,3 +362,24 @@ def test_lm_run_ahead_gives_the_same_answer_and_barge_in_keeps_the_cache_honest(
         assert held == s.history[: len(held)]
         text, _, _ = s.ask(user_text="Go on")
         assert text == ANSWER_TEXT
+
+
+def test_settings_text_first_reaches_the_sampler(tmp_path):
+    root = build_models(tmp_path, scripted=False, seed=3)
+    chat = VoiceChat.from_pretrained(model=root, max_sessions=1, max_seq=256, speech=False)
+    firsts = {}
+    for text_first in (False, True):
+        firsts[text_first] = []
+        for seed in range(40):
+            settings = ChatSettings(output="text", temperature=2.0, top_p=1.0, top_k=0, max_new_tokens=1, seed=seed,
+                                    text_first=text_first)
+            with chat.session(settings) as s:
+                s.ask(user_text="hello")
+                firsts[text_first].append(s.last_answer[0])
+    is_code = [chat.route(t)[0] == "audio" for t in firsts[False]]
+    assert any(is_code)  # the free random model does open answers with a speech code ...
+    assert not any(chat.route(t)[0] == "audio" for t in firsts[True])  # ... never with text_first
+    assert [t for t, c in zip(firsts[False], is_code, strict=True) if not c] == [
+        t for t, c in zip(firsts[True], is_code, strict=True) if not c]  # the other seeds draw the same id
+    with pytest.raises(ValueError, match="text_first"):
+        ChatSettings(text_first="yes")

@@ -360,6 +360,9 @@ def test_completions_raw_token_ids(server, client, chat):
     bad = httpx.post(server + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
                      json={"prompt": [10**9], "max_tokens": 5})
     assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
+    bad = httpx.post(server + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"prompt": prompt, "max_tokens": 5, "text_first": "no"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "text_first"
 
 
 def test_health_and_ui_are_served(server):

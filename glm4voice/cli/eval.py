@@ -40,6 +40,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
     g.add_argument("--max-new-tokens", type=int, default=1000)
+    g.add_argument("--free-start", action="store_true",
+                   help="let answers start with a speech code (the default draws such a first id again among the "
+                        "other ids; docs/lm.md); for comparing with results of before session 27")
     d = parser.add_argument_group("data")
     d.add_argument("--data", default=None,
                    help="a corpus folder (manifest.jsonl; its held-out split) or a folder of audio + metadata.jsonl/"
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                   cache_dir=Path(args.cache_dir) if args.cache_dir else None, audio_is_output=args.audio_is_output,
                   text_only=args.text_only,
                   generation=Generation(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                        seed=args.seed),
+                                        seed=args.seed, text_first=not args.free_start),
                   latency_runs=args.latency_runs, judge_url=args.judge_url, judge_model=args.judge_model,
                   judge_api_key=os.environ.get(args.judge_api_key_env) if args.judge_api_key_env else None)
     results = run_suites(names, ctx)
@@ -142,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"command": "glm4voice eval " + " ".join(args.suites), "model": spec.describe(),
             "data": args.data or "built-in held-out set", "asr_judge": judge, "device": args.device,
             "dtype": args.dtype, "temperature": args.temperature, "seed": args.seed,
+            "text_first": not args.free_start,
             "threads": getattr(getattr(args, "thread_choice", None), "reason", None)}
     js, md = write_report(results, out, meta=meta)
     for r in results:

@@ -32,6 +32,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=2000)
     parser.add_argument("--max-seq", type=int, default=None, help="KV cache length (default: prompt + new tokens)")
     parser.add_argument("--language", choices=["en", "zh"], default=None, help="language lock of the text tokens")
+    parser.add_argument("--free-start", action="store_true",
+                        help="let the answer start with a speech code (by default a first draw that is a speech "
+                             "code is drawn again among the other ids: answers open with text)")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="int8 weight-only quantisation")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps ...")
     add_threads_arg(parser)
@@ -52,7 +55,7 @@ def generate_answer(*, lm=None, text: str | None = None, audio: list[int] | None
                     temperature: float = 0.2, top_p: float = 0.8, top_k: int = 50, seed: int | None = None,
                     max_new_tokens: int = 2000, max_seq: int | None = None, language: str | None = None,
                     quantize: str | None = None, device: str = "cpu", dtype: str = "auto", on_text=None,
-                    progress: bool = False):
+                    progress: bool = False, text_first: bool = True):
     """Run one turn; returns (text, codes, ids, stop event). ``on_text(piece)`` is called as text arrives."""
     from glm4voice.checkpoints import resolve
     from glm4voice.lm import prompt
@@ -60,7 +63,7 @@ def generate_answer(*, lm=None, text: str | None = None, audio: list[int] | None
     from glm4voice.lm.generate import Generator
     from glm4voice.lm.load import load_lm
     from glm4voice.lm.routing import AudioCode, Stop, TextPiece, route_stream
-    from glm4voice.lm.sampling import SamplingParams, language_mask
+    from glm4voice.lm.sampling import SamplingParams, language_mask, no_audio_mask
     from glm4voice.lm.text_tokenizer import TextTokenizer
 
     folder = resolve(lm, "lm")
@@ -72,11 +75,12 @@ def generate_answer(*, lm=None, text: str | None = None, audio: list[int] | None
     gen = Generator(model, 1, min(max_seq or len(ids) + max_new_tokens, cfg.seq_length))
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     allowed = language_mask(tok, language, cfg.padded_vocab_size, device) if language else None
+    first = no_audio_mask(tok, cfg.padded_vocab_size, device) if text_first else None
     out_ids: list[int] = []
 
     def tee():
         for i in gen.generate(ids, params=params, max_new_tokens=max_new_tokens, stop_ids=tok.stop_ids,
-                              allowed=allowed):
+                              allowed=allowed, first=first):
             out_ids.append(i)
             yield i
 
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         lm=args.lm, text=args.text, audio=audio, system=args.system, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens,
         max_seq=args.max_seq, language=args.language, quantize=args.quantize, device=args.device, dtype=args.dtype,
-        on_text=lambda piece: print(piece, end="", flush=True), progress=True)
+        on_text=lambda piece: print(piece, end="", flush=True), progress=True, text_first=not args.free_start)
     print()
     line = " ".join(map(str, codes))
     if args.codes_out:

@@ -122,6 +122,7 @@ class Generation:
     top_k: int = 0
     max_new_tokens: int = 1000
     seed: int = 0
+    text_first: bool = True  # ChatSettings.text_first
 
 
 class PipelineResponder:
@@ -142,7 +143,7 @@ class PipelineResponder:
         g = self.generation
         return ChatSettings(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                             max_new_tokens=g.max_new_tokens, seed=g.seed, instruction=instruction,
-                            output="audio" if audio_out else "text", language=language)
+                            output="audio" if audio_out else "text", language=language, text_first=g.text_first)
 
     def reply(self, *, audio=None, text: str | None = None, audio_out: bool = True, instruction: str = "") -> Reply:
         settings = self.settings(audio_out=audio_out, instruction=instruction)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from glm4voice.errors import ContextLengthError, TokenError
 from glm4voice.lm.model import GLM
-from glm4voice.lm.sampling import SamplingParams, make_generator, sample
+from glm4voice.lm.sampling import SamplingParams, make_generator, sample_first
 
 DEFAULT_SAMPLING = SamplingParams()
 
@@ -130,14 +130,16 @@ class Generator:
         return logits[torch.tensor(order, device=self.device).argsort()]
 
     def generate(self, prompt: Sequence[int], *, slot: int = 0, params: SamplingParams = DEFAULT_SAMPLING,
-                 max_new_tokens: int = 2000, stop_ids: Sequence[int] = (), allowed: Tensor | None = None
-                 ) -> Iterator[int]:
-        """Generated ids (a stop id included, then nothing more); ends at ``max_new_tokens`` or a full context."""
+                 max_new_tokens: int = 2000, stop_ids: Sequence[int] = (), allowed: Tensor | None = None,
+                 first: Tensor | None = None) -> Iterator[int]:
+        """Generated ids (a stop id included, then nothing more); ends at ``max_new_tokens`` or a full context.
+        ``allowed``: bool (V,) mask of the ids that may be drawn; ``first``: the ids the first one must be among
+        (drawn again among them if the free draw is not; ``sampling.sample_first``)."""
         rng = make_generator(params.seed, self.device)
         stop = set(stop_ids)
         logits = self.prefill(prompt, slot)
         for n in range(max_new_tokens):
-            token = int(sample(logits[None], params, rng, allowed)[0])
+            token = sample_first(logits, params, rng, allowed, first if n == 0 else None)
             yield token
             if token in stop or n + 1 == max_new_tokens or len(self.held[slot]) >= self.max_seq:
                 return
@@ -146,9 +148,10 @@ class Generator:
 
 def generate(model: GLM, prompt: Sequence[int], *, params: SamplingParams = DEFAULT_SAMPLING,
              max_new_tokens: int = 2000, stop_ids: Sequence[int] = (), allowed: Tensor | None = None,
-             max_seq: int | None = None) -> Iterator[int]:
+             max_seq: int | None = None, first: Tensor | None = None) -> Iterator[int]:
     """One-off generation with a fresh one-slot cache sized to the prompt plus the new tokens."""
     if len(prompt) > model.cfg.seq_length:
         raise ContextLengthError(f"prompt of {len(prompt)} tokens exceeds the context of {model.cfg.seq_length}")
     gen = Generator(model, 1, min(max_seq or len(prompt) + max_new_tokens, model.cfg.seq_length))
-    return gen.generate(prompt, params=params, max_new_tokens=max_new_tokens, stop_ids=stop_ids, allowed=allowed)
+    return gen.generate(prompt, params=params, max_new_tokens=max_new_tokens, stop_ids=stop_ids, allowed=allowed,
+                        first=first)

@@ -51,7 +51,18 @@ def user_turn(tok: TextTokenizer, *, text: str | None = None, audio: Sequence[in
         content = tok.encode("\n") + audio_span(tok, audio)
     else:
         content = tok.encode("\n" + text)
-    return [tok.token_id("<|user|>"), *content, tok.token_id("<|assistant|>"), *tok.encode(ASSISTANT_TAG)]
+    return [tok.token_id("<|user|>"), *content, *answer_start(tok)]
+
+
+def answer_start(tok: TextTokenizer) -> list[int]:
+    """The ids every answer prompt ends with: ``<|assistant|> BPE("streaming_transcription\\n")``."""
+    return [tok.token_id("<|assistant|>"), *tok.encode(ASSISTANT_TAG)]
+
+
+def at_answer_start(tok: TextTokenizer, ids: Sequence[int]) -> bool:
+    """Whether ``ids`` end where a streaming-thoughts answer begins (its first id is text, not a speech code)."""
+    tail = answer_start(tok)
+    return len(ids) >= len(tail) and list(ids[-len(tail):]) == tail
 
 
 def build_turn(tok: TextTokenizer, *, text: str | None = None, audio: Sequence[int] | None = None,

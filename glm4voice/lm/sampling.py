@@ -90,6 +90,18 @@ def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | 
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
+def sample_first(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                 allowed: Tensor | None = None, first: Tensor | None = None) -> int:
+    """One id from ``logits`` (V,) for the first position of an answer. Drawn as ``sample`` does; when ``first``
+    (bool (V,)) is given and that draw falls outside it, drawn again among ``first`` (and ``allowed``). A first
+    draw inside ``first`` is returned as is, with the random generator advanced exactly as ``sample`` advances it,
+    so seeded and greedy answers that already start inside ``first`` are unchanged."""
+    token = int(sample(logits[None], params, generator, allowed)[0])
+    if first is None or bool(first[token]):
+        return token
+    return int(sample(logits[None], params, generator, first if allowed is None else allowed & first)[0])
+
+
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
     """A seeded generator on ``device`` (None without a seed: the global RNG)."""
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
@@ -130,3 +142,12 @@ def language_mask(tok, language: str, vocab_size: int, device: torch.device | st
     added = [i for i in tok.added.values() if i < vocab_size]
     allowed[added] = True
     return allowed.to(device)
+
+
+def no_audio_mask(tok, vocab_size: int, device: torch.device | str = "cpu") -> Tensor:
+    """Bool (vocab_size,): True for every id but the ``<|audio_N|>`` speech codes of ``tok`` (the ids a
+    streaming-thoughts answer may start with: its text comes first, SPEC §2.6)."""
+    mask = torch.ones(vocab_size, dtype=torch.bool)
+    if tok.codebook_size > 0:
+        mask[tok.audio_offset:tok.audio_offset + tok.codebook_size] = False
+    return mask.to(device)

@@ -41,6 +41,9 @@ class Sampling:
     max_new_tokens: int = 2000
     seed: int | None = None
     language: str | None = None  # language lock of text tokens ("en", "zh"), None: free
+    # an answer opens with text: if its first draw is a speech code, draw again among the other ids (local
+    # backends; only for prompts that end at an answer start, lm.prompt.at_answer_start)
+    text_first: bool = True
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -256,6 +259,16 @@ class LocalLM:
                                                       self.gen.device)
             return self._masks[language]
 
+    def text_first(self):
+        """The mask of the ids an answer may start with (every id but the speech codes), cached."""
+        with self.lock:
+            if "text_first" not in self._masks:
+                from glm4voice.lm.sampling import no_audio_mask
+
+                self._masks["text_first"] = no_audio_mask(self.tok, self.model.cfg.padded_vocab_size,
+                                                          self.gen.device)
+            return self._masks["text_first"]
+
     def prefill(self, ids: list[int], slot: int):
         with self._turn:
             while self._busy:
@@ -312,7 +325,8 @@ class LocalStream:
 
     def generate(self, prompt: list[int], sampling: Sampling) -> Iterator[int]:
         """Generated ids (a stop id included, then nothing more); ends at the limit or a full context."""
-        from glm4voice.lm.sampling import SamplingParams, make_generator, sample
+        from glm4voice.lm.prompt import at_answer_start
+        from glm4voice.lm.sampling import SamplingParams, make_generator, sample_first
 
         b, slot = self.backend, self.slot
         if len(prompt) >= b.max_seq:
@@ -320,12 +334,13 @@ class LocalStream:
         params = SamplingParams(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                                 seed=sampling.seed)
         allowed = b.allowed(sampling.language)
+        first = b.text_first() if sampling.text_first and at_answer_start(b.tok, prompt) else None
         rng = make_generator(sampling.seed, b.gen.device)
         with b.lock:
             self.reused = min(common_prefix(b.gen.held[slot], prompt), len(prompt) - 1)
         logits = b.prefill(prompt, slot)
         for n in range(sampling.max_new_tokens):
-            token = int(sample(logits[None], params, rng, allowed)[0])
+            token = sample_first(logits, params, rng, allowed, first if n == 0 else None)
             yield token
             if token in b.stop_ids or n + 1 == sampling.max_new_tokens or len(b.gen.held[slot]) >= b.max_seq:
                 return

@@ -46,6 +46,7 @@ class ChatSettings:
     instruction: str = ""  # extra style instruction, e.g. "Speak slowly."
     output: str = "audio"  # "audio": speech + text; "text": text only (no speech decoding)
     decoder_mode: str = "low_latency"  # "official" reproduces the web demo's block schedule
+    text_first: bool = True  # an answer's first id is text (Sampling.text_first; docs/lm.md)
 
     def __post_init__(self):
         problems = []
@@ -65,6 +66,8 @@ class ChatSettings:
             problems.append("instruction must be a string of at most 500 characters")
         if self.output not in OUTPUTS:
             problems.append(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if not isinstance(self.text_first, bool):
+            problems.append(f"text_first must be true or false, got {self.text_first!r}")
         if self.decoder_mode not in DECODER_MODES:
             problems.append(f"decoder_mode must be one of {DECODER_MODES}, got {self.decoder_mode!r}")
         if problems:
@@ -82,7 +85,8 @@ class ChatSettings:
         return replace(self, **changes)
 
     def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.seed, self.language)
+        return Sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.seed, self.language,
+                        self.text_first)
 
 
 SAMPLES_PER_CODE = DECODER_SAMPLE_RATE / TOKEN_RATE_HZ  # 1764 output samples per speech code (80 ms)

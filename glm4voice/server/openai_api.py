@@ -10,7 +10,9 @@
   generated ids in ``choices[0].token_ids``. This is what ``--lm-url`` talks to: the LM in one process, the
   tokenizer and decoder in another.
 
-Extensions (ignored by OpenAI clients): ``top_k``, ``language`` (language lock), ``glm4voice.timings``.
+Extensions (ignored by OpenAI clients): ``top_k``, ``language`` (language lock), ``glm4voice.timings``; on
+``/v1/completions`` also ``text_first`` (default true: a prompt that ends where an answer starts gets a first id
+that is not a speech code, ``Sampling.text_first``).
 Errors use OpenAI's shape ``{"error": {"message", "type", "code", "param"}}`` with a matching HTTP status.
 """
 
@@ -482,9 +484,13 @@ def parse_completion(body: dict, chat) -> tuple[list[int], Sampling, bool]:
     language = body.get("language")
     if language not in (None, "en", "zh"):
         raise APIError(400, f"language must be 'en', 'zh' or null, got {language!r}", param="language")
+    text_first = body.get("text_first", True)
+    if not isinstance(text_first, bool):
+        raise APIError(400, f"text_first must be true or false, got {text_first!r}", param="text_first")
     sampling = Sampling(temperature=1.0 if temperature is None else float(temperature),
                         top_p=1.0 if top_p is None else float(top_p), top_k=50 if top_k is None else top_k,
-                        max_new_tokens=max_tokens, seed=_number(body, "seed", int), language=language)
+                        max_new_tokens=max_tokens, seed=_number(body, "seed", int), language=language,
+                        text_first=text_first)
     return ids, sampling, bool(body.get("stream", False))
 
 
