@@ -33,8 +33,7 @@ def _voices(lang, split):
 
 
 def _plan(corpus, counts, **kw):
-    return reading.plan(corpus, counts, sentences=lambda lang: SENTENCES[lang],
-                        voices=_voices, **kw)
+    return reading.plan(corpus, counts, **{"sentences": lambda lang: SENTENCES[lang], **kw}, voices=_voices)
 
 
 def test_wordnet_examples_are_clean_sentences(tmp_path):
@@ -48,6 +47,40 @@ def test_wordnet_examples_are_clean_sentences(tmp_path):
     got = reading.wordnet_examples(str(tmp_path))
     # the licence line, short quotes, brackets and non-ASCII are left out; capitalised; a full stop unless ! or ?
     assert got == ["Did you see it near the house?", "The entity was seen near the old mill."]
+
+
+def test_wordnet_glosses_are_the_definitions_as_sentences(tmp_path):
+    (tmp_path / "data.verb").write_text(
+        "  1 This software and database is being provided\n"
+        "00001740 03 v 01 run 0 001 | move fast by using one's feet; go (quickly); \"he ran all the way home\"\n"
+        "00002137 03 v 01 go 0 001 | change location, move, travel or proceed; café au lait; be gone\n",
+        encoding="utf-8")
+    # quoted examples, brackets, non-ASCII and short clauses are left out
+    assert reading.wordnet_glosses(str(tmp_path)) == ["Change location, move, travel or proceed.",
+                                                      "Move fast by using one's feet."]
+    with pytest.raises(ConfigError, match="English sentences only"):
+        reading.candidate_sentences("zh", "glosses")
+    with pytest.raises(ConfigError, match="unknown reading source"):
+        reading.candidate_sentences("en", "novels")
+
+
+def test_plan_of_glosses_tags_its_ids_and_leaves_out_the_corpus_definitions(tmp_path):
+    corpus = make_corpus(tmp_path / "c", broken=False)
+    items = tmp_path / "c" / "items.jsonl"
+    with items.open("a", encoding="utf-8") as f:  # a definition the corpus answers: its gloss is said
+        f.write(json.dumps({"id": "definition-en-00000", "kind": "definition", "language": "en",
+                            "question": "What does run mean?", "answer": "Run means move fast by using one's feet.",
+                            "split": "train"}) + "\n")
+    glosses = ["Move fast by using one's feet.", "Change location, move, travel or proceed.",
+               "A small domesticated carnivore.", "Rain fell all night long."]
+    rows = _plan(corpus, {"en": 3}, heldout={"en": 0}, source="glosses", sentences=lambda lang: glosses)
+    assert {r[2] for r in rows} == set(glosses[1:]) and all(r[1].startswith("read-en-g0") for r in rows)
+    held = _plan(corpus, {"en": 2}, heldout={"en": 1}, source="glosses", sentences=lambda lang: glosses)
+    assert [r[1][:11] for r in held if r[3] == "heldout"] == ["read-en-gh0"]
+    # the examples source keeps its plan: the gloss filter is not applied to it
+    assert "Move fast by using one's feet." in {r[2] for r in _plan(corpus, {"en": 4}, sentences=lambda lang: glosses)}
+    with pytest.raises(ConfigError, match="unknown reading source"):
+        _plan(corpus, {"en": 1}, source="novels")
 
 
 def test_plan_leaves_out_what_the_corpus_says_and_deals_over_the_voices(tmp_path):

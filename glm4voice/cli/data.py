@@ -79,6 +79,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--heldout-en", type=int, default=0,
                    help="English sentences read by the corpus's held-out voices (split heldout, to measure)")
     p.add_argument("--heldout-zh", type=int, default=0, help="the same for Mandarin")
+    p.add_argument("--source", default="examples", choices=["examples", "glosses"],
+                   help="examples: WordNet example sentences, unused fortunes and fortunes-zh clauses; glosses: "
+                        "WordNet definitions (English only: pass --zh 0; row ids read-en-g...)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,6 +117,7 @@ def _reading(args: argparse.Namespace) -> int:
 
     report = build(args.out, args.corpus, {"en": args.en, "zh": args.zh},
                    heldout={"en": args.heldout_en, "zh": args.heldout_zh}, seed=args.seed, jobs=args.jobs,
+                   source=args.source,
                    progress=not args.quiet)
     print(report.summary())
     return 0

@@ -8,7 +8,9 @@ read sentences that are new to it, each sentence spoken once:
 
 - English: the example sentences of WordNet (``wordnet-base``: the quoted examples of its glosses, about 28,600 of
   5-16 words), then the one-sentence fortunes the corpus does not use;
-- Mandarin: the 4-16 Hanzi clauses of ``fortunes-zh`` the corpus does not use (about 30,000).
+- Mandarin: the 4-16 Hanzi clauses of ``fortunes-zh`` the corpus does not use (about 30,000);
+- with ``--source glosses``, English only: WordNet's definitions (about 82,000 clauses of 5-16 words), row ids
+  ``read-en-g…``, so they can join a folder made from the examples (``cp -al`` it first, as for reading_v2).
 
 A sentence the corpus's items contain (any question or answer holding it) is left out, so the reading corpus adds
 no utterance of a sentence a held-out question asks about. Sentences are dealt round-robin over the language's
@@ -65,7 +67,41 @@ def wordnet_examples(root: str = tx.WORDNET_DIR, lengths: tuple[int, int] = (5, 
     return sorted(out)
 
 
-def candidate_sentences(language: str) -> list[str]:
+def wordnet_glosses(root: str = tx.WORDNET_DIR, lengths: tuple[int, int] = (5, 16)) -> list[str]:
+    """WordNet's definitions as sentences: every ``;``-separated clause of a gloss that is not a quoted example, of
+    ``lengths`` words, plain ASCII, capitalised and ending in a full stop; deduplicated and sorted (about 82,000)."""
+    out = set()
+    for name in ("data.noun", "data.verb", "data.adj", "data.adv"):
+        path = os.path.join(root, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("  ") or "|" not in line:
+                    continue
+                for part in line.split("|", 1)[1].split(";"):
+                    part = " ".join(part.split()).strip(" ,")
+                    if (not part or '"' in part or not part.isascii() or _BAD_CHARS & set(part)
+                            or not lengths[0] <= len(part.split()) <= lengths[1]):
+                        continue
+                    part = part[0].upper() + part[1:]
+                    out.add(part if part[-1] in ".!?" else part + ".")
+    return sorted(out)
+
+
+# where the sentences come from (`data reading --source`), and the tag of their row ids (read-en-g000001)
+SOURCES = {"examples": "", "glosses": "g"}
+
+
+def candidate_sentences(language: str, source: str = "examples") -> list[str]:
+    """``examples``: English WordNet example sentences and unused fortunes, Mandarin fortunes-zh clauses;
+    ``glosses``: English WordNet definitions (``wordnet_glosses``)."""
+    if source not in SOURCES:
+        raise ConfigError(f"unknown reading source {source!r}; known: {', '.join(SOURCES)}")
+    if source == "glosses":
+        if language != "en":
+            raise ConfigError(f"the glosses source has English sentences only, not {language!r} (ask --zh 0)")
+        return wordnet_glosses()
     if language == "en":
         return wordnet_examples() + tx.english_phrases()
     if language == "zh":
@@ -120,14 +156,20 @@ def corpus_voices(corpus_dir: str | os.PathLike, language: str, split: str = "tr
 
 
 def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, heldout: dict[str, int] | None = None,
-         seed: int = 0, sentences: Callable[[str], list[str]] = candidate_sentences,
+         seed: int = 0, source: str = "examples", sentences: Callable[[str], list[str]] | None = None,
          voices: Callable[[str, str], Sequence[Voice]] | None = None) -> list[tuple[Voice, str, str, str]]:
     """(voice, row id, text, split) for ``counts[language]`` new sentences per language dealt round-robin over the
     corpus's training voices of that language (split ``train``), and ``heldout[language]`` further ones, none of them
     among the training ones, over its held-out voices (split ``heldout``: reading of new sentences by new voices, to
     measure). Deterministic from ``seed`` and the installed text sources; a larger count keeps the rows of a
-    smaller one. ``voices(language, split)`` overrides the corpus's voices (tests)."""
+    smaller one. ``source`` picks the sentences (``SOURCES``; its tag starts the row ids' number, so several sources
+    can fill one folder); ``sentences(language)`` and ``voices(language, split)`` override them (tests)."""
+    if source not in SOURCES:
+        raise ConfigError(f"unknown reading source {source!r}; known: {', '.join(SOURCES)}")
     said = corpus_sentences(corpus_dir)
+    if source == "glosses":  # also what a corpus answer "<word> means <gloss>." says after "means"
+        said |= {k.split(" means ", 1)[1] for k in said if " means " in k}
+    sentences = sentences or (lambda lang: candidate_sentences(lang, source))
     heldout = heldout or {}
     out = []
     for lang in dict.fromkeys([*counts, *heldout]):
@@ -147,7 +189,7 @@ def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, heldout: dict
             vs = list(voices(lang, split) if voices else corpus_voices(corpus_dir, lang, split))
             if not vs:
                 raise ConfigError(f"{corpus_dir} has no {split} voice of language {lang!r}")
-            tag = "" if split == "train" else "h"
+            tag = SOURCES[source] + ("" if split == "train" else "h")
             out += [(vs[i % len(vs)], f"read-{lang}-{tag}{i:06d}", text, split) for i, text in enumerate(texts)]
     return out
 
@@ -155,6 +197,7 @@ def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, heldout: dict
 def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, counts: dict[str, int], *,
           heldout: dict[str, int] | None = None, seed: int = 0, jobs: int = 1, progress: bool = True,
           synth: Callable | None = None, **plan_kw) -> VarietyReport:
-    """Speak the reading corpus into ``out_dir`` (resumable). ``plan_kw`` and ``synth`` are for tests."""
+    """Speak the reading corpus into ``out_dir`` (resumable). ``plan_kw``: ``plan``'s ``source`` (and, for tests,
+    ``sentences`` and ``voices``); ``synth`` is for tests."""
     rows = plan(corpus_dir, counts, heldout=heldout, seed=seed, **plan_kw)
     return speak_corpus(out_dir, rows, role=ROLE, synth=synth, progress=progress, jobs=jobs, desc="reading")
