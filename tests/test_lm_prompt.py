@@ -180,3 +180,23 @@ def test_local_answers_open_with_text_and_other_prompts_stay_free(tok):
                                      float("-inf")).argmax())
     assert tok.is_audio(first_id(hit, text_first=False))
     assert tok.is_audio(first_id(raw))  # a raw completion prompt is left alone
+
+
+def test_remote_requests_carry_text_first_only_when_it_is_off():
+    import io
+
+    from glm4voice.pipeline.lm_backend import RemoteLM, Sampling
+
+    sent = []
+
+    class Fake(RemoteLM):
+        def request(self, path, body=None):
+            sent.append(body)
+            return io.BytesIO(b'data: {"choices": [{"token_ids": [5]}]}\n\ndata: [DONE]\n\n')
+
+    lm = Fake("http://127.0.0.1:1")
+    for text_first in (True, False):
+        stream = lm.open()
+        assert list(stream.generate([1, 2], Sampling(text_first=text_first))) == [5]
+        stream.close()
+    assert "text_first" not in sent[0] and sent[1]["text_first"] is False  # vLLM never sees the extension

@@ -166,6 +166,8 @@ class RemoteStream:
             body["seed"] = sampling.seed
         if sampling.language:
             body["language"] = sampling.language  # glm4voice extension (language lock)
+        if not sampling.text_first:
+            body["text_first"] = False  # glm4voice extension; a glm4voice server's default is true
         resp = self.backend.request("/completions", body)
         try:
             for raw in resp:
