@@ -125,12 +125,20 @@ def test_token_language_classes():
         token_in_language(b"x", "xx")
 
 
-def test_language_lock_never_emits_a_forbidden_text_token(tok):
+def random_lm(tok, seq_length: int) -> GLM:
+    """A one-layer GLM over ``tok``'s vocabulary with large random weights (logits far from uniform)."""
     torch.manual_seed(0)
     cfg = GLMConfig(hidden_size=32, num_layers=1, num_attention_heads=2, kv_channels=16, multi_query_group_num=1,
-                    ffn_hidden_size=32, padded_vocab_size=tok.vocab_size + 4, seq_length=512, torch_dtype="float32")
+                    ffn_hidden_size=32, padded_vocab_size=tok.vocab_size + 4, seq_length=seq_length,
+                    torch_dtype="float32")
     model = GLM(cfg).eval()
     model.init_weights(0.5)
+    return model
+
+
+def test_language_lock_never_emits_a_forbidden_text_token(tok):
+    model = random_lm(tok, 512)
+    cfg = model.cfg
     allowed = language_mask(tok, "en", cfg.padded_vocab_size)
     forbidden = set((~allowed).nonzero().flatten().tolist())
     assert len(forbidden) > 128 and all(tok.is_audio(i) or i < tok.n_ranks for i in range(len(allowed)) if
@@ -150,11 +158,8 @@ def test_language_lock_never_emits_a_forbidden_text_token(tok):
 def test_local_answers_open_with_text_and_other_prompts_stay_free(tok):
     from glm4voice.pipeline.lm_backend import LocalLM, Sampling
 
-    torch.manual_seed(0)
-    cfg = GLMConfig(hidden_size=32, num_layers=1, num_attention_heads=2, kv_channels=16, multi_query_group_num=1,
-                    ffn_hidden_size=32, padded_vocab_size=tok.vocab_size + 4, seq_length=256, torch_dtype="float32")
-    model = GLM(cfg).eval()
-    model.init_weights(0.5)
+    model = random_lm(tok, 256)
+    cfg = model.cfg
     gen = Generator(model, 1, 256)
 
     hit = prompt.build_turn(tok, text="q")

@@ -33,7 +33,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from glm4voice.errors import ConfigError
@@ -46,47 +46,41 @@ _QUOTED = re.compile(r'"([^"]+)"')
 _BAD_CHARS = set('()[]{}<>|_*#@\\/:;=~^`"')
 
 
-def wordnet_examples(root: str = tx.WORDNET_DIR, lengths: tuple[int, int] = (5, 16)) -> list[str]:
-    """WordNet's example sentences (the quoted parts of its glosses) of ``lengths`` words, plain ASCII, as sentences
-    (capitalised, ending in a full stop unless they end in ! or ?), deduplicated and sorted."""
-    out = set()
+def _wordnet_gloss_texts(root: str) -> Iterator[str]:
+    """The gloss (definitions and quoted examples, after ``|``) of every synset line of WordNet's data files."""
     for name in ("data.noun", "data.verb", "data.adj", "data.adv"):
         path = os.path.join(root, name)
         if not os.path.exists(path):
             continue
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("  ") or "|" not in line:  # the licence header; a synset line has a gloss
-                    continue
-                for q in _QUOTED.findall(line.split("|", 1)[1]):
-                    q = " ".join(q.split()).strip(" ,;")
-                    if not q.isascii() or _BAD_CHARS & set(q) or not lengths[0] <= len(q.split()) <= lengths[1]:
-                        continue
-                    q = q[0].upper() + q[1:]
-                    out.add(q if q[-1] in ".!?" else q + ".")
-    return sorted(out)
+                if not line.startswith("  ") and "|" in line:  # not the licence header; a synset line has a gloss
+                    yield line.split("|", 1)[1]
+
+
+def _as_sentence(text: str, lengths: tuple[int, int]) -> str | None:
+    """``text`` capitalised and ending in a full stop (unless it ends in ! or ?), or None unless it is plain ASCII
+    without brackets and the like, of ``lengths`` words."""
+    if not text or not text.isascii() or _BAD_CHARS & set(text) or not lengths[0] <= len(text.split()) <= lengths[1]:
+        return None
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+def wordnet_examples(root: str = tx.WORDNET_DIR, lengths: tuple[int, int] = (5, 16)) -> list[str]:
+    """WordNet's example sentences (the quoted parts of its glosses) of ``lengths`` words, plain ASCII, as sentences
+    (capitalised, ending in a full stop unless they end in ! or ?), deduplicated and sorted."""
+    found = (_as_sentence(" ".join(q.split()).strip(" ,;"), lengths)
+             for gloss in _wordnet_gloss_texts(root) for q in _QUOTED.findall(gloss))
+    return sorted({s for s in found if s})
 
 
 def wordnet_glosses(root: str = tx.WORDNET_DIR, lengths: tuple[int, int] = (5, 16)) -> list[str]:
     """WordNet's definitions as sentences: every ``;``-separated clause of a gloss that is not a quoted example, of
     ``lengths`` words, plain ASCII, capitalised and ending in a full stop; deduplicated and sorted (about 82,000)."""
-    out = set()
-    for name in ("data.noun", "data.verb", "data.adj", "data.adv"):
-        path = os.path.join(root, name)
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("  ") or "|" not in line:
-                    continue
-                for part in line.split("|", 1)[1].split(";"):
-                    part = " ".join(part.split()).strip(" ,")
-                    if (not part or '"' in part or not part.isascii() or _BAD_CHARS & set(part)
-                            or not lengths[0] <= len(part.split()) <= lengths[1]):
-                        continue
-                    part = part[0].upper() + part[1:]
-                    out.add(part if part[-1] in ".!?" else part + ".")
-    return sorted(out)
+    found = (_as_sentence(" ".join(part.split()).strip(" ,"), lengths)
+             for gloss in _wordnet_gloss_texts(root) for part in gloss.split(";") if '"' not in part)
+    return sorted({s for s in found if s})
 
 
 # where the sentences come from (`data reading --source`), and the tag of their row ids (read-en-g000001)
