@@ -86,6 +86,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("augment", help="speaker-perturbed copies of a corpus's spoken training questions (pitch, "
+                                       "tempo, spectral tilt with sox): more voices for the LM (train lm "
+                                       "--extra-corpus, after data tokens)")
+    p.add_argument("--corpus", required=True, help="the source corpus")
+    p.add_argument("--out", required=True, help="new corpus folder (resumes if it exists)")
+    p.add_argument("--rows", type=int, default=None, help="a seeded sample of this many questions (default: all)")
+    p.add_argument("--copies", type=int, default=1, help="perturbed copies of each question")
+    p.add_argument("--pitch", type=float, default=4.0, help="pitch and formant shift, up to +-x semitones")
+    p.add_argument("--min-pitch", type=float, default=1.0, help="at least this many semitones up or down")
+    p.add_argument("--tempo", type=float, default=0.1, help="tempo factor in [1-x, 1+x]")
+    p.add_argument("--tilt", type=float, default=6.0, help="spectral slope up to +-x dB (bass and treble shelves)")
+    p.add_argument("--languages", default=None, help="comma-separated: only questions in these languages")
+    p.add_argument("--jobs", type=int, default=1, help="sox processes at a time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("tokens", help="cache speech tokens per utterance (tokens/<id>.npy)")
     p.add_argument("corpus", help="corpus folder")
     p.add_argument("--tokenizer", default=None, help="speech tokenizer folder or hub id (default: the embedded one)")
@@ -101,7 +117,18 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return {"synth": _synth, "bpe": _bpe, "stats": _stats, "tokens": _tokens,
-            "variety": _variety, "reading": _reading}[args.data_command](args)
+            "variety": _variety, "reading": _reading, "augment": _augment}[args.data_command](args)
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from glm4voice.train.augment import Ranges, build
+
+    languages = tuple(x.strip() for x in args.languages.split(",") if x.strip()) if args.languages else None
+    report = build(args.out, args.corpus, rows=args.rows, copies=args.copies, seed=args.seed, jobs=args.jobs,
+                   ranges=Ranges(pitch=args.pitch, tempo=args.tempo, tilt=args.tilt, min_pitch=args.min_pitch),
+                   languages=languages, progress=not args.quiet)
+    print(json.dumps(report))
+    return 0
 
 
 def _variety(args: argparse.Namespace) -> int:

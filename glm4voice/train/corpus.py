@@ -544,20 +544,33 @@ def token_path(corpus_dir: str, utt_id: str, *, tokens_dir: str | None = None) -
 
 
 def tokenizer_fingerprint(folder: str | os.PathLike) -> dict:
-    """What identifies a tokenizer folder's codes: its path and a SHA-256 over its config and weight files."""
+    """What identifies a tokenizer folder's codes: its path, a SHA-256 over its config and weight files
+    (``sha256``), and one over the files that make the codes (``codes_sha256``: all but the ASR branch,
+    ``asr_*``, which reads the codes and can be refitted without changing them, session 22)."""
     import hashlib
 
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
     if not files:
         raise FileNotFoundError(f"{folder}: no config.json or weight files to fingerprint")
-    h = hashlib.sha256()
+    h, codes = hashlib.sha256(), hashlib.sha256()
     for p in files:
-        h.update(p.name.encode() + b"\0")
+        parts = (h,) if p.name.startswith("asr_") else (h, codes)
+        for x in parts:
+            x.update(p.name.encode() + b"\0")
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return {"tokenizer": str(folder.resolve()), "sha256": h.hexdigest()}
+                for x in parts:
+                    x.update(block)
+    return {"tokenizer": str(folder.resolve()), "sha256": h.hexdigest(), "codes_sha256": codes.hexdigest()}
+
+
+def same_codes(stamp: dict, source: dict) -> bool:
+    """Whether a token folder's stamp and a tokenizer's fingerprint mean the same codes: ``codes_sha256`` when both
+    have it, else (stamps written before it) the whole ``sha256``."""
+    if "codes_sha256" in stamp and "codes_sha256" in source:
+        return stamp["codes_sha256"] == source["codes_sha256"]
+    return stamp.get("sha256") == source.get("sha256")
 
 
 def _check_stamp(tokens_dir: str, source: dict | None, overwrite: bool) -> None:
@@ -571,7 +584,7 @@ def _check_stamp(tokens_dir: str, source: dict | None, overwrite: bool) -> None:
             old = json.loads(Path(stamp).read_text(encoding="utf-8"))
         except ValueError as e:
             raise ValueError(f"{stamp}: unreadable ({e}); remove it if the folder's codes are known") from None
-        if old.get("sha256") != source["sha256"]:
+        if not same_codes(old, source):
             if not overwrite:
                 raise ValueError(f"{tokens_dir} holds codes of another tokenizer ({old.get('tokenizer')}); write "
                                  "these to another folder (--out) or replace them all (--overwrite)")
