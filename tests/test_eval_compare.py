@@ -96,3 +96,26 @@ def test_comma_joined_folders_pool_their_items(tmp_path):
     # one side pooled, the other not: the ids do not match and nothing is compared
     md, js = compare([f"{a1},{a2}", str(b1)])
     assert js["others"][0]["rows"] == [] and "No paired measure" in md
+
+
+def test_compare_by_a_field_splits_the_paired_counts(tmp_path, capsys):
+    from glm4voice.eval.compare import compare_groups
+
+    def row(i, ok, voice):
+        return _qa(i, ok, False, "a", "a") | {"voice": voice}
+
+    base = _results(tmp_path / "a", "v12", [row(0, True, "awb"), row(1, False, "awb"), row(2, False, "m6"),
+                                           row(3, True, "m6"), row(4, False, "m6")])
+    other = _results(tmp_path / "b", "aug", [row(0, False, "awb"), row(1, False, "awb"), row(2, True, "m6"),
+                                            row(3, True, "m6"), row(4, True, "m6")])
+    a, b = json.loads((base / "results.json").read_text()), json.loads((other / "results.json").read_text())
+    got = {(r.measure, r.extra["group"]): r for r in compare_groups(a, b, "voice")}
+    awb, m6 = got[("correct_s2t", "awb")], got[("correct_s2t", "m6")]
+    assert (awb.items, awb.base, awb.other, awb.better, awb.worse) == (2, "1", "0", 0, 1)
+    assert (m6.items, m6.base, m6.other, m6.better, m6.worse) == (3, "1", "3", 2, 0)
+    assert got[("correct_s2s", "m6")].better == 0
+    assert main(["eval", "compare", str(base), str(other), "--by", "voice"]) == 0
+    out = capsys.readouterr().out
+    assert "By voice:" in out and "| spoken_qa | correct_s2t | m6 | 3 | 1 | 3 | 2 | 0 |" in out
+    md, js = compare([str(base), str(other)], by="kind")  # a field the rows lack: one group
+    assert [r["group"] for r in js["others"][0]["groups"]["rows"]] == ["–", "–"]

@@ -6,7 +6,7 @@
 SUITE: tokenizer, lm, spoken_qa, tts, style, latency, quality, judge_score, or all (every suite but judge_score).
 Without --data the built-in held-out set is used: held-out phrasings spoken by held-out voices, made once.
 
-    glm4voice eval compare BASE_RESULTS OTHER_RESULTS [...] [--out REPORT.md]
+    glm4voice eval compare BASE_RESULTS OTHER_RESULTS [...] [--by FIELD] [--out REPORT.md]
 
 compares the results folders of earlier runs item by item (glm4voice/eval/compare.py): better / worse answers and
 an exact test of whether the difference is more than noise.
@@ -58,6 +58,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="built-in set: items per kind, language and style (default 6)")
     d.add_argument("--latency-runs", type=int, default=5, help="measured questions of the latency suite")
     d.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--by", default=None, metavar="FIELD",
+                        help="eval compare: also compare within each value of this item field (voice, kind, "
+                             "language, ...)")
     j = parser.add_argument_group("judges")
     j.add_argument("--judge", default="auto", choices=JUDGES, help="independent ASR judge")
     j.add_argument("--cache-dir", default=None, help="judge weights and built-in set cache (~/.cache/glm4voice)")
@@ -99,7 +102,7 @@ def check_suites(names: list[str]) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from glm4voice.eval.compare import compare
 
-    md, js = compare(args.suites[1:])
+    md, js = compare(args.suites[1:], by=args.by)
     print(md)
     if args.out:
         import json

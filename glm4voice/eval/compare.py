@@ -151,13 +151,37 @@ def compare_pair(base: dict, other: dict) -> list[Row]:
     return out
 
 
+def compare_groups(base: dict, other: dict, by: str) -> list[Row]:
+    """The right/wrong measures again within each value of the rows' field ``by`` (e.g. ``voice``, ``kind``,
+    ``language``; the base's value), one Row per (suite, measure, value) with the value in ``extra["group"]``."""
+    out: list[Row] = []
+    for suite in base["suites"]:
+        if suite not in other["suites"]:
+            continue
+        a, b = _rows_by_id(base, suite), _rows_by_id(other, suite)
+        for col in BINARY.get(suite, ()):
+            ids = [i for i in a if i in b and isinstance(a[i].get(col), bool) and isinstance(b[i].get(col), bool)]
+            groups: dict[str, list[str]] = {}
+            for i in ids:
+                groups.setdefault(str(a[i].get(by, "–")), []).append(i)
+            for g in sorted(groups):
+                sub = groups[g]
+                better = sum(b[i][col] and not a[i][col] for i in sub)
+                worse = sum(a[i][col] and not b[i][col] for i in sub)
+                out.append(Row(suite, col, len(sub), str(sum(a[i][col] for i in sub)),
+                               str(sum(b[i][col] for i in sub)), better, worse, two_sided_binomial_p(better, worse),
+                               extra={"group": g}))
+    return out
+
+
 def _model(results: dict) -> str:
     m = results.get("meta", {}).get("model", "?")
     return ", ".join(f"{k} {v}" for k, v in m.items()) if isinstance(m, dict) else str(m)
 
 
-def compare(paths: list[str]) -> tuple[str, dict]:
-    """Markdown report and JSON of every run after the first compared with the first."""
+def compare(paths: list[str], by: str | None = None) -> tuple[str, dict]:
+    """Markdown report and JSON of every run after the first compared with the first; ``by``: also per value of
+    that row field (``compare_groups``)."""
     if len(paths) < 2:
         raise ConfigError("eval compare needs at least two results folders: BASE OTHER [OTHER ...]")
     results = [load_pooled(p) for p in paths]
@@ -183,4 +207,12 @@ def compare(paths: list[str]) -> tuple[str, dict]:
             lines.append(f"\n{left} items were in only one of the two runs and are left out (different data, "
                          "--limit, --per-kind or --seed?).")
         lines.append("")
+        if by:
+            groups = compare_groups(results[0], res, by)
+            js["others"][-1]["groups"] = {"by": by, "rows": [r.as_dict() for r in groups]}
+            lines += [f"By {by}:", "", f"| suite | measure | {by} | items | base | other | better | worse | p |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {r.suite} | {r.measure} | {r.extra['group']} | {r.items} | {r.base} | {r.other} | "
+                      f"{r.better} | {r.worse} | {r.p:.3f} |" for r in groups]
+            lines.append("")
     return "\n".join(lines), js
