@@ -1,7 +1,8 @@
 """Speaker-perturbed copies of a corpus's spoken questions (`glm4voice data augment`): more voices for the LM.
 
 Why: the LM answers a held-out espeak voice's questions less often than a training voice's (session 28: en-us+m6
-47 %, en-gb-x-rp+f3 30 % of the 1,000 corpus questions, the training voices about 65 %), although the tokenizer
+47 %, en-gb-x-rp+f3 30 % of the 1,000 corpus questions; the training voices 48 % in all, their English espeak
+voices 33-74 %), although the tokenizer
 hears those voices as well as the training ones (phoneme error 0.09 and 0.16, session 12). A new voice gives new
 code sequences for the same words, and the LM has learned the codes of about twenty voices. A copy of a training
 question whose pitch, formants, tempo and spectral slope are moved (sox ``pitch``, ``tempo``, ``bass``/``treble``)
