@@ -88,6 +88,10 @@ def test_copies_are_perturbed_training_questions_with_their_answers(tmp_path):
     # deterministic from the seed, and resumable: a second run makes nothing new and writes the same manifest
     again = augment.build(out, src, rows=None, copies=2, seed=3, progress=False)
     assert again["made_now"] == 0 and corpus.read_jsonl(os.path.join(out, "manifest.jsonl"))[0] == rows
+    twin = str(tmp_path / "twin")  # the same plan elsewhere gives the same audio bytes (sox -R -D)
+    augment.build(twin, src, rows=None, copies=2, seed=3, progress=False)
+    assert all(open(os.path.join(out, r["path"]), "rb").read() == open(os.path.join(twin, r["path"]), "rb").read()
+               for r in copies)
     other = augment.plan(src, rows=None, copies=2, seed=4)
     assert [c["augment"] for _, c in other] != [r["augment"] for r in copies]
 

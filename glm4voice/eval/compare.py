@@ -115,6 +115,14 @@ def _error_text(refs, hyps, langs) -> str:
     return ", ".join(parts) or "–"
 
 
+def _binary_row(suite: str, col: str, a: dict, b: dict, ids: list[str], **kw) -> Row:
+    """Right/wrong counts of ``col`` on ``ids`` (rows by id of the base ``a`` and the other ``b``)."""
+    better = sum(b[i][col] and not a[i][col] for i in ids)
+    worse = sum(a[i][col] and not b[i][col] for i in ids)
+    return Row(suite, col, len(ids), str(sum(a[i][col] for i in ids)), str(sum(b[i][col] for i in ids)), better, worse,
+               two_sided_binomial_p(better, worse), **kw)
+
+
 def compare_pair(base: dict, other: dict) -> list[Row]:
     """Every paired measure the two results share, in suite order."""
     out: list[Row] = []
@@ -128,10 +136,7 @@ def compare_pair(base: dict, other: dict) -> list[Row]:
             ids = [i for i in shared if isinstance(a[i].get(col), bool) and isinstance(b[i].get(col), bool)]
             if not ids:
                 continue
-            better = sum(b[i][col] and not a[i][col] for i in ids)
-            worse = sum(a[i][col] and not b[i][col] for i in ids)
-            out.append(Row(suite, col, len(ids), str(sum(a[i][col] for i in ids)), str(sum(b[i][col] for i in ids)),
-                           better, worse, two_sided_binomial_p(better, worse), left_out))
+            out.append(_binary_row(suite, col, a, b, ids, left_out=left_out))
         for col, ref, hyp in ERRORS.get(suite, ()):
             ids = [i for i in shared if all(isinstance(r.get(k), str) for r in (a[i], b[i]) for k in (ref, hyp))
                    and col in a[i] and col in b[i]]
@@ -164,13 +169,7 @@ def compare_groups(base: dict, other: dict, by: str) -> list[Row]:
             groups: dict[str, list[str]] = {}
             for i in ids:
                 groups.setdefault(str(a[i].get(by, "–")), []).append(i)
-            for g in sorted(groups):
-                sub = groups[g]
-                better = sum(b[i][col] and not a[i][col] for i in sub)
-                worse = sum(a[i][col] and not b[i][col] for i in sub)
-                out.append(Row(suite, col, len(sub), str(sum(a[i][col] for i in sub)),
-                               str(sum(b[i][col] for i in sub)), better, worse, two_sided_binomial_p(better, worse),
-                               extra={"group": g}))
+            out += [_binary_row(suite, col, a, b, groups[g], extra={"group": g}) for g in sorted(groups)]
     return out
 
 

@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -66,19 +65,24 @@ class Ranges:
                        tilt=round(rng.uniform(-self.tilt, self.tilt), 1))
 
 
-def plan(corpus_dir: str | os.PathLike, *, rows: int | None, copies: int = 1, seed: int = 0,
-         ranges: Ranges = Ranges(), roles: tuple[str, ...] = ("question",), split: str = "train",
-         languages: tuple[str, ...] | None = None) -> list[tuple[dict, dict]]:
-    """(source row, copy row) pairs: a seeded sample of ``rows`` of the corpus's ``roles`` rows of ``split`` (all
-    when None), ``copies`` perturbed copies of each."""
+def manifest_rows(corpus_dir: str | os.PathLike) -> list[dict]:
+    """The parsable rows of a corpus's manifest (its audio is not opened)."""
     from glm4voice.train.corpus import MANIFEST, read_jsonl
 
-    if copies < 1 or (rows is not None and rows < 1):
-        raise ConfigError(f"need copies >= 1 and rows >= 1, got copies {copies}, rows {rows}")
     manifest = os.path.join(corpus_dir, MANIFEST)
     if not os.path.isfile(manifest):
         raise ConfigError(f"{corpus_dir}: no {MANIFEST} (not a corpus folder)")
-    src = [r for r in read_jsonl(manifest)[0]
+    return read_jsonl(manifest)[0]
+
+
+def plan(corpus_dir: str | os.PathLike, *, rows: int | None, copies: int = 1, seed: int = 0,
+         ranges: Ranges = Ranges(), roles: tuple[str, ...] = ("question",), split: str = "train",
+         languages: tuple[str, ...] | None = None, manifest: list[dict] | None = None) -> list[tuple[dict, dict]]:
+    """(source row, copy row) pairs: a seeded sample of ``rows`` of the corpus's ``roles`` rows of ``split`` (all
+    when None), ``copies`` perturbed copies of each. ``manifest``: the corpus's rows when already read."""
+    if copies < 1 or (rows is not None and rows < 1):
+        raise ConfigError(f"need copies >= 1 and rows >= 1, got copies {copies}, rows {rows}")
+    src = [r for r in (manifest_rows(corpus_dir) if manifest is None else manifest)
            if r.get("role") in roles and r.get("split") == split and "path" in r and "id" in r
            and (languages is None or r.get("language") in languages)]
     src.sort(key=lambda r: r["id"])
@@ -99,17 +103,19 @@ def plan(corpus_dir: str | os.PathLike, *, rows: int | None, copies: int = 1, se
 
 
 def _perturb_file(src: str, dst: str, p: Perturb) -> str | None:
-    """sox SRC DST (16 kHz, 16-bit mono) with ``p``'s effects; None, or the reason it failed."""
+    """sox SRC DST (16 kHz, 16-bit mono) with ``p``'s effects; None, or the reason it failed. ``-R -D`` (repeatable,
+    no dither), as the TTS engines' sox styling: the same plan gives the same bytes."""
+    from glm4voice.train.tts import TTSFailure, _run
+
     tmp = dst + ".part.flac"
-    cmd = ["sox", "-q", src, "-r", "16000", "-b", "16", "-c", "1", tmp, *p.sox_effects()]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"sox: {e}"
-    if res.returncode != 0 or not os.path.exists(tmp) or os.path.getsize(tmp) == 0:
+        _run(["sox", "-q", "-R", "-D", src, "-r", "16000", "-b", "16", "-c", "1", tmp, *p.sox_effects()])
+        if not os.path.exists(tmp) or os.path.getsize(tmp) == 0:
+            raise TTSFailure("sox wrote no audio")
+    except TTSFailure as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        return f"sox exit {res.returncode}: {res.stderr.strip()[-300:]}"
+        return str(e)
     os.replace(tmp, dst)
     return None
 
@@ -130,7 +136,7 @@ def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, *, rows: in
     """Write the perturbed copies and the carried-over answers into ``out_dir``; returns counts."""
     from tqdm import tqdm
 
-    from glm4voice.train.corpus import ITEMS, MANIFEST, TOKENS_STAMP, read_jsonl
+    from glm4voice.train.corpus import ITEMS, MANIFEST, TOKENS_STAMP
 
     if shutil.which("sox") is None:
         raise ConfigError("sox is not installed (apt-get install -y sox libsox-fmt-all)")
@@ -139,7 +145,9 @@ def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, *, rows: in
     corpus_dir, out_dir = str(corpus_dir), str(out_dir)
     if os.path.abspath(corpus_dir) == os.path.abspath(out_dir):
         raise ConfigError("--out must be a new folder, not the source corpus")
-    pairs = plan(corpus_dir, rows=rows, copies=copies, seed=seed, ranges=ranges, languages=languages)
+    manifest = manifest_rows(corpus_dir)
+    pairs = plan(corpus_dir, rows=rows, copies=copies, seed=seed, ranges=ranges, languages=languages,
+                 manifest=manifest)
     os.makedirs(out_dir, exist_ok=True)
     todo = [(s, c) for s, c in pairs if not os.path.exists(os.path.join(out_dir, c["path"]))]
     for _, c in todo:
@@ -162,8 +170,7 @@ def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, *, rows: in
 
     # the answers of the chosen items, unchanged: audio and codes linked, the token folder's stamp copied
     items = {c["item_id"] for c in made}
-    answers = [r for r in read_jsonl(os.path.join(corpus_dir, MANIFEST))[0]
-               if r.get("role") == "answer" and r.get("item_id") in items and "path" in r]
+    answers = [dict(r) for r in manifest if r.get("role") == "answer" and r.get("item_id") in items and "path" in r]
     src_tokens, out_tokens = os.path.join(corpus_dir, "tokens"), os.path.join(out_dir, "tokens")
     linked = 0
     for r in answers:
