@@ -199,7 +199,7 @@ class Trainer:
         cfg, net = self.cfg, self.ddp or self.model
         self.model.train()
         for g in self.optimizer.param_groups:
-            g["lr"] = lr_at(cfg, self.step)
+            g["lr"] = lr_at(cfg, self.step) * g.get("lr_scale", 1.0)  # a group may train slower (pretrained)
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
@@ -217,7 +217,7 @@ class Trainer:
         self.optimizer.step()
         if self.after_step is not None:
             self.after_step(self.model, self.step)
-        totals["lr"] = self.optimizer.param_groups[0]["lr"]
+        totals["lr"] = lr_at(cfg, self.step)
         return totals
 
     def evaluate(self) -> dict:

@@ -700,6 +700,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-voices", type=int, default=0, metavar="N",
                         help="also score each held-out voice alone on N of its held-out utterances, logged as "
                              "phone_error@VOICE (wer_en@VOICE without a phoneme head); 0: off")
+    parser.add_argument("--init-whisper", nargs="?", const="judge", default=None, metavar="CT2",
+                        help="start the encoder (and the post-VQ layers) from a pretrained Whisper encoder in "
+                             "CTranslate2 format (a folder or model.bin; bare flag: the judge's Whisper base): sizes "
+                             "come from it, --layers picks how many of its layers feed the VQ (train/whisper_init.py)")
+    parser.add_argument("--init-lr-scale", type=float, default=0.1,
+                        help="with --init-whisper: the pretrained layers train at this fraction of --lr")
     add_train_args(parser, lr=1e-3, steps=3000, batch_size=24, warmup=200, eval_every=250, save_every=100)
 
 
@@ -759,6 +765,16 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     spec = TokenizerTrainSpec(**{k: getattr(args, k) for k in TokenizerTrainSpec.__dataclass_fields__
                                  if k != "phones"})
+    whisper_vars = None
+    if args.init_whisper:
+        from glm4voice.train import whisper_init
+
+        whisper_file = whisper_init.resolve_file(args.init_whisper)
+        whisper_vars = whisper_init.read_ct2(whisper_file, "encoder/")
+        sizes = whisper_init.encoder_sizes(whisper_vars)
+        spec = replace(spec, d_model=sizes["d_model"], heads=sizes["heads"], ffn=sizes["ffn"])
+        if spec.layers > sizes["layers"]:
+            raise ConfigError(f"--layers {spec.layers}: {whisper_file} has {sizes['layers']} encoder layers")
     if spec.phone_weight <= 0:  # checked before any audio is loaded (minutes for a large corpus)
         for extra in args.extra_corpus:
             foreign = sorted(manifest_languages(extra) - set(ASR_LANGUAGES))
@@ -785,6 +801,13 @@ def main(args: argparse.Namespace) -> int:
                                                       jobs=args.phone_jobs)))
     torch.manual_seed(cfg.seed)
     model = TokenizerTrainModel(spec)
+    groups = None
+    if whisper_vars is not None:
+        copied = whisper_init.load_into(model, whisper_vars)
+        log.info("encoder from Whisper %s: %d layers before the VQ, %d post-VQ layers, mel axis %d -> %d bins; "
+                 "pretrained layers at %.3g x lr", whisper_file, copied["encoder_layers"], copied["post_layers"],
+                 copied["mel_bins"], model.cfg.num_mel_bins, args.init_lr_scale)
+        groups = whisper_init.param_groups(model, copied, cfg.weight_decay, args.init_lr_scale)
     log.info("tokenizer: %d train / %d held-out utterances, %.1fM parameters", len(train), len(held),
              sum(p.numel() for p in model.parameters()) / 1e6)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
@@ -799,7 +822,7 @@ def main(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, model, batch_fn=Batches(train, cfg.batch_size, cfg.seed, speed=args.speed_perturb,
                                                        spec_masks=args.spec_masks, vtlp=args.vtlp, pitch=args.pitch,
                                                        tilt=args.tilt),
-                      loss_fn=lambda m, b: m(*b), eval_fn=eval_fn)
+                      loss_fn=lambda m, b: m(*b), eval_fn=eval_fn, param_groups=groups)
     trainer.fit(until=args.until)
     if args.export and trainer.step >= min(cfg.steps, args.until or cfg.steps):
         if not trainer.model.quantizing:  # the codebook does not fit the states before the warm-up ends
