@@ -81,6 +81,11 @@ def test_read_ct2_refuses_truncated_foreign_and_inconsistent_files(tmp_path):
     with pytest.raises(CheckpointError, match="no CTranslate2 Whisper model"):
         wi.resolve_file(tmp_path / "nowhere")
     assert wi.resolve_file(tmp_path) == tmp_path / "model.bin"
+    v = _tiny_whisper()
+    v["encoder/layer_0/ffn/linear_0/weight"] = v["encoder/layer_0/ffn/linear_0/weight"].to(torch.int8)
+    v["encoder/layer_0/ffn/linear_0/weight_scale"] = torch.ones(64)
+    with pytest.raises(CheckpointError, match="quantised Whisper weights"):
+        wi.encoder_sizes(wi.read_ct2(_write_ct2(tmp_path / "int8.bin", v), "encoder/"))
     v = {k: t for k, t in _tiny_whisper().items() if "num_heads" not in k}
     with pytest.raises(CheckpointError, match="num_heads"):
         wi.encoder_sizes(wi.read_ct2(_write_ct2(tmp_path / "nohead.bin", v), "encoder/"))

