@@ -27,18 +27,10 @@ import numpy as np
 import torch
 
 
-def edit_distance(a: list[int], b: list[int]) -> int:
-    """Levenshtein distance (unit costs) between two code sequences."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def normalised(a: list[int], b: list[int]) -> float:
+    """Levenshtein distance between two code sequences over the longer length (0 same, 1 nothing shared)."""
+    from glm4voice.train.tokenizer_trainer import edit_distance
+
     return edit_distance(a, b) / max(len(a), len(b), 1)
 
 

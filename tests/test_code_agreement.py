@@ -10,12 +10,14 @@ from test_train_lm import load_script
 
 
 def test_edit_distance_and_normalisation():
+    from glm4voice.train.tokenizer_trainer import edit_distance
+
     ca = load_script("code_agreement")
-    assert ca.edit_distance([1, 2, 3], [1, 2, 3]) == 0
-    assert ca.edit_distance([1, 2, 3], [1, 3]) == 1
-    assert ca.edit_distance([], [4, 5]) == 2
-    assert ca.edit_distance([1, 2, 3, 4], [9, 2, 3]) == 2  # one substitution, one deletion
-    assert ca.edit_distance([1, 2], [2, 1]) == 2  # a swap is two edits (no transpositions)
+    assert edit_distance([1, 2, 3], [1, 2, 3]) == 0
+    assert edit_distance([1, 2, 3], [1, 3]) == 1
+    assert edit_distance([], [4, 5]) == 2
+    assert edit_distance([1, 2, 3, 4], [9, 2, 3]) == 2  # one substitution, one deletion
+    assert edit_distance([1, 2], [2, 1]) == 2  # a swap is two edits (no transpositions)
     assert ca.normalised([1, 2], [3, 4, 5, 6]) == 1.0 and ca.normalised([], []) == 0.0
 
 

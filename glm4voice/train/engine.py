@@ -90,11 +90,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def decay_groups(params: list[nn.Parameter], weight_decay: float, **extra) -> list[dict]:
+    """AdamW groups of ``params``: matrices decay, vectors (norms, biases) do not; ``extra`` keys go in both (e.g.
+    ``lr_scale``, which ``Trainer`` multiplies into the scheduled learning rate)."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra}]
+
+
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: matrices decay, vectors (norms, biases) and frozen parameters do not / are left out."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    """AdamW groups: matrices decay, vectors (norms, biases) do not; frozen parameters are left out."""
+    return decay_groups([p for p in model.parameters() if p.requires_grad], weight_decay)
 
 
 def cpu_lacks_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

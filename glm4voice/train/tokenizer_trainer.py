@@ -533,18 +533,20 @@ def error_rates(refs: list[str], hyps: list[str], languages: list[str]) -> dict:
     return out
 
 
+def edit_distance(ref: list[int], hyp: list[int]) -> int:
+    """Levenshtein distance (unit costs, no transpositions) between two label sequences."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
 def sequence_error_rate(refs: list[list[int]], hyps: list[list[int]]) -> float:
     """Edit distance over label sequences, summed, divided by the total reference length (phoneme error rate)."""
-    errors = total = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        row = list(range(len(hyp) + 1))
-        for i, r in enumerate(ref, 1):
-            prev, row[0] = row[0], i
-            for j, h in enumerate(hyp, 1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-        errors += row[-1]
-        total += len(ref)
-    return errors / max(1, total)
+    pairs = list(zip(refs, hyps, strict=True))
+    return sum(edit_distance(r, h) for r, h in pairs) / max(1, sum(len(r) for r, _ in pairs))
 
 
 def make_eval(utts: list[Utterance], batch_size: int = 16, features=None):

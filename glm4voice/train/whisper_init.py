@@ -216,12 +216,11 @@ def load_into(model, variables: dict[str, Tensor]) -> dict:
 
 
 def param_groups(model, copied: dict, weight_decay: float, lr_scale: float) -> list[dict]:
-    """AdamW groups (``engine.default_param_groups`` rules) with the pretrained parameters at ``lr_scale`` x lr."""
+    """AdamW groups (``engine.decay_groups``) with the pretrained parameters at ``lr_scale`` x lr."""
+    from glm4voice.train.engine import decay_groups
+
     pretrained = set(copied["pretrained"])
-    groups = []
-    for scale, wanted in ((lr_scale, True), (1.0, False)):
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (n in pretrained) == wanted]
-        groups += [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": weight_decay,
-                    "lr_scale": scale},
-                   {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = decay_groups([p for n, p in trained if n in pretrained], weight_decay, lr_scale=lr_scale) + \
+        decay_groups([p for n, p in trained if n not in pretrained], weight_decay, lr_scale=1.0)
     return [g for g in groups if g["params"]]
