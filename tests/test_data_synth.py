@@ -160,6 +160,25 @@ def test_bad_rows_are_reported_and_tokens_cached(full_corpus, tmp_path):
     again = cache_tokens(out, encode, progress=False)
     assert again.get("encoded", 0) == 0 and again["cached_before"] == len(rows) - 2
 
+    # batched longest first (less padding), the same codes as in manifest order
+    seen = []
+
+    def encode_logged(wavs):
+        seen.append([len(w) for w in wavs])
+        return encode(wavs)
+
+    manifest_lengths = [len(corpus.load_wav(out, r)) for r in check.rows]
+    assert manifest_lengths != sorted(manifest_lengths, reverse=True)  # so the order checks below can fail
+    for name, by_length in (("tokens_len", True), ("tokens_man", False)):
+        seen.clear()
+        cache_tokens(out, encode_logged, batch_size=2, tokens_dir=str(tmp_path / name), by_length=by_length,
+                     progress=False)
+        flat = [n for b in seen for n in b]
+        assert flat == (sorted(manifest_lengths, reverse=True) if by_length else manifest_lengths)
+    for r in check.rows:
+        a_, b_ = (np.load(os.path.join(tmp_path, n, r["id"] + ".npy")) for n in ("tokens_len", "tokens_man"))
+        assert list(a_) == list(b_)
+
     # another folder, a seeded sample, stamped with its tokenizer; another tokenizer's codes are refused there
     other = str(tmp_path / "tokens_b")
     a, b = {"tokenizer": "a", "sha256": "1" * 64}, {"tokenizer": "b", "sha256": "2" * 64}

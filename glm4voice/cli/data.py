@@ -113,6 +113,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="encode a seeded sample of this many rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="re-encode rows already cached")
+    p.add_argument("--manifest-order", action="store_true",
+                   help="encode in manifest order (default: longest first, batches of similar length pad less)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,7 +207,7 @@ def _tokens(args: argparse.Namespace) -> int:
 
     try:
         counts = cache_tokens(args.corpus, encode, batch_size=args.batch_size, tokens_dir=args.out,
-                              limit=args.limit, seed=args.seed, overwrite=args.overwrite,
+                              limit=args.limit, seed=args.seed, overwrite=args.overwrite, by_length=not args.manifest_order,
                               source=tokenizer_fingerprint(folder))
     except ValueError as e:
         raise SystemExit(f"glm4voice data tokens: error: {e}") from None
