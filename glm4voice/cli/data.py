@@ -207,8 +207,8 @@ def _tokens(args: argparse.Namespace) -> int:
 
     try:
         counts = cache_tokens(args.corpus, encode, batch_size=args.batch_size, tokens_dir=args.out,
-                              limit=args.limit, seed=args.seed, overwrite=args.overwrite, by_length=not args.manifest_order,
-                              source=tokenizer_fingerprint(folder))
+                              limit=args.limit, seed=args.seed, overwrite=args.overwrite,
+                              by_length=not args.manifest_order, source=tokenizer_fingerprint(folder))
     except ValueError as e:
         raise SystemExit(f"glm4voice data tokens: error: {e}") from None
     print(json.dumps(counts))
