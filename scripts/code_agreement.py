@@ -45,9 +45,21 @@ def pick_groups(rows: list[dict], texts: int, seed: int) -> list[list[dict]]:
     return groups[:texts]
 
 
+def unrelated_pairs(rows: list[dict], n: int, seed: int) -> list[tuple[dict, dict]]:
+    """``n`` pairs of different sentences spoken by one voice (the "unrelated" floor), drawn once (seeded) so that
+    every tokenizer is scored on the same pairs."""
+    by_voice: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_voice[r["voice"]].append(r)
+    voices = [v for v, rs in by_voice.items() if len(rs) >= 2]
+    rng = random.Random(seed)
+    return [tuple(rng.sample(by_voice[rng.choice(voices)], 2)) for _ in range(n)] if voices else []
+
+
 def main(argv: list[str] | None = None) -> int:
     from glm4voice.audio import load_audio
     from glm4voice.tokenizer.speech_tokenizer import SpeechTokenizer
+    from glm4voice.train.corpus import read_jsonl
     from glm4voice.train.voices import HELDOUT_VOICE_NAMES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     corpus = Path(args.corpus)
-    rows = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    manifest = corpus / "manifest.jsonl"
+    if not manifest.is_file():
+        raise SystemExit(f"code_agreement: {manifest}: no such file")
+    rows, _ = read_jsonl(str(manifest))
     groups = pick_groups(rows, args.texts, args.seed)
     flat = [r for g in groups for r in g]
     wavs = [load_audio(corpus / r["path"]) for r in flat]
-    rng = random.Random(args.seed + 1)
+    floor_pairs = unrelated_pairs(flat, len(groups), args.seed + 1)  # the same pairs for every tokenizer
     summary = {}
     for folder in args.tokenizer:
         tok = SpeechTokenizer.from_pretrained(folder)
@@ -81,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     stats["same text, two voices"].append(d)
                     for v in (a["voice"], b["voice"]):
                         by_voice[v].append(d)
-        # the "unrelated" floor: two different sentences of one voice, as many pairs as there are groups
-        by_voice_rows: dict[str, list[dict]] = defaultdict(list)
-        for r in flat:
-            by_voice_rows[r["voice"]].append(r)
-        for _ in range(len(groups)):
-            v = rng.choice([v for v, rs in by_voice_rows.items() if len(rs) >= 2])
-            a, b = rng.sample(by_voice_rows[v], 2)
+        for a, b in floor_pairs:
             stats["two texts, one voice"].append(normalised(codes[a["id"]], codes[b["id"]]))
         means = {k: float(np.mean(v)) for k, v in stats.items()}
         means["ratio"] = means["same text, two voices"] / means["two texts, one voice"]

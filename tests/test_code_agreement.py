@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -31,6 +32,17 @@ def test_groups_need_two_voices_and_keep_one_rendition_each():
     assert ca.pick_groups(rows, 1, 0)[0] in groups
 
 
+def test_unrelated_pairs_are_one_voice_two_texts_and_seeded():
+    ca = load_script("code_agreement")
+    rows = [{"id": f"r{i}", "text": t, "voice": v} for i, (t, v) in enumerate(
+        [("a", "x"), ("b", "x"), ("c", "x"), ("a", "y"), ("d", "z"), ("e", "z")])]
+    pairs = ca.unrelated_pairs(rows, 20, 3)
+    assert len(pairs) == 20 and pairs == ca.unrelated_pairs(rows, 20, 3)
+    assert all(a["voice"] == b["voice"] and a["id"] != b["id"] for a, b in pairs)
+    assert {a["voice"] for a, _ in pairs} == {"x", "z"}  # y has one rendition only
+    assert ca.unrelated_pairs(rows[3:4], 5, 0) == []
+
+
 def test_main_scores_a_tokenizer_against_itself_the_same(tmp_path, capsys):
     ca = load_script("code_agreement")
     corpus = tmp_path / "c"
@@ -44,10 +56,7 @@ def test_main_scores_a_tokenizer_against_itself_the_same(tmp_path, capsys):
         rows.append({"id": f"q{i}", "role": "question", "language": "en", "text": text, "voice": voice,
                      "path": path, "split": "heldout"})
     (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tok = "glm4voice/assets/embedded/tokenizer"
-    from pathlib import Path
-
-    tok = str(Path(__file__).resolve().parents[1] / tok)
+    tok = str(Path(__file__).resolve().parents[1] / "glm4voice/assets/embedded/tokenizer")
     out = tmp_path / "summary.json"
     assert ca.main(["--corpus", str(corpus), "--tokenizer", tok, tok, "--texts", "5", "--out", str(out)]) == 0
     summary = json.loads(out.read_text())

@@ -626,7 +626,7 @@ def cache_tokens(corpus_dir: str, encode: Encoder, *, batch_size: int = 32, prog
         rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
     todo = [r for r in rows if overwrite or not os.path.exists(token_path(corpus_dir, r["id"], tokens_dir=tokens_dir))]
     if by_length:
-        todo.sort(key=lambda r: -float(r.get("duration") or 0.0))
+        todo.sort(key=lambda r: -float(r["duration"]))  # load_manifest checked every row has one
     counts = Counter(cached_before=len(rows) - len(todo), bad_rows=len(check.problems))
     for i in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="tokens", unit="batch"):
         batch = todo[i:i + batch_size]
