@@ -1,12 +1,15 @@
 """Where is the answers' intelligibility lost? The judge on one set of corpus answers four ways (a diagnostic).
 
     python3 scripts/decoder_ceiling.py --corpus data/corpus_v6 [--decoder embedded DIR ...] [--n 40] [--flow-steps 4]
-        [--decoders-only] [--flow-temperature 1 0.8 ...]
+        [--decoders-only] [--flow-temperature 1 0.8 ...] [--tokens NAME] [--encode-with cached|TOKENIZER ...]
 
 For ``--n`` English answers of the corpus's held-out split (the answer voice; same rows for every decoder):
 1. the corpus's own TTS audio (the judge's floor on these texts: names like "Bishkek"),
 2. HiFT on the mel of that audio (copy synthesis: the vocoder alone),
-3. each ``--decoder`` on the answer's reference speech codes (flow + vocoder: what the best possible LM would get),
+3. each ``--decoder`` on the answer's reference speech codes (flow + vocoder: what the best possible LM would get):
+   the corpus's cached codes (``--tokens``, which also picks the rows: those with codes), or, per decoder
+   (``--encode-with``, one entry per decoder), the answer's 16 kHz audio encoded by that decoder's tokenizer (a
+   decoder carried onto another tokenizer's codes is judged on the same rows as the one it came from),
 and prints the judge's word error rate of each against the answer text. An LM's judged intelligibility
 (``glm4voice eval spoken_qa``) cannot beat line 3 of the decoder it speaks through.
 
@@ -48,13 +51,20 @@ def main() -> None:
                    help="scale(s) of the flow's initial noise; each decoder is judged at each (default: its config)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--judge", default="auto")
+    p.add_argument("--tokens", default="tokens", help="the corpus's cached-codes subfolder (picks the rows too)")
+    p.add_argument("--encode-with", nargs="+", default=None,
+                   help="per --decoder: 'cached' (the --tokens codes) or a tokenizer folder that encodes the "
+                        "answer audio for that decoder")
     p.add_argument("--decoders-only", action="store_true",
                    help="skip lines 1-2 (TTS audio, copy synthesis): decoders only (5 min less at --n 120)")
     args = p.parse_args()
+    encode_with = args.encode_with or ["cached"] * len(args.decoder)
+    if len(encode_with) != len(args.decoder):
+        raise SystemExit(f"--encode-with has {len(encode_with)} entries for {len(args.decoder)} decoders")
     if args.threads:
         torch.set_num_threads(args.threads)
     corpus = Path(args.corpus)
-    held = ls.load_lm_data(str(corpus), split="heldout")
+    held = ls.load_lm_data(str(corpus), split="heldout", tokens=args.tokens)
     english = [d for d in held.dialogues if d.answer.language == "en"]
     rows = random.Random(args.seed).sample(english, min(args.n, len(english)))
     paths = {}
@@ -87,15 +97,22 @@ def main() -> None:
                 speech, _ = first.vocode(decoder_mel(torch.from_numpy(w))[None], new_generator())
                 hyps.append(judge.transcribe(speech[0].numpy(), first.sample_rate, "en").text)
         report(f"HiFT copy synthesis ({args.decoder[0]})", hyps, t0)
-    for spec in args.decoder:
+    for spec, source in zip(args.decoder, encode_with, strict=True):
         dec = SpeechDecoder.from_pretrained(resolve(spec, "decoder", allow_download=False),
                                             flow_steps=args.flow_steps)
+        if source == "cached":
+            codes = [d.answer.codes.tolist() for d in rows]
+        else:
+            from glm4voice.tokenizer import SpeechTokenizer
+
+            tok = SpeechTokenizer.from_pretrained(resolve(source, "tokenizer", allow_download=False))
+            codes = tok.encode([str(corpus / paths[d.answer.id]) for d in rows])
+            spec = f"{spec}, codes of {source}"
         for temperature in args.flow_temperature:
             if temperature is not None:
                 dec.set_flow_temperature(temperature)
             t0 = time.perf_counter()
-            hyps = [judge.transcribe(dec.decode(d.answer.codes.tolist()).numpy(), dec.sample_rate, "en").text
-                    for d in rows]
+            hyps = [judge.transcribe(dec.decode(c).numpy(), dec.sample_rate, "en").text for c in codes]
             report(f"flow + HiFT on the reference codes ({spec}, temperature {dec.cfg.flow.cfm.temperature:g})",
                    hyps, t0)
 
