@@ -12,6 +12,9 @@
 A component whose source is not given is kept as it is (e.g. only ``--lm-run`` to ship a new LM).
 ``--flow-steps N`` sets the decoder flow's Euler steps in its config.yaml (the official 10; v8 ships 4),
 ``--flow-temperature T`` the scale of its initial noise (the official 1).
+``--int8 tokenizer,lm,flow`` stores those weight files as int8 with a float16 scale per 64 values
+(``glm4voice/int8_weights.py``; every loader unpacks them): about half their bfloat16 size, so a larger tokenizer
+fits the size aim. The VQ codebook and HiFT stay as they are. Packing is idempotent: a packed file is left alone.
 Writes ``MANIFEST.json`` with the provenance (run folders, steps reached) and the file sizes.
 """
 
@@ -152,6 +155,43 @@ def set_flow_sampler(folder: Path, steps: int | None = None, temperature: float 
     return done
 
 
+# --int8 part -> (files under the embedded folder, keys kept as they are)
+INT8_PARTS = {
+    "tokenizer": (("tokenizer/model.safetensors", ("codebook.weight",)), ("tokenizer/asr_branch.safetensors", ())),
+    "lm": (("lm/model.safetensors", ()),),
+    "flow": (("decoder/flow.safetensors", ()),),
+}
+
+
+def pack_int8(out: Path, parts: list[str]) -> None:
+    """Store the weight files of ``parts`` as group-wise int8 in place (files already packed are left alone)."""
+    from safetensors.torch import load_file
+
+    from glm4voice.int8_weights import is_packed, pack
+
+    for part in parts:
+        for rel, keep_keys in INT8_PARTS[part]:
+            path = out / rel
+            if not path.is_file():
+                continue  # e.g. a tokenizer without an ASR branch
+            sd = load_file(str(path))
+            if not is_packed(sd):
+                _save_unless_same(pack(sd, keep=keep_keys), path)
+
+
+def packed_files(out: Path) -> list[str]:
+    from safetensors import safe_open
+
+    from glm4voice.int8_weights import is_packed
+
+    found = []
+    for path in sorted(out.rglob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            if is_packed(f.keys()):
+                found.append(str(path.relative_to(out)))
+    return found
+
+
 def keep(out: Path, name: str) -> dict:
     """A component that is not rebuilt: it must be in ``out`` already; its provenance is carried over."""
     if not (out / name).is_dir():
@@ -177,10 +217,15 @@ def main() -> int:
                    help="Euler steps of the decoder's flow (official: 10; omit: keep the decoder's setting)")
     p.add_argument("--flow-temperature", type=float, default=None,
                    help="scale of the flow's initial noise (official: 1; omit: keep the decoder's setting)")
+    p.add_argument("--int8", default="",
+                   help=f"comma-separated parts stored as group-wise int8: {', '.join(INT8_PARTS)} (omit: none)")
     p.add_argument("--out", type=Path, default=Path("glm4voice/assets/embedded"))
     a = p.parse_args()
     if a.lm_run and a.lm_export:
         raise SystemExit("give --lm-run or --lm-export, not both")
+    int8 = [x for x in a.int8.split(",") if x]
+    if set(int8) - set(INT8_PARTS):
+        raise SystemExit(f"--int8 {a.int8}: parts are {', '.join(INT8_PARTS)}")
     manifest = {
         "tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer") if a.tokenizer else keep(a.out, "tokenizer"),
         "lm": (build_lm(a.lm_run, a.out / "lm") if a.lm_run else
@@ -191,6 +236,8 @@ def main() -> int:
         manifest["decoder"]["note"] = a.decoder_note
     if a.flow_steps is not None or a.flow_temperature is not None:
         manifest["decoder"].update(set_flow_sampler(a.out / "decoder", a.flow_steps, a.flow_temperature))
+    pack_int8(a.out, int8)
+    manifest["int8"] = packed_files(a.out)  # also those a kept component already had
     manifest["files"] = {str(f.relative_to(a.out)): f.stat().st_size for f in sorted(a.out.rglob("*")) if f.is_file()
                          and f.name != "MANIFEST.json"}
     manifest["total_bytes"] = sum(manifest["files"].values())

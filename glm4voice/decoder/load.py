@@ -20,6 +20,7 @@ from torch import nn
 
 from glm4voice.decoder.config import DecoderConfig
 from glm4voice.errors import CheckpointError
+from glm4voice.int8_weights import unpack
 
 COMPONENTS = ("flow", "hift")
 
@@ -52,7 +53,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                   f"{type(e).__name__}: {e})") from e
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise CheckpointError(f"{path}: expected a flat mapping of names to tensors (a state dict)")
-    return dict(sd)
+    return unpack(dict(sd), name=str(path))  # the embedded model's int8 storage (glm4voice/int8_weights.py)
 
 
 def fold_weight_norm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

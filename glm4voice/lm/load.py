@@ -115,8 +115,16 @@ def iter_checkpoint(folder: str | os.PathLike, cfg: GLMConfig) -> Iterator[tuple
     """Yield (our parameter name, tensor as stored) after checking the key set and every shape against ``cfg``."""
     from safetensors import safe_open
 
+    from glm4voice.int8_weights import SCALE_SUFFIX, unpack_tensor
+
     folder = Path(folder)
     files = _weight_files(folder)
+    # the embedded model's int8 storage (glm4voice/int8_weights.py): KEY as int8 + KEY.int8_scale
+    scales = {k[:-len(SCALE_SUFFIX)]: k for k in files if k.endswith(SCALE_SUFFIX)}
+    files = {k: v for k, v in files.items() if not k.endswith(SCALE_SUFFIX)}
+    orphans = sorted(scales[k] for k in scales if k not in files)
+    if orphans:
+        raise CheckpointError(f"LM checkpoint {folder}: scale(s) without their tensor: {', '.join(orphans[:8])}")
     want = official_shapes(cfg)
     missing = sorted(k for k in want if k not in files and k != INV_FREQ_KEY)
     unexpected = sorted(k for k in files if k not in want)
@@ -137,8 +145,16 @@ def iter_checkpoint(folder: str | os.PathLike, cfg: GLMConfig) -> Iterator[tuple
                 if shape != want[key]:
                     raise CheckpointError(f"{path.name}: {key} has shape {list(shape)}, the config needs "
                                           f"{list(want[key])}")
-                if key != INV_FREQ_KEY:
-                    yield to_ours(key), f.get_tensor(key)
+                if key == INV_FREQ_KEY:
+                    continue
+                tensor = f.get_tensor(key)
+                if key in scales:
+                    if scales[key] not in present:
+                        raise CheckpointError(f"{path.name}: {key} is int8, its scale {scales[key]} is in another file")
+                    tensor = unpack_tensor(tensor, f.get_tensor(scales[key]), key=f"{path.name}: {key}")
+                elif tensor.dtype == torch.int8:
+                    raise CheckpointError(f"{path.name}: int8 tensor {key} has no scale ({key}{SCALE_SUFFIX})")
+                yield to_ours(key), tensor
 
 
 def load_lm(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from glm4voice.errors import CheckpointError, ConfigError
+from glm4voice.int8_weights import unpack
 from glm4voice.tokenizer.config import TokenizerConfig
 from glm4voice.tokenizer.model import WhisperVQEncoder
 
@@ -63,9 +64,10 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             if others else ""
         raise CheckpointError(f"tokenizer weights {path} not found{hint}")
     try:
-        return load_file(str(path))
+        sd = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for a corrupt header
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
+    return unpack(sd, name=str(path))  # the embedded model's int8 storage (glm4voice/int8_weights.py)
 
 
 def check_state_dict(sd: dict[str, torch.Tensor], cfg: TokenizerConfig, name: str = "tokenizer") -> None:

@@ -117,8 +117,9 @@ def _remap_file(path: Path, names: tuple[str, ...], offset: int, cond: torch.Ten
     from safetensors.torch import load_file, save_file
 
     from glm4voice.errors import CheckpointError
+    from glm4voice.int8_weights import unpack
 
-    tensors = load_file(str(path))
+    tensors = unpack(load_file(str(path)), name=str(path))  # an int8-stored embedded model is written unpacked
     missing = [n for n in names if n not in tensors]
     if missing:
         raise CheckpointError(f"{path}: no tensor {missing[0]!r} (is this the right kind of model folder?)")

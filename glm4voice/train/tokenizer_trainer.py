@@ -637,6 +637,7 @@ def load_for_asr(folder: str | Path, *, device: str = "cpu") -> TokenizerTrainMo
     from safetensors.torch import load_file
 
     from glm4voice.errors import CheckpointError
+    from glm4voice.int8_weights import unpack
     from glm4voice.tokenizer.load import load_encoder
 
     folder = Path(folder)
@@ -655,7 +656,8 @@ def load_for_asr(folder: str | Path, *, device: str = "cpu") -> TokenizerTrainMo
         for key in ("ema_count", "ema_weight"):
             if key in f.keys():
                 getattr(model.vq, key).copy_(f.get_tensor(key))
-    missing, unexpected = model.load_state_dict(load_file(str(folder / ASR_BRANCH_WEIGHTS)), strict=False)
+    branch = unpack(load_file(str(folder / ASR_BRANCH_WEIGHTS)), name=str(folder / ASR_BRANCH_WEIGHTS))
+    missing, unexpected = model.load_state_dict(branch, strict=False)
     bad = [k for k in missing if k.split(".")[0] in ("post", "post_ln", "asr")] + list(unexpected)
     if bad:
         raise CheckpointError(f"{folder / ASR_BRANCH_WEIGHTS}: key mismatch {bad[:8]}")
