@@ -45,11 +45,12 @@ def _save_unless_same(sd: dict[str, torch.Tensor], path: Path) -> None:
 def build_tokenizer(src: Path, out: Path) -> dict:
     from safetensors.torch import load_file
 
+    from glm4voice.int8_weights import unpack
     from glm4voice.tokenizer.load import CONFIG_FILE, TRAINING_ONLY_KEYS, WEIGHTS_FILE
 
     out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / WEIGHTS_FILE)).items()
-          if k not in TRAINING_ONLY_KEYS}
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in unpack(load_file(str(src / WEIGHTS_FILE))).items()
+          if k not in TRAINING_ONLY_KEYS}  # a source already stored as int8 (e.g. a shipped model) is unpacked
     _save_unless_same(sd, out / WEIGHTS_FILE)
     cfg = json.loads((src / CONFIG_FILE).read_text())
     cfg["torch_dtype"] = "bfloat16"
@@ -60,7 +61,8 @@ def build_tokenizer(src: Path, out: Path) -> dict:
 
     has_branch = (src / ASR_BRANCH_WEIGHTS).is_file()
     if has_branch:
-        branch = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / ASR_BRANCH_WEIGHTS)).items()}
+        branch = {k: v.to(torch.bfloat16).contiguous()
+                  for k, v in unpack(load_file(str(src / ASR_BRANCH_WEIGHTS))).items()}
         _save_unless_same(branch, out / ASR_BRANCH_WEIGHTS)
         if src.resolve() != out.resolve():
             shutil.copyfile(src / ASR_BRANCH_CONFIG, out / ASR_BRANCH_CONFIG)

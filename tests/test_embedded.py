@@ -80,11 +80,14 @@ def test_build_script_leaves_an_unchanged_tokenizer_file_alone(tmp_path):
     import pytest
     from safetensors.torch import load_file, save_file
 
-    out = tmp_path / "embedded"
-    shutil.copytree(EMBEDDED, out)
+    from tests.test_int8_weights import plain_copy
+
+    out = plain_copy(tmp_path / "embedded")  # bf16/fp32 files, as a trainer's export (the shipped ones are int8)
     src = tmp_path / "tok_export"
-    shutil.copytree(EMBEDDED / "tokenizer", src)
+    shutil.copytree(out / "tokenizer", src)
     weights = out / "tokenizer" / "model.safetensors"
+    with pytest.raises(SystemExit):
+        _build_script(["--out", str(out), "--tokenizer", str(src)])  # now bf16 in out
     stamp = weights.stat().st_mtime_ns
     sd = load_file(str(src / "model.safetensors"))
     save_file(dict(reversed(list(sd.items()))), str(src / "model.safetensors"), metadata={"note": "re-saved"})
