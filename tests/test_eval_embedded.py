@@ -16,7 +16,7 @@ N_ITEMS = 6
 S2T_FLOOR = 11
 
 
-@pytest.mark.slow  # the issue-7 quality target; the shipped model (v12) does not reach it yet (docs/model_card.md)
+@pytest.mark.slow  # the issue-7 quality target; the shipped model (v13) does not reach it yet (docs/model_card.md)
 def test_embedded_model_answers_heldout_spoken_questions(tmp_path):
     pytest.importorskip("faster_whisper", reason="run scripts/install_eval_deps.sh")
     from glm4voice.eval.context import Context
