@@ -88,8 +88,3 @@ def unpack(sd: dict[str, Tensor], *, name: str = "weights") -> dict[str, Tensor]
             raise CheckpointError(f"{name}: int8 tensor {key} has no scale ({key}{SCALE_SUFFIX})")
         out[key] = w if scale is None else unpack_tensor(w, scale, key=f"{name}: {key}")
     return out
-
-
-def packed_bytes(sd: dict[str, Tensor]) -> int:
-    """Bytes of the tensors as stored (for size reports)."""
-    return sum(t.numel() * t.element_size() for t in sd.values())
