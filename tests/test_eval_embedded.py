@@ -11,8 +11,9 @@ pytestmark = pytest.mark.skipif(not all(embedded_dir(c).is_dir() for c in COMPON
 KINDS = ("arithmetic", "capital", "greeting")  # exact-answer English kinds: the judge is reliable there
 N_ITEMS = 6
 # Floor for the default run: the shipped model's S->T score on the whole built-in held-out set (32 items) may not
-# fall below this. v14 answers 15 of 32 (v13: 14; v12: 9; v6-v11: 6; docs/model_card.md); greedy decoding is deterministic on one
-# machine, and the margin absorbs numeric differences between machines. Raise it when a better model ships.
+# fall below this. v14 answers 15 of 32 (v13: 14; v12: 9; v6-v11: 6; docs/model_card.md); greedy decoding is
+# deterministic on one machine, and the margin absorbs numeric differences between machines. Raise it when a better
+# model ships.
 S2T_FLOOR = 12
 
 
