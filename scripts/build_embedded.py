@@ -30,11 +30,16 @@ from pathlib import Path
 import torch
 
 
-def _save_unless_same(sd: dict[str, torch.Tensor], path: Path) -> None:
+def _save_unless_same(sd: dict[str, torch.Tensor], path: Path, int8_keep: tuple[str, ...] | None = None) -> None:
     """Write ``sd`` as safetensors unless ``path`` already holds exactly these tensors (names, dtypes, values):
-    an unchanged component then keeps its bytes in git."""
+    an unchanged component then keeps its bytes in git. With ``int8_keep`` (the keys kept as they are) ``sd`` is
+    stored packed as int8, and compared in that form."""
     from safetensors.torch import load_file, save_file
 
+    if int8_keep is not None:
+        from glm4voice.int8_weights import pack
+
+        sd = pack(sd, keep=int8_keep)
     if path.is_file():
         old = load_file(str(path))
         if old.keys() == sd.keys() and all(old[k].dtype == v.dtype and torch.equal(old[k], v) for k, v in sd.items()):
@@ -42,16 +47,24 @@ def _save_unless_same(sd: dict[str, torch.Tensor], path: Path) -> None:
     save_file(sd, str(path), metadata={"format": "pt", "producer": "glm4voice"})
 
 
-def build_tokenizer(src: Path, out: Path) -> dict:
+def _load_bf16(path: Path, drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """A weight file's tensors in bfloat16, less ``drop``; a file already stored as int8 (e.g. a shipped model's) is
+    unpacked first."""
     from safetensors.torch import load_file
 
     from glm4voice.int8_weights import unpack
+
+    return {k: v.to(torch.bfloat16).contiguous() for k, v in unpack(load_file(str(path))).items() if k not in drop}
+
+
+def build_tokenizer(src: Path, out: Path, int8: bool = False) -> dict:
+    """``int8``: store the weight files packed (``INT8_PARTS["tokenizer"]``), so that a file whose packed tensors
+    are unchanged is left alone."""
     from glm4voice.tokenizer.load import CONFIG_FILE, TRAINING_ONLY_KEYS, WEIGHTS_FILE
 
+    keep = {Path(rel).name: k for rel, k in INT8_PARTS["tokenizer"]} if int8 else {}
     out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in unpack(load_file(str(src / WEIGHTS_FILE))).items()
-          if k not in TRAINING_ONLY_KEYS}  # a source already stored as int8 (e.g. a shipped model) is unpacked
-    _save_unless_same(sd, out / WEIGHTS_FILE)
+    _save_unless_same(_load_bf16(src / WEIGHTS_FILE, TRAINING_ONLY_KEYS), out / WEIGHTS_FILE, keep.get(WEIGHTS_FILE))
     cfg = json.loads((src / CONFIG_FILE).read_text())
     cfg["torch_dtype"] = "bfloat16"
     (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -61,9 +74,8 @@ def build_tokenizer(src: Path, out: Path) -> dict:
 
     has_branch = (src / ASR_BRANCH_WEIGHTS).is_file()
     if has_branch:
-        branch = {k: v.to(torch.bfloat16).contiguous()
-                  for k, v in unpack(load_file(str(src / ASR_BRANCH_WEIGHTS))).items()}
-        _save_unless_same(branch, out / ASR_BRANCH_WEIGHTS)
+        _save_unless_same(_load_bf16(src / ASR_BRANCH_WEIGHTS), out / ASR_BRANCH_WEIGHTS,
+                          keep.get(ASR_BRANCH_WEIGHTS))
         if src.resolve() != out.resolve():
             shutil.copyfile(src / ASR_BRANCH_CONFIG, out / ASR_BRANCH_CONFIG)
     # a word-piece branch's vocabulary (22 KB), which `train tokenizer-adapt` reads to make its targets; a stale one
@@ -229,7 +241,8 @@ def main() -> int:
     if set(int8) - set(INT8_PARTS):
         raise SystemExit(f"--int8 {a.int8}: parts are {', '.join(INT8_PARTS)}")
     manifest = {
-        "tokenizer": build_tokenizer(a.tokenizer, a.out / "tokenizer") if a.tokenizer else keep(a.out, "tokenizer"),
+        "tokenizer": (build_tokenizer(a.tokenizer, a.out / "tokenizer", int8="tokenizer" in int8) if a.tokenizer
+                      else keep(a.out, "tokenizer")),
         "lm": (build_lm(a.lm_run, a.out / "lm") if a.lm_run else
                copy_lm_export(a.lm_export, a.out / "lm", a.lm_note) if a.lm_export else keep(a.out, "lm")),
         "decoder": (build_decoder(a.decoder_run, a.out / "decoder", a.decoder_init) if a.decoder_run

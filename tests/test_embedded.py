@@ -102,6 +102,35 @@ def test_build_script_leaves_an_unchanged_tokenizer_file_alone(tmp_path):
     assert torch.equal(load_file(str(weights))[name], sd[name].to(torch.bfloat16))
 
 
+def test_int8_rebuild_of_an_unchanged_tokenizer_leaves_its_packed_files_alone(tmp_path):
+    """Shipping a new ASR branch (``--tokenizer EXPORT --int8 tokenizer``) must not rewrite the encoder's packed file
+    when its tensors are the same: it is compared packed, not as the bf16 it was before packing."""
+    import shutil
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from glm4voice.int8_weights import is_packed
+    from tests.test_int8_weights import plain_copy
+
+    out = plain_copy(tmp_path / "embedded")
+    src = tmp_path / "tok_export"
+    shutil.copytree(out / "tokenizer", src)
+    with pytest.raises(SystemExit):
+        _build_script(["--out", str(out), "--tokenizer", str(src), "--int8", "tokenizer"])
+    weights, branch = out / "tokenizer" / "model.safetensors", out / "tokenizer" / "asr_branch.safetensors"
+    assert is_packed(load_file(str(weights))) and is_packed(load_file(str(branch)))
+    stamps = [f.stat().st_mtime_ns for f in (weights, branch)]
+    sd = load_file(str(src / "asr_branch.safetensors"))
+    name = next(iter(sd))
+    sd[name] = sd[name] + 1  # a new branch, the same encoder
+    save_file(sd, str(src / "asr_branch.safetensors"))
+    with pytest.raises(SystemExit):
+        _build_script(["--out", str(out), "--tokenizer", str(src), "--int8", "tokenizer"])
+    assert weights.stat().st_mtime_ns == stamps[0]
+    assert branch.stat().st_mtime_ns != stamps[1] and is_packed(load_file(str(branch)))
+
+
 def test_build_script_ships_the_word_piece_vocabulary_of_the_branch(tmp_path):
     """tokenizer-adapt reads ``asr_pieces.json`` beside the branch: it travels with it, and a stale one goes."""
     import shutil
