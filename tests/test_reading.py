@@ -3,6 +3,7 @@ in the corpus layout, resumable; and its use by the LM trainer (`train lm --extr
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,62 @@ def test_lm_trainer_extra_kinds_puts_the_extra_utterances_in_those_pools_only(tm
     extra_ids = {u.id for u in more.utterances}
     assert extra_ids <= ids["asr"] and not extra_ids & (ids["tts"] | ids["speech"])
     assert ids["tts"] == ids["speech"] == ids["asr"] - extra_ids
+
+
+def test_plan_in_the_target_voice_reads_every_row_in_the_answer_voice(tmp_path):
+    corpus = Path(make_corpus(tmp_path / "c", broken=False))
+    meta = json.loads((corpus / "corpus.json").read_text()) if (corpus / "corpus.json").exists() else {}
+    meta.setdefault("voices", {})["target"] = {"en": "flite:slt", "zh": "espeak:cmn-latn-pinyin+m1"}
+    (corpus / "corpus.json").write_text(json.dumps(meta))
+    sentences = {"sentences": lambda lang: SENTENCES[lang]}
+    rows = reading.plan(corpus, {"en": 2, "zh": 1}, heldout={"en": 1}, seed=1, voice_set="target", **sentences)
+    assert [(v.name, rid[:10], split) for v, rid, _, split in rows] == [
+        ("flite:slt", "read-en-t0", "train"), ("flite:slt", "read-en-t0", "train"),
+        ("flite:slt", "read-en-th", "heldout"), ("espeak:cmn-latn-pinyin+m1", "read-zh-t0", "train")]
+    # the same sentences as the training voices' plan, so only the voices and the ids differ
+    plain = reading.plan(corpus, {"en": 2, "zh": 1}, heldout={"en": 1}, seed=1, voices=_voices, **sentences)
+    assert [r[2] for r in rows] == [r[2] for r in plain]
+    assert not {r[1] for r in rows} & {r[1] for r in plain}
+    with pytest.raises(ConfigError, match="unknown reading voice set 'answers'"):
+        reading.plan(corpus, {"en": 1}, voice_set="answers", **sentences)
+    meta["voices"]["target"] = {"en": "flite:slt"}
+    (corpus / "corpus.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="no target \\(answer\\) voice of language 'zh'"):
+        reading.plan(corpus, {"zh": 1}, voice_set="target", **sentences)
+
+
+def test_extra_corpus_folders_take_their_own_kinds():
+    from glm4voice.train.lm_trainer import _kinds_record, extra_corpora
+
+    assert extra_corpora(["data/r1", "data/r2:tts", "data/r3:asr,speech"], "asr") == [
+        ("data/r1", ["asr"]), ("data/r2", ["tts"]), ("data/r3", ["asr", "speech"])]
+    # a colon that does not end in kinds belongs to the path
+    assert extra_corpora(["c:/data/r1", "data/a:b"], "asr,tts,speech") == [
+        ("c:/data/r1", ["asr", "tts", "speech"]), ("data/a:b", ["asr", "tts", "speech"])]
+    for bad in ("asr,sft", ","):
+        with pytest.raises(ConfigError, match="--extra-kinds"):
+            extra_corpora(["data/r1"], bad)
+    assert _kinds_record(extra_corpora(["a", "b"], "asr")) == ["asr"]
+    assert _kinds_record(extra_corpora(["a", "b:tts"], "asr")) == {"a": ["asr"], "b": ["tts"]}
+    assert _kinds_record([]) == []
+
+
+def test_lm_trainer_per_folder_kinds_and_the_tts_heldout_loss(tmp_path):
+    from test_train_lm import _run
+
+    env = {"tok": make_tokenizer_dir(tmp_path / "tok"), "corpus": make_corpus(tmp_path / "corpus")}
+    heard, spoken = tmp_path / "heard", tmp_path / "spoken"
+    _reading_tokens(heard, [("read-en-000000", "Rain fell all night long."), ("read-en-h000000", "A dog ran home.")],
+                    heldout={"read-en-h000000"})
+    _reading_tokens(spoken, [("read-en-t000000", "We sang a song together."),
+                             ("read-en-th000000", "The cat sat on a warm mat.")], heldout={"read-en-th000000"})
+    _run(env, tmp_path / "run", "--mix", "asr=0.5,tts=0.5", "--extra-corpus", heard, f"{spoken}:tts",
+         "--extra-kinds", "asr", "--eval-every", 1, "--eval-batches", 1, steps=1)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["extra_kinds"] == {str(heard): ["asr"], str(spoken): ["tts"]}
+    assert "1 more utterances for asr only" in run["data"] and "1 more utterances for tts only" in run["data"]
+    (row,) = [r for r in read_metrics(str(tmp_path / "run")) if r["kind"] == "eval"]
+    # the heard folder's held-out row is measured as a transcript only; the spoken one's also as speech
+    assert "eval_heard_asr_loss" in row and "eval_heard_tts_loss" not in row
+    assert row["eval_spoken_tts_loss"] > 0 and 0 <= row["eval_spoken_tts_acc"] <= 1
+    assert row["eval_spoken_tts_loss"] != row["eval_spoken_asr_loss"]

@@ -82,6 +82,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="examples", choices=["examples", "glosses"],
                    help="examples: WordNet example sentences, unused fortunes and fortunes-zh clauses; glosses: "
                         "WordNet definitions (English only: pass --zh 0; row ids read-en-g...)")
+    p.add_argument("--voices", default="train", choices=["train", "target"],
+                   help="train: the corpus's training voices read (held-out rows: its held-out voices); target: its "
+                        "answer voice of each language reads every row (text-to-speech data in the voice the LM "
+                        "speaks: train lm --extra-corpus DIR:tts; row ids read-en-t...)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -146,7 +150,7 @@ def _reading(args: argparse.Namespace) -> int:
 
     report = build(args.out, args.corpus, {"en": args.en, "zh": args.zh},
                    heldout={"en": args.heldout_en, "zh": args.heldout_zh}, seed=args.seed, jobs=args.jobs,
-                   source=args.source,
+                   source=args.source, voice_set=args.voices,
                    progress=not args.quiet)
     print(report.summary())
     return 0

@@ -323,10 +323,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ctc-warmup", type=int, default=0,
                         help="first steps in which the CTC loss trains its new head only, not the LM")
     parser.add_argument("--ctc-pieces", type=int, default=1000, help="word-piece vocabulary of the CTC head")
-    parser.add_argument("--extra-corpus", nargs="*", default=[], metavar="DIR",
+    parser.add_argument("--extra-corpus", nargs="*", default=[], metavar="DIR[:KINDS]",
                         help="more corpus folders with cached codes (their --tokens subfolder), training split: "
                              "their utterances join the asr/tts/speech pools and their dialogues the dialogue "
-                             "kinds (e.g. `glm4voice data reading`)")
+                             "kinds (e.g. `glm4voice data reading`); DIR:K1,K2 gives that folder its own "
+                             "--extra-kinds (e.g. data/reading_w2:asr data/reading_t1:tts)")
     parser.add_argument("--extra-repeat", type=int, default=1, metavar="K",
                         help="each --extra-corpus row appears K times in its pools (drawn K times as often)")
     parser.add_argument("--extra-kinds", default="asr,tts,speech", metavar="K1,K2",
@@ -452,11 +453,8 @@ def main(args: argparse.Namespace) -> int:
     mix = args.mix or args.stage
     train = ls.load_lm_data(args.corpus, split="train", interleaved_files=args.interleaved, text_files=args.texts,
                             tokens=args.tokens)
-    extra_kinds = [k.strip() for k in args.extra_kinds.split(",") if k.strip()]
-    bad = sorted(set(extra_kinds) - {"asr", "tts", "speech"}) if args.extra_corpus else []
-    if bad or (args.extra_corpus and not extra_kinds):
-        raise ConfigError(f"--extra-kinds takes utterance kinds among asr, tts, speech, not {args.extra_kinds!r}")
-    for extra in args.extra_corpus:  # e.g. `data reading`: more utterances for the asr / tts / speech pools
+    extras = extra_corpora(args.extra_corpus, args.extra_kinds)
+    for extra, extra_kinds in extras:  # e.g. `data reading`: more utterances for the asr / tts / speech pools
         more = ls.load_lm_data(extra, split="train", with_item_texts=False, tokens=args.tokens)
         if not more.utterances:
             raise ConfigError(f"--extra-corpus {extra}: no utterance with cached codes in {extra}/{args.tokens} "
@@ -509,7 +507,7 @@ def main(args: argparse.Namespace) -> int:
          "augment_set": args.augment_set, "code_noise": args.code_noise, "seq_len": args.seq_len,
          "init": args.init, "tokenizer": tok_dir, "extra_corpus": args.extra_corpus,
          "extra_repeat": args.extra_repeat,
-         "extra_kinds": extra_kinds if args.extra_corpus else [], "ema": args.ema, "lora_rank": args.lora_rank,
+         "extra_kinds": _kinds_record(extras), "ema": args.ema, "lora_rank": args.lora_rank,
          "lora_alpha": args.lora_alpha, "ctc": ctc_info,
          "dropout": {"hidden": args.dropout, "attention": args.attention_dropout}, "config": asdict(model.cfg),
          "data": train.summary()}, indent=2, default=str))
@@ -584,10 +582,11 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
 
     def evaluate(model: nn.Module) -> dict:
         out = evaluate_batches(model, fixed, sp) if fixed else {}
-        for tag, batches in extra_fixed:  # transcripts of the extra corpora's held-out rows
+        for tag, kind, batches in extra_fixed:  # the extra corpora's held-out rows: transcripts / their speech
             got = evaluate_batches(model, batches, sp)
-            out.update({f"eval_{tag}_asr_{m}": got[f"eval_text_{m}"] for m in ("loss", "acc")
-                        if f"eval_text_{m}" in got})
+            part = "text" if kind == "asr" else "speech"
+            out.update({f"eval_{tag}_{kind}_{m}": got[f"eval_{part}_{m}"] for m in ("loss", "acc")
+                        if f"eval_{part}_{m}" in got})
         model = getattr(model, "lm", model)  # answers come from the plain LM (a CTC head is training-only)
         if dialogues:
             out.update(answer_accuracy(model, tok, sp, dialogues))
@@ -598,21 +597,59 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
     return evaluate
 
 
-def _extra_heldout_batches(args, tok, sp: ls.Specials, cfg) -> list[tuple[str, list[ls.PackedBatch]]]:
+EXTRA_KINDS = ("asr", "tts", "speech")
+
+
+def extra_corpora(specs: list, default_kinds: str) -> list[tuple[str, list[str]]]:
+    """``--extra-corpus`` entries as (folder, utterance kinds): ``DIR`` takes ``default_kinds`` (``--extra-kinds``),
+    ``DIR:K1,K2`` its own kinds (a suffix after the last colon that names only kinds among asr, tts, speech; any
+    other colon is part of the path)."""
+    def kinds_of(text: str) -> list[str]:
+        return [k.strip() for k in text.split(",") if k.strip()]
+
+    out = []
+    for spec in map(str, specs):
+        folder, kinds = spec, kinds_of(default_kinds)
+        head, sep, tail = spec.rpartition(":")
+        if sep and head and kinds_of(tail) and set(kinds_of(tail)) <= set(EXTRA_KINDS):
+            folder, kinds = head, kinds_of(tail)
+        bad = sorted(set(kinds) - set(EXTRA_KINDS))
+        if bad or not kinds:
+            raise ConfigError(f"--extra-kinds takes utterance kinds among asr, tts, speech, not {default_kinds!r} "
+                              f"(for --extra-corpus {spec})")
+        out.append((folder, list(dict.fromkeys(kinds))))
+    return out
+
+
+def _kinds_record(extras: list[tuple[str, list[str]]]) -> list[str] | dict[str, list[str]]:
+    """run.json's ``extra_kinds``: the list when every extra folder has the same kinds (as before per-folder kinds),
+    else folder -> kinds."""
+    if not extras:
+        return []
+    kinds = {tuple(k) for _, k in extras}
+    return list(extras[0][1]) if len(kinds) == 1 else {folder: k for folder, k in extras}
+
+
+def _extra_heldout_batches(args, tok, sp: ls.Specials, cfg) -> list[tuple[str, str, list[ls.PackedBatch]]]:
     """For each ``--extra-corpus`` with rows of split ``heldout`` (e.g. `data reading --heldout-en`: new sentences
-    read by held-out voices), fixed ASR batches of those rows, named by the folder (``eval_<name>_asr_loss``)."""
+    read by held-out voices), fixed ASR batches of those rows, named by the folder (``eval_<name>_asr_loss``: the
+    transcript's text loss), and, if the folder trains the tts pool, fixed TTS batches too (``eval_<name>_tts_loss``:
+    the speech loss of its codes from its text)."""
     out, seen = [], set()
-    for i, extra in enumerate(args.extra_corpus):
+    for i, (extra, kinds) in enumerate(extra_corpora(args.extra_corpus, args.extra_kinds)):
         held = ls.load_lm_data(extra, split="heldout", with_item_texts=False, tokens=args.tokens)
         if not held.utterances:
             continue
         tag = re.sub(r"[^0-9A-Za-z]+", "_", Path(extra).name).strip("_") or f"extra{i + 1}"
         tag = tag if tag not in seen else f"{tag}_{i + 1}"
         seen.add(tag)
-        m = ls.Mixture(tok, sp, held, {"asr": 1.0}, max_audio=args.max_audio)
-        out.append((tag, [ls.pack_batch(m.draw, seed=20_000 + args.eval_seed, step=j, rank=0, batch_size=cfg.batch_size,
-                                        seq_len=args.seq_len, pad_id=sp.eot) for j in range(args.eval_batches)]))
-        log.info("held-out rows of %s: %d utterances, reported as eval_%s_asr_loss", extra, len(held.utterances), tag)
+        for kind in ("asr", "tts") if "tts" in kinds else ("asr",):
+            m = ls.Mixture(tok, sp, held, {kind: 1.0}, max_audio=args.max_audio)
+            out.append((tag, kind, [ls.pack_batch(m.draw, seed=20_000 + args.eval_seed, step=j, rank=0,
+                                                  batch_size=cfg.batch_size, seq_len=args.seq_len, pad_id=sp.eot)
+                                    for j in range(args.eval_batches)]))
+            log.info("held-out rows of %s: %d utterances, reported as eval_%s_%s_loss", extra, len(held.utterances),
+                     tag, kind)
     return out
 
 

@@ -18,6 +18,11 @@ training voices (the corpus's ``corpus.json``), in a seeded order. ``--heldout-e
 ``heldout``: other new sentences read by the corpus's held-out voices, which measure reading (``scripts/
 lm_kind_loss.py --corpus`` on this folder) and are never trained on.
 
+``--voices target`` reads every sentence (held-out ones too) in the corpus's answer voice of its language instead
+(``corpus.json``'s target voices; row ids ``read-en-t…``, held out ``read-en-th…``): text-to-speech data in the
+voice the LM speaks, for ``train lm --extra-corpus DIR:tts`` (the LM's spoken answers lose words on sentences the
+corpus never says, docs/model_history.md, session 34) and for the decoder.
+
     glm4voice data reading --corpus data/corpus_v6 --out data/reading_v1 --en 12000 --zh 8000 --jobs 2
     glm4voice data tokens data/reading_v1
     glm4voice train lm --corpus data/corpus_v6 --extra-corpus data/reading_v1 ...
@@ -149,17 +154,40 @@ def corpus_voices(corpus_dir: str | os.PathLike, language: str, split: str = "tr
     return voices
 
 
+def corpus_target_voice(corpus_dir: str | os.PathLike, language: str) -> Voice:
+    """The corpus's answer (target) voice of ``language``, from its ``corpus.json``."""
+    path = Path(corpus_dir) / "corpus.json"
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: --corpus must be a folder made by `glm4voice data synth`")
+    name = json.loads(path.read_text()).get("voices", {}).get("target", {}).get(language)
+    if not name:
+        raise ConfigError(f"{path} names no target (answer) voice of language {language!r}")
+    try:
+        return get_voice(name)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{path}: the target voice {name!r} of {language!r} is not installed here ({e})") from None
+
+
+# whose voices read (`data reading --voices`), and the tag their row ids carry (read-en-t000001)
+VOICE_SETS = {"train": "", "target": "t"}
+
+
 def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, heldout: dict[str, int] | None = None,
-         seed: int = 0, source: str = "examples", sentences: Callable[[str], list[str]] | None = None,
+         seed: int = 0, source: str = "examples", voice_set: str = "train",
+         sentences: Callable[[str], list[str]] | None = None,
          voices: Callable[[str, str], Sequence[Voice]] | None = None) -> list[tuple[Voice, str, str, str]]:
     """(voice, row id, text, split) for ``counts[language]`` new sentences per language dealt round-robin over the
     corpus's training voices of that language (split ``train``), and ``heldout[language]`` further ones, none of them
     among the training ones, over its held-out voices (split ``heldout``: reading of new sentences by new voices, to
     measure). Deterministic from ``seed`` and the installed text sources; a larger count keeps the rows of a
     smaller one. ``source`` picks the sentences (``SOURCES``; its tag starts the row ids' number, so several sources
-    can fill one folder); ``sentences(language)`` and ``voices(language, split)`` override them (tests)."""
+    can fill one folder); ``voice_set`` ``target`` reads every row (held-out ones too) in the corpus's answer voice
+    of its language instead of the training / held-out voices (ids tagged ``t``: ``VOICE_SETS``);
+    ``sentences(language)`` and ``voices(language, split)`` override them (tests)."""
     if source not in SOURCES:
         raise ConfigError(f"unknown reading source {source!r}; known: {', '.join(SOURCES)}")
+    if voice_set not in VOICE_SETS:
+        raise ConfigError(f"unknown reading voice set {voice_set!r}; known: {', '.join(VOICE_SETS)}")
     said = corpus_sentences(corpus_dir)
     if source == "glosses":  # also what a corpus answer "<word> means <gloss>." says after "means"
         said |= {k.split(" means ", 1)[1] for k in said if " means " in k}
@@ -180,10 +208,13 @@ def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, heldout: dict
         for split, texts in (("train", pool[:n]), ("heldout", pool[len(pool) - m:] if m else [])):
             if not texts:
                 continue
-            vs = list(voices(lang, split) if voices else corpus_voices(corpus_dir, lang, split))
+            if voice_set == "target":
+                vs = list(voices(lang, "target") if voices else [corpus_target_voice(corpus_dir, lang)])
+            else:
+                vs = list(voices(lang, split) if voices else corpus_voices(corpus_dir, lang, split))
             if not vs:
                 raise ConfigError(f"{corpus_dir} has no {split} voice of language {lang!r}")
-            tag = SOURCES[source] + ("" if split == "train" else "h")
+            tag = VOICE_SETS[voice_set] + SOURCES[source] + ("" if split == "train" else "h")
             out += [(vs[i % len(vs)], f"read-{lang}-{tag}{i:06d}", text, split) for i, text in enumerate(texts)]
     return out
 
@@ -191,7 +222,7 @@ def plan(corpus_dir: str | os.PathLike, counts: dict[str, int], *, heldout: dict
 def build(out_dir: str | os.PathLike, corpus_dir: str | os.PathLike, counts: dict[str, int], *,
           heldout: dict[str, int] | None = None, seed: int = 0, jobs: int = 1, progress: bool = True,
           synth: Callable | None = None, **plan_kw) -> VarietyReport:
-    """Speak the reading corpus into ``out_dir`` (resumable). ``plan_kw``: ``plan``'s ``source`` (and, for tests,
-    ``sentences`` and ``voices``); ``synth`` is for tests."""
+    """Speak the reading corpus into ``out_dir`` (resumable). ``plan_kw``: ``plan``'s ``source`` and ``voice_set``
+    (and, for tests, ``sentences`` and ``voices``); ``synth`` is for tests."""
     rows = plan(corpus_dir, counts, heldout=heldout, seed=seed, **plan_kw)
     return speak_corpus(out_dir, rows, role=ROLE, synth=synth, progress=progress, jobs=jobs, desc="reading")
