@@ -21,7 +21,7 @@ lm_kind_loss.py --corpus`` on this folder) and are never trained on.
 ``--voices target`` reads every sentence (held-out ones too) in the corpus's answer voice of its language instead
 (``corpus.json``'s target voices; row ids ``read-en-t…``, held out ``read-en-th…``): text-to-speech data in the
 voice the LM speaks, for ``train lm --extra-corpus DIR:tts`` (the LM's spoken answers lose words on sentences the
-corpus never says, docs/model_history.md, session 34) and for the decoder.
+corpus never says, docs/model_history.md, session 34). Like every reading folder it holds 16 kHz audio only.
 
     glm4voice data reading --corpus data/corpus_v6 --out data/reading_v1 --en 12000 --zh 8000 --jobs 2
     glm4voice data tokens data/reading_v1
