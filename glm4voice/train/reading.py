@@ -137,12 +137,17 @@ def corpus_sentences(corpus_dir: str | os.PathLike) -> set[str]:
     return keys
 
 
-def corpus_voices(corpus_dir: str | os.PathLike, language: str, split: str = "train") -> list[Voice]:
-    """The corpus's voices of ``split`` (``train`` or ``heldout``, from its ``corpus.json``) speaking ``language``."""
+def _corpus_voice_names(corpus_dir: str | os.PathLike) -> tuple[Path, dict]:
+    """The path of the corpus's ``corpus.json`` and its ``voices`` entry (split or ``target`` -> names)."""
     path = Path(corpus_dir) / "corpus.json"
     if not path.exists():
         raise ConfigError(f"{path} is missing: --corpus must be a folder made by `glm4voice data synth`")
-    names = json.loads(path.read_text()).get("voices", {}).get(split, [])
+    return path, json.loads(path.read_text()).get("voices", {})
+
+
+def corpus_voices(corpus_dir: str | os.PathLike, language: str, split: str = "train") -> list[Voice]:
+    """The corpus's voices of ``split`` (``train`` or ``heldout``, from its ``corpus.json``) speaking ``language``."""
+    names = _corpus_voice_names(corpus_dir)[1].get(split, [])
     voices = []
     for name in names:
         try:
@@ -156,10 +161,8 @@ def corpus_voices(corpus_dir: str | os.PathLike, language: str, split: str = "tr
 
 def corpus_target_voice(corpus_dir: str | os.PathLike, language: str) -> Voice:
     """The corpus's answer (target) voice of ``language``, from its ``corpus.json``."""
-    path = Path(corpus_dir) / "corpus.json"
-    if not path.exists():
-        raise ConfigError(f"{path} is missing: --corpus must be a folder made by `glm4voice data synth`")
-    name = json.loads(path.read_text()).get("voices", {}).get("target", {}).get(language)
+    path, names = _corpus_voice_names(corpus_dir)
+    name = names.get("target", {}).get(language)
     if not name:
         raise ConfigError(f"{path} names no target (answer) voice of language {language!r}")
     try:
