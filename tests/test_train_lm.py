@@ -432,3 +432,22 @@ def test_export_only_merges_lora(env, tmp_path):
     end = load_lm(tmp_path / "end", dtype=torch.float32).state_dict()
     again = load_lm(tmp_path / "again", dtype=torch.float32).state_dict()
     assert all(torch.equal(end[k], again[k]) for k in end)
+
+
+def test_grown_export_trains_its_new_layers(env, tmp_path):
+    """train grow-lm on an export, then train lm --init on the grown folder: it starts where the source was
+    (same first-step loss on the same batch) and its zeroed outputs learn."""
+    from glm4voice.train import grow_lm
+
+    _run(env, tmp_path / "pt", "--mix", "pretrain", "--export", tmp_path / "pt_model", "--export-dtype", "fp32",
+         steps=5)
+    rec = grow_lm.grow_folder(tmp_path / "pt_model", tmp_path / "grown", layers=3, ffn=160)
+    assert rec["layers"] == [0, 1, "copy of 1"]
+    same = ("--mix", "pretrain", "--seed", 3, "--log-every", 1)
+    base = _run(env, tmp_path / "base", "--init", tmp_path / "pt_model", *same, steps=10)
+    rows = _run(env, tmp_path / "g", "--init", tmp_path / "grown", *same, steps=10)
+    assert rows[0]["loss"] == pytest.approx(base[0]["loss"], rel=1e-4)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    state = torch.load(tmp_path / "g" / "last.pt", weights_only=True)["model"]
+    assert state["layers.2.attn.out.weight"].abs().sum() > 0 and state["layers.2.mlp.down.weight"].abs().sum() > 0
+    assert state["layers.0.mlp.down.weight"].shape[1] == 160

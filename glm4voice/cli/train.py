@@ -25,6 +25,8 @@ COMPONENTS = {
     "decoder": ("glm4voice.train.decoder_trainer", "speech decoder (flow matching + HiFT vocoder)"),
     "remap-codes": ("glm4voice.train.remap_codes",
                     "carry an LM and a decoder over to a new tokenizer's codes (warm start from code co-occurrence)"),
+    "grow-lm": ("glm4voice.train.grow_lm",
+                "grow a trained LM (more layers, wider MLP) computing the same function: a warm start"),
     "compare": ("glm4voice.train.compare", "compare runs' metrics at equal steps (table + plot), e.g. an A/B"),
 }
 
