@@ -480,7 +480,7 @@ def main(args: argparse.Namespace) -> int:
                                            code_noise=args.code_noise, ctc_encode=ctc_encode),
                                 batch_size=cfg.batch_size, seq_len=args.seq_len, seed=cfg.seed,
                                 fill_tries=args.pack_tries)
-    eval_fn = _make_eval(args, tok, sp, mix, cfg, ctc_encode)
+    eval_fn = _make_eval(args, tok, sp, mix, cfg, ctc_encode, extras)
 
     model = build_model(args, tok)
     model.set_dropout(args.dropout, args.attention_dropout)
@@ -553,7 +553,7 @@ def _check_resume_matches(out_dir: Path, ctc_info: dict | None) -> None:
                           f"--ctc-weight (0 or not) and --ctc-layer, or a new --out")
 
 
-def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
+def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None, extras=()):
     """Held-out batches (split ``heldout``: held-out phrasings and voices) of the kinds that have held-out data, and
     for SFT mixtures the spoken-question answer accuracy on ``--eval-answers`` held-out dialogues."""
     held = ls.load_lm_data(args.corpus, split="heldout", with_item_texts=True, tokens=args.tokens)
@@ -564,7 +564,7 @@ def _make_eval(args, tok, sp: ls.Specials, mix: str, cfg, ctc_encode=None):
                        ctc_encode=ctc_encode)
         fixed = [ls.pack_batch(m.draw, seed=10_000 + args.eval_seed, step=i, rank=0, batch_size=cfg.batch_size,
                                seq_len=args.seq_len, pad_id=sp.eot) for i in range(args.eval_batches)]
-    extra_fixed = _extra_heldout_batches(args, tok, sp, cfg) if args.eval_batches else []
+    extra_fixed = _extra_heldout_batches(args, tok, sp, cfg, extras) if args.eval_batches else []
     dialogues, spoken, asr = [], [], None
     if args.eval_answers and set(ratios) & set(ls.SFT_KINDS):
         dialogues = random.Random(args.eval_seed).sample(held.dialogues, min(args.eval_answers, len(held.dialogues)))
@@ -630,13 +630,13 @@ def _kinds_record(extras: list[tuple[str, list[str]]]) -> list[str] | dict[str, 
     return list(extras[0][1]) if len(kinds) == 1 else {folder: k for folder, k in extras}
 
 
-def _extra_heldout_batches(args, tok, sp: ls.Specials, cfg) -> list[tuple[str, str, list[ls.PackedBatch]]]:
-    """For each ``--extra-corpus`` with rows of split ``heldout`` (e.g. `data reading --heldout-en`: new sentences
-    read by held-out voices), fixed ASR batches of those rows, named by the folder (``eval_<name>_asr_loss``: the
-    transcript's text loss), and, if the folder trains the tts pool, fixed TTS batches too (``eval_<name>_tts_loss``:
-    the speech loss of its codes from its text)."""
+def _extra_heldout_batches(args, tok, sp: ls.Specials, cfg, extras) -> list[tuple[str, str, list[ls.PackedBatch]]]:
+    """For each extra corpus (``extras``: ``extra_corpora``'s folders and kinds) with rows of split ``heldout`` (e.g.
+    `data reading --heldout-en`: new sentences read by held-out voices), fixed ASR batches of those rows, named by
+    the folder (``eval_<name>_asr_loss``: the transcript's text loss), and, if the folder trains the tts pool, fixed
+    TTS batches too (``eval_<name>_tts_loss``: the speech loss of its codes from its text)."""
     out, seen = [], set()
-    for i, (extra, kinds) in enumerate(extra_corpora(args.extra_corpus, args.extra_kinds)):
+    for i, (extra, kinds) in enumerate(extras):
         held = ls.load_lm_data(extra, split="heldout", with_item_texts=False, tokens=args.tokens)
         if not held.utterances:
             continue
