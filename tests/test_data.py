@@ -284,7 +284,82 @@ def test_augmentation_set_2_widens_rephrasings_and_set_1_draws_stay(items):
     kinds_with_new = {k for k, q in two - one}
     assert {"arithmetic", "capital", "greeting", "repeat", "definition", "style"} <= kinds_with_new, kinds_with_new
     with pytest.raises(ValueError, match="augmentation set"):
-        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=3)
+        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=4)
+
+
+def _words(text: str) -> set[str]:
+    """Words (English, lower-cased) or characters (Chinese) of a text."""
+    return set(re.findall(r"[a-z']+", text.lower())) | set(re.findall(r"[\u4e00-\u9fff]", text))
+
+
+def test_augmentation_set_3_uses_no_word_only_a_heldout_phrasing_uses():
+    checked = 0
+    for (key, lang), extra in texts.AUGMENT_TEMPLATES_3.items():
+        kind, _, style = key.partition("-")
+        table = texts.question_templates(kind, lang, style or "normal")
+        held = [t for _, t, h in table if h]
+        held_only = set().union(*(_words(re.sub(r"\{\w+\}", " ", t)) for t in held)) - set().union(
+            *(_words(re.sub(r"\{\w+\}", " ", t)) for _, t, h in table if not h))
+        assert held_only == texts.heldout_only_units(kind, lang, style or "normal"), key
+        fields = set(re.findall(r"\{(\w+)\}", table[0][1]))
+        earlier = {t for _, t, _ in table} | set(texts.AUGMENT_TEMPLATES.get((key, lang), ())) | set(
+            texts.AUGMENT_TEMPLATES_2.get((key, lang), ()))
+        for t in extra:
+            assert not _words(re.sub(r"\{\w+\}", " ", t)) & held_only, (key, t)
+            assert set(re.findall(r"\{(\w+)\}", t)) == fields, t
+            assert t not in earlier, t
+            checked += 1
+    for lang, table in (("en", texts.GREETINGS_EN), ("zh", texts.GREETINGS_ZH)):
+        for intent, phrasings, _ in table:
+            held_only = texts.heldout_only_units("greeting", lang, intent=intent)
+            assert held_only, (lang, intent)  # every held-out greeting has a word of its own
+            earlier = set(phrasings) | set(texts.GREETING_AUGMENT_2.get((lang, intent), ()))
+            for t in texts.GREETING_AUGMENT_3.get((lang, intent), ()):
+                assert not _words(t) & held_only and t not in earlier, (intent, t)
+                checked += 1
+    assert checked > 150
+
+
+def test_augmentation_set_3_fillers_keep_the_slot_and_avoid_heldout_words(items):
+    train = [it for it in items if it.split == "train" and it.kind not in ("chat", "greeting")]
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    prefixed = suffixed = 0
+    for it in train[::3]:
+        rng = random.Random(it.id)
+        for _ in range(3):
+            q = texts.rephrase(it.kind, it.language, it.question, rng, it.style, augment=3)
+            assert q not in heldout_questions
+            # the request's own content survives: the sum, the country, the word, the quoted phrase
+            m = next(rx.fullmatch(it.question) for rx in texts._rephrasings(it.kind, it.language, it.style, 1)[0]
+                     if rx.fullmatch(it.question))
+            rest = q
+            for value in m.groupdict().values():
+                assert value in q, (it.question, q)
+                rest = re.sub(r"(?<![A-Za-z])" + re.escape(value) + r"(?![A-Za-z])", " ", rest)  # not "mean"ing
+            banned = texts.heldout_only_units(it.kind, it.language, it.style)
+            prefixes, suffixes = texts._fillers(it.kind, it.language, it.style)
+            filler_words = set().union(set(), *map(_words, prefixes + suffixes))
+            assert not filler_words & banned
+            pool = texts._rephrasings(it.kind, it.language, it.style, 3)[1]
+            pool_words = set().union(*(_words(re.sub(r"\{\w+\}", " ", t)) for t in pool))
+            assert _words(rest) - pool_words <= filler_words, q  # what is new around the phrasing is a filler
+            prefixed += any(q.startswith(f) for f in texts.FILLERS[it.language][0])
+            suffixed += any(f + q[-1] in q for f in texts.FILLERS[it.language][1])
+    assert prefixed > 50 and suffixed > 20, (prefixed, suffixed)
+    # the same draws again from the same seed (runs resume with the same batches)
+    it = train[0]
+    assert [texts.rephrase(it.kind, it.language, it.question, random.Random(5), it.style, augment=3)
+            for _ in range(2)] == [texts.rephrase(it.kind, it.language, it.question, random.Random(5), it.style,
+                                                  augment=3) for _ in range(2)]
+
+
+def test_augmentation_set_3_reaches_new_greeting_phrasings():
+    rng = random.Random(0)
+    got = {texts.rephrase("greeting", "en", "Good night.", rng, augment=3) for _ in range(200)}
+    assert set(texts.GREETING_AUGMENT_3[("en", "good_night")]) <= got
+    assert "Have a good night." not in got  # the held-out phrasing stays unseen
+    assert {texts.rephrase("greeting", "en", "Good night.", rng, augment=2) for _ in range(200)}.isdisjoint(
+        texts.GREETING_AUGMENT_3[("en", "good_night")])
 
 
 def test_plan_with_augmentation_set_2(items):
@@ -302,7 +377,7 @@ def test_plan_with_augmentation_set_2(items):
     greeting = [t for i, ts in per_item.items() if i.startswith("greeting-en") for t in ts]
     assert set(greeting) & {t for ts in texts.GREETING_AUGMENT_2.values() for t in ts}
     with pytest.raises(ConfigError, match="augment_set"):
-        CorpusConfig(augment_set=3)
+        CorpusConfig(augment_set=4)
 
 
 def test_extra_voices_add_new_training_speakers_only(items):

@@ -280,7 +280,89 @@ GREETING_AUGMENT_2: dict[tuple[str, str], tuple[str, ...]] = {
     ("zh", "nice_to_meet"): ("认识你真好。",),
     ("zh", "good_night"): ("晚安啦。", "晚安！"),
 }
-AUGMENT_SETS = (1, 2)
+
+# Augmentation set 3 (session 36): typed v17 answered training phrasings of definitions 0.72 but held-out ones 0.14
+# (capitals 0.90 / 0.58, greetings 0.70 / 0.25): it keys on a phrasing's familiar words, not on its slot. Set 3
+# widens the phrasings again under a stricter rule than set 2's: no phrasing uses a *word* (zh: character) that only
+# the held-out phrasings of its kind (greetings: of its intent) use (tests/test_data.py checks it), and it adds
+# fillers (below) around the phrasings, so the model learns that words around the slot vary.
+AUGMENT_TEMPLATES_3: dict[tuple[str, str], tuple[str, ...]] = {
+    ("arithmetic", "en"): ("Tell me the result of {expr}.", "What is {expr} exactly?", "I wonder what {expr} is.",
+                           "Give the result of {expr}.", "Say what {expr} equals.", "Please give me {expr}.",
+                           "How much does {expr} make?", "What comes from {expr}?", "Result of {expr}?",
+                           "What is the value of {expr}?", "Tell me {expr}.", "The answer to {expr}, please."),
+    ("arithmetic", "zh"): ("{expr}是多少呢？", "请计算{expr}。", "{expr}等于多少呢？", "问问{expr}是多少。",
+                           "算算看，{expr}是几？", "{expr}，结果是多少？", "请说出{expr}的结果。", "{expr}会是多少？",
+                           "那么{expr}是多少？"),
+    ("capital", "en"): ("What is the capital city of {country}?", "Tell me {country}'s capital.",
+                        "The capital of {country}, please.", "{country} has which capital?",
+                        "Capital of {country}, please.", "Please say the capital of {country}.",
+                        "Tell me which city is the capital of {country}.", "What is the capital of the country "
+                        "{country}?", "Which is the capital of {country}?", "What city is {country}'s capital?",
+                        "I am asking about {country}: what is its capital?", "Which city rules {country}?"),
+    ("repeat", "en"): ("Say exactly this: {x}", "Repeat it: {x}", "Please repeat this: {x}", "Copy my words: {x}",
+                       "Say what I say: {x}", "Repeat these words: {x}"),
+    ("repeat", "zh"): ("请照我说：{x}", "重复这句：{x}", "请说出来：{x}", "跟着说：{x}"),
+    ("what_said", "en"): ("{x} What was that?", "{x} What were those words?", "Listen well. {x} What did I say?",
+                          "{x} Say it back."),
+    ("what_said", "zh"): ("{x}我刚刚说了什么？", "听清楚，{x}我说了什么？", "{x}我刚才说了啥？"),
+    ("definition", "en"): ("What does the term {word} mean?", "Give me a definition of {word}.",
+                           "Define the term {word}.", "Tell me the definition of {word}.",
+                           "What is the sense of the word {word}?", "I want to know what {word} means.",
+                           "The word {word}: what does it mean?", "Please tell me what {word} means.",
+                           "What's the meaning of {word}?", "How is {word} defined?",
+                           "Describe the meaning of {word}.", "What is {word} supposed to mean?",
+                           "Meaning of {word}, please.", "I'd like to know the meaning of the word {word}.",
+                           "Look up {word} for me.", "Quick definition of {word}?"),
+    ("style-fast", "en"): ("Say this fast, please: {x}", "Quickly say: {x}", "Fast, please: {x}"),
+    ("style-slow", "en"): ("Slowly say: {x}", "Slow down and say: {x}", "Speak slowly, please: {x}"),
+    ("style-high", "en"): ("Raise your voice pitch: {x}", "Say this in a higher pitch: {x}"),
+    ("style-low", "en"): ("Say this in a deep voice: {x}", "Deeper voice: {x}"),
+    ("style-fast", "zh"): ("快快说：{x}", "说快点：{x}"),
+    ("style-slow", "zh"): ("慢慢说：{x}", "说慢点：{x}"),
+}
+GREETING_AUGMENT_3: dict[tuple[str, str], tuple[str, ...]] = {
+    ("en", "hello"): ("Hello.", "Hi.", "Hey!", "Hello, hello.", "Greetings!"),
+    ("en", "morning"): ("Good morning, friend.", "Morning, friend!", "Top of the morning."),
+    ("en", "evening"): ("Good evening, friend.", "Evening, friend!", "Good evening, everyone."),
+    ("en", "how_are_you"): ("How are you feeling?", "How are you doing today?", "How's everything?", "Are you okay?",
+                            "How is your day going?"),
+    ("en", "name"): ("Your name?", "What name do you go by?", "Who is this?", "What is your name, please?",
+                     "Do you have a name?"),
+    ("en", "thanks"): ("Thank you!", "Thanks, friend.", "I thank you.", "Thanks, that helps.", "Cheers, thanks."),
+    ("en", "bye"): ("Bye now.", "See you soon.", "Goodbye, assistant.", "See you later, bye.", "Farewell."),
+    ("en", "help"): ("Can you help?", "I need your help.", "Help me out.", "Some help here?"),
+    ("en", "what_can_you_do"): ("What can you do for me?", "What are you able to help with?",
+                                "Tell me what you can do.", "What things can you do?"),
+    ("en", "nice_to_meet"): ("Nice to meet you!", "Very nice to meet you.", "So nice to meet you.",
+                             "Pleased to meet you, assistant."),
+    ("en", "sorry"): ("Sorry!", "So sorry.", "I am so sorry.", "Sorry, sorry."),
+    ("en", "weather"): ("What's the weather like?", "How's the weather?", "What is the weather like today?",
+                        "Tell me the weather."),
+    ("en", "joke"): ("Tell me a funny joke.", "A joke, please.", "Say a joke.", "Tell a joke."),
+    ("en", "age"): ("How old are you now?", "What's your age?", "Your age, please?", "Are you old?"),
+    ("en", "good_night"): ("Good night, friend.", "Good night to all.", "Sleep well, good night."),
+    ("zh", "hello"): ("你好啊。", "您好！", "哈啰，你好。"),
+    ("zh", "morning"): ("早上好！", "早安。", "早上好呀。"),
+    ("zh", "how_are_you"): ("你最近好吗？", "你怎么样？", "最近好吗？"),
+    ("zh", "name"): ("你叫什么？", "你名字叫什么？", "你是什么助手？"),
+    ("zh", "thanks"): ("谢谢！", "太谢谢你了。", "谢谢你啊。"),
+    ("zh", "bye"): ("再见啦。", "拜拜。", "我走了，再见。"),
+    ("zh", "help"): ("帮帮我。", "你能帮帮我吗？", "我需要你帮忙。"),
+    ("zh", "nice_to_meet"): ("很高兴认识你！", "认识你真高兴。"),
+    ("zh", "good_night"): ("晚安晚安。", "祝你好梦，晚安。"),
+}
+# Words said around a request (set 3): a prefix before any templated question whose slot is not its first word, a
+# suffix before the final mark of one whose slot is not its last part. A filler with a word that only a held-out
+# phrasing of the kind uses is never drawn for that kind (``_fillers``).
+FILLERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "en": (("Okay, ", "So, ", "Well, ", "Um, ", "Right, ", "Quick question: ", "Question: ", "Excuse me, ", "Now, ",
+            "Alright, ", "Hmm, ", "One more: "),
+           (", please", ", thanks", ", if possible", ", friend")),
+    "zh": (("请问，", "嗯，", "那个，", "我想问一下，", "好，", "问个问题：", "对了，"), ()),
+}
+FILLER_P = (0.35, 0.2)  # chance of a prefix, of a suffix (set 3)
+AUGMENT_SETS = (1, 2, 3)
 
 
 def question_templates(kind: str, lang: str, style: str = "normal") -> tuple[_T, ...]:
@@ -304,14 +386,61 @@ def _rephrasings(kind: str, lang: str, style: str, augment: int) -> tuple[list[r
     pool = tuple(train) + AUGMENT_TEMPLATES.get((key, lang), ())
     if augment >= 2:
         pool += AUGMENT_TEMPLATES_2.get((key, lang), ())
+    if augment >= 3:
+        pool += AUGMENT_TEMPLATES_3.get((key, lang), ())
     return [_template_regex(t) for t in train], pool
+
+
+def _units(text: str) -> set[str]:
+    """Fixed words (English, lower-cased) or characters (Chinese) of a phrasing; slots are left out."""
+    text = re.sub(r"\{\w+\}", " ", text.lower())
+    return set(re.findall(r"[a-z']+", text)) | set(re.findall(r"[\u4e00-\u9fff]", text))
+
+
+def heldout_only_units(kind: str, lang: str, style: str = "normal", intent: str | None = None) -> frozenset[str]:
+    """The words (zh: characters) that only the held-out phrasings of a kind (a greeting: of its intent) use."""
+    if kind == "greeting":
+        table = GREETINGS_EN if lang == "en" else GREETINGS_ZH
+        phrasings = next(p for i, p, _ in table if i == intent)
+        held, train = phrasings[-1:], phrasings[:-1]
+    else:
+        templates = question_templates(kind, lang, style)
+        held = [t for _, t, h in templates if h]
+        train = [t for _, t, h in templates if not h]
+    return frozenset(set().union(*map(_units, held)) - set().union(set(), *map(_units, train)))
+
+
+@functools.cache
+def _fillers(kind: str, lang: str, style: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Set 3's prefixes and suffixes allowed for a kind: none with a held-out-only word (``heldout_only_units``)."""
+    banned = heldout_only_units(kind, lang, style)
+    prefixes, suffixes = FILLERS.get(lang, ((), ()))
+    return (tuple(f for f in prefixes if not _units(f) & banned), tuple(f for f in suffixes if not _units(f) & banned))
+
+
+def _with_fillers(template: str, kind: str, lang: str, style: str, rng: random.Random) -> str:
+    """``template`` with, at random (``FILLER_P``), a prefix before it and a suffix before its final mark; a prefix
+    only where the phrasing does not open with its slot, a suffix only where it does not end with it (a quoted phrase
+    would swallow it). The RNG is drawn the same number of times whatever is chosen."""
+    prefixes, suffixes = _fillers(kind, lang, style)
+    add_prefix, add_suffix = rng.random() < FILLER_P[0], rng.random() < FILLER_P[1]
+    p, q = rng.randrange(max(1, len(prefixes))), rng.randrange(max(1, len(suffixes)))
+    body = template
+    m = re.fullmatch(r"(.*?)([.?!。？！]?)", body, re.S)
+    if add_suffix and suffixes and m.group(1) and not m.group(1).endswith("}"):
+        body = m.group(1) + suffixes[q] + m.group(2)
+    if add_prefix and prefixes and not body.startswith("{"):
+        first = body[:1].lower() if lang == "en" and not re.match(r"I\b|I'", body) else body[:1]
+        body = prefixes[p] + first + body[1:]
+    return body
 
 
 def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str = "normal", augment: int = 1) -> str:
     """The same request in another training phrasing, drawn by ``rng``: a templated question is parsed by its train
     template and re-written with a random train or augmentation template; a greeting becomes another training
     phrasing of its intent. Questions of held-out templates, chat and unknown text come back unchanged.
-    ``augment`` picks the augmentation phrasings: set 1, or sets 1 and 2 (``AUGMENT_SETS``)."""
+    ``augment`` picks the augmentation phrasings: set 1, sets 1 and 2, or sets 1 to 3 with fillers around the
+    phrasing (``AUGMENT_SETS``)."""
     if augment not in AUGMENT_SETS:
         raise ValueError(f"augmentation set must be one of {AUGMENT_SETS}, not {augment}")
     if kind == "greeting":
@@ -320,13 +449,18 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
             if question in train:
                 if augment >= 2:
                     train += GREETING_AUGMENT_2.get((lang, intent), ())
+                if augment >= 3:
+                    train += GREETING_AUGMENT_3.get((lang, intent), ())
                 return train[rng.randrange(len(train))]
         return question
     regexes, pool = _rephrasings(kind, lang, style, augment)
     for rx in regexes:
         m = rx.fullmatch(question)
         if m:
-            return pool[rng.randrange(len(pool))].format(**m.groupdict())
+            template = pool[rng.randrange(len(pool))]
+            if augment >= 3:
+                template = _with_fillers(template, kind, lang, style, rng)
+            return template.format(**m.groupdict())
     return question
 
 
