@@ -33,7 +33,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-voices", type=int, default=0,
                    help="also speak each training question by this many more voices (voices.EXTRA_VOICES_2)")
     p.add_argument("--augment-set", type=int, choices=AUGMENT_SETS, default=1,
-                   help="augmentation phrasings the spoken rephrasings draw from: 1, or 1 and 2 (more phrasings)")
+                   help="augmentation phrasings the spoken rephrasings draw from: 1; 1 and 2 (more phrasings); "
+                        "or 1 to 3 (more again, with filler words around the request)")
     p.add_argument("--languages", default="en,zh", help="comma-separated: en,zh")
     p.add_argument("--kinds", default=None, help="comma-separated item kinds (default: all)")
     p.add_argument("--no-answers", action="store_true", help="do not speak answers in the target voice")
