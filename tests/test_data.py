@@ -6,7 +6,7 @@ import re
 import pytest
 
 from glm4voice.errors import ConfigError
-from glm4voice.train import texts
+from glm4voice.train import texts, voices
 from glm4voice.train.corpus import ANSWER_STYLES, CorpusConfig, plan
 from glm4voice.train.tts import Style, UnspeakableText, prepare_text
 from glm4voice.train.voices import HELDOUT_VOICE_NAMES, TARGET_VOICES, VOICES, get_voice
@@ -217,6 +217,7 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
     old.pop("questions")
     old.pop("target_voice_phrasings")
     old.pop("target_voice_texts")
+    old.pop("rephrasings_set3")
     old |= {"languages": ["en", "zh"], "kinds": None}
     (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
     meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
@@ -227,6 +228,8 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
         corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, augment_set=2))
     with pytest.raises(ConfigError, match="target_voice_phrasings"):
         corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, target_voice_phrasings=1))
+    with pytest.raises(ConfigError, match="rephrasings_set3"):
+        corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3, rephrasings_set3=1))
 
 
 def _pairs(text: str) -> set[tuple[str, str]]:
@@ -378,6 +381,37 @@ def test_plan_with_augmentation_set_2(items):
     assert set(greeting) & {t for ts in texts.GREETING_AUGMENT_2.values() for t in ts}
     with pytest.raises(ConfigError, match="augment_set"):
         CorpusConfig(augment_set=4)
+
+
+def test_plan_with_set3_rephrasings_completes_an_older_plan(items):
+    base = plan(items, CorpusConfig(seed=0, spoken_rephrasings=8, augment_set=2))
+    more = plan(items, CorpusConfig(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=3))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base  # the older rows are unchanged: a corpus completes in place
+    extra = [u for u in more if u.id not in ids]
+    assert extra and all(re.search(r"\.p[0-2]$", u.id) and u.split == "train" and u.role == "question"
+                         for u in extra)
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    assert not any(u.text in heldout_questions for u in extra)
+    train_voices = {v.name for lang in ("en", "zh") for v in voices.train_voices(lang)}
+    assert {u.voice for u in extra} <= train_voices
+    by_item: dict[str, list] = {}
+    for u in base:
+        if u.role == "question":
+            by_item.setdefault(u.item_id, []).append(u.text)
+    per_item: dict[str, list] = {}
+    for u in extra:
+        per_item.setdefault(u.item_id, []).append(u.text)
+    for item_id, texts_ in per_item.items():
+        assert len(set(texts_)) == len(texts_) <= 3
+        assert not set(texts_) & set(by_item[item_id]), item_id  # new phrasings only
+    kinds = {u.kind for u in extra}
+    assert {"arithmetic", "capital", "definition", "greeting"} <= kinds and "chat" not in kinds
+    set3 = {t for ts in texts.AUGMENT_TEMPLATES_3.values() for t in ts}
+    assert sum(any(texts._template_regex(t).fullmatch(u.text) for t in set3) for u in extra) > len(extra) // 10
+    assert plan(items, CorpusConfig(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=3)) == more
+    with pytest.raises(ConfigError, match="rephrasings_set3"):
+        CorpusConfig(rephrasings_set3=-1)
 
 
 def test_extra_voices_add_new_training_speakers_only(items):

@@ -84,6 +84,10 @@ class CorpusConfig:
     spoken_rephrasings: int = 0
     # augmentation phrasings those rephrasings draw from (texts.AUGMENT_SETS); 1 keeps the plan of older corpora
     augment_set: int = 1
+    # more phrasings of each training item's question drawn with augmentation set 3 (its new phrasings and the
+    # fillers around them), each different from the item's question and its ``.r`` rows, each spoken once by a
+    # training voice as ``<item>.p<k>``; own RNG stream, so a corpus can be completed in place; 0 keeps older plans
+    rephrasings_set3: int = 0
     # more speakers: each training item's question is also spoken by this many voices of voices.EXTRA_VOICES_2
     # (one each, distinct), as ``<item>.v<k>``; 0 keeps the plan of older corpora
     extra_voices: int = 0
@@ -104,6 +108,8 @@ class CorpusConfig:
                               f"{self.target_voice_phrasings} and {self.target_voice_texts}")
         if self.extra_voices < 0:
             raise ConfigError(f"extra_voices must be >= 0, got {self.extra_voices}")
+        if self.rephrasings_set3 < 0:
+            raise ConfigError(f"rephrasings_set3 must be >= 0, got {self.rephrasings_set3}")
         if self.spoken_rephrasings < 0 or self.question_voices < 1:
             raise ConfigError(f"spoken_rephrasings must be >= 0 and question_voices >= 1, got "
                               f"{self.spoken_rephrasings} and {self.question_voices}")
@@ -165,7 +171,9 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
                 split = "heldout" if it.split == "heldout" or voice.heldout else "train"
                 out.append(Utterance(f"{it.id}.q{k}", it.id, it.kind, "question", it.question, it.language,
                                      voice.name, _question_style(rng).key(), split))
-            out.extend(_rephrased_questions(it, cfg, pool))
+            rephrased = _rephrased_questions(it, cfg, pool)
+            out.extend(rephrased)
+            out.extend(_set3_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased}))
             out.extend(_extra_voice_questions(it, cfg))
         out.extend(_target_voice_speech(it, cfg))
         if cfg.answers:
@@ -194,6 +202,27 @@ def _rephrased_questions(it: Item, cfg: CorpusConfig, pool: Sequence) -> list[Ut
         seen.add(text)
         voice = pool[rng.randrange(len(pool))]
         out.append(Utterance(f"{it.id}.r{len(out)}", it.id, it.kind, "question", text, it.language, voice.name,
+                             _question_style(rng).key(), "train"))
+    return out
+
+
+def _set3_questions(it: Item, cfg: CorpusConfig, pool: Sequence, seen: set[str]) -> list[Utterance]:
+    """Up to ``cfg.rephrasings_set3`` more training phrasings of a training item's question from augmentation set 3
+    (``texts.rephrase(augment=3)``), none in ``seen`` (the item's question and its other rephrasings) nor repeated,
+    each by one training voice; own RNG stream. Chat gets none (``rephrase`` leaves it unchanged)."""
+    if cfg.rephrasings_set3 <= 0 or it.split != "train":
+        return []
+    rng = random.Random(f"{cfg.seed}:rephrase3:{it.id}")
+    seen, out = set(seen), []
+    for _ in range(8 * cfg.rephrasings_set3):  # bounded: a kind may have fewer phrasings than asked for
+        if len(out) == cfg.rephrasings_set3:
+            break
+        text = rephrase(it.kind, it.language, it.question, rng, it.style, augment=3)
+        if text in seen:
+            continue
+        seen.add(text)
+        voice = pool[rng.randrange(len(pool))]
+        out.append(Utterance(f"{it.id}.p{len(out)}", it.id, it.kind, "question", text, it.language, voice.name,
                              _question_style(rng).key(), "train"))
     return out
 
