@@ -240,3 +240,38 @@ def test_every_voice_of_set_2_speaks():
         seen[v.name] = wav
     en = [w for n, w in seen.items() if "cmn" not in n and "yue" not in n]
     assert len({(w.size, round(float(np.abs(w).mean()), 5)) for w in en}) > len(en) // 2  # not one voice reused
+
+
+@needs_all
+def test_set3_rephrasings_complete_a_corpus_in_place(full_corpus, tmp_path):
+    """`data synth --rephrasings-set3 K` on a copy of an older corpus (without its corpus.json) speaks only the new
+    `.p<k>` rows; the older rows' files are the same files."""
+    src, _ = full_corpus
+    out = str(tmp_path / "v7")
+    shutil.copytree(src, out, copy_function=os.link)  # audio linked, as `cp -al`; the appended files copied
+    os.remove(os.path.join(out, corpus.META))
+    for name in (corpus.MANIFEST, corpus.ITEMS, corpus.FAILED):
+        if os.path.exists(os.path.join(src, name)):
+            os.remove(os.path.join(out, name))
+            shutil.copy(os.path.join(src, name), os.path.join(out, name))
+    before = {r["id"]: os.stat(os.path.join(out, r["path"])).st_ino for r in _manifest(out)}
+    report = synthesize_corpus(out, CorpusConfig(seed=5, heldout_voice_fraction=0.5, rephrasings_set3=1),
+                               items=_items(), jobs=1, progress=False)
+    rows = {r["id"]: r for r in _manifest(out)}
+    new = [r for i, r in rows.items() if i not in before]
+    # the training items of templated kinds (not chat) each gain one phrasing
+    assert sorted(r["id"] for r in new) == ["a-en-1.p0", "a-zh-1.p0", "r-en-1.p0", "s-en-1.p0"]
+    assert report.made == len(new)
+    assert all(os.stat(os.path.join(out, rows[i]["path"])).st_ino == ino for i, ino in before.items())
+    by_item = {r["item_id"]: r["text"] for r in new}
+    assert "2 plus 3" in by_item["a-en-1"] and by_item["a-en-1"] != "What is 2 plus 3?"
+    assert "good morning." in by_item["r-en-1"]
+    with open(os.path.join(out, corpus.META), encoding="utf-8") as f:
+        assert json.load(f)["config"]["rephrasings_set3"] == 1
+
+
+def test_synth_cli_refuses_a_negative_set3_count(tmp_path, capsys):
+    from glm4voice.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "c"), "--rephrasings-set3", "-1", "--quiet"]) != 0
+    assert "rephrasings_set3" in capsys.readouterr().err
