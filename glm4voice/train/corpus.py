@@ -192,37 +192,33 @@ def _rephrased_questions(it: Item, cfg: CorpusConfig, pool: Sequence) -> list[Ut
     if cfg.spoken_rephrasings <= 0 or it.split != "train":
         return []
     rng = random.Random(f"{cfg.seed}:rephrase:{it.id}")
-    seen, out = {it.question}, []
-    for _ in range(8 * cfg.spoken_rephrasings):  # bounded: a kind may have fewer phrasings than asked for
-        if len(out) == cfg.spoken_rephrasings:
-            break
-        text = rephrase(it.kind, it.language, it.question, rng, it.style, augment=cfg.augment_set)
-        if text in seen:
-            continue
-        seen.add(text)
-        voice = pool[rng.randrange(len(pool))]
-        out.append(Utterance(f"{it.id}.r{len(out)}", it.id, it.kind, "question", text, it.language, voice.name,
-                             _question_style(rng).key(), "train"))
-    return out
+    return _spoken_phrasings(it, cfg.spoken_rephrasings, cfg.augment_set, "r", rng, pool, {it.question})
 
 
 def _set3_questions(it: Item, cfg: CorpusConfig, pool: Sequence, seen: set[str]) -> list[Utterance]:
     """Up to ``cfg.rephrasings_set3`` more training phrasings of a training item's question from augmentation set 3
-    (``texts.rephrase(augment=3)``), none in ``seen`` (the item's question and its other rephrasings) nor repeated,
-    each by one training voice; own RNG stream. Chat gets none (``rephrase`` leaves it unchanged)."""
+    (``texts.rephrase(augment=3)``), none in ``seen`` (the item's question and its other rephrasings), as
+    ``<item>.p<k>``; own RNG stream. Chat gets none (``rephrase`` leaves it unchanged)."""
     if cfg.rephrasings_set3 <= 0 or it.split != "train":
         return []
     rng = random.Random(f"{cfg.seed}:rephrase3:{it.id}")
+    return _spoken_phrasings(it, cfg.rephrasings_set3, 3, "p", rng, pool, seen)
+
+
+def _spoken_phrasings(it: Item, n: int, augment: int, tag: str, rng: random.Random, pool: Sequence,
+                      seen: set[str]) -> list[Utterance]:
+    """Up to ``n`` distinct phrasings of ``it``'s question not in ``seen``, each by one voice of ``pool``, as rows
+    ``<item>.<tag><k>`` (split train)."""
     seen, out = set(seen), []
-    for _ in range(8 * cfg.rephrasings_set3):  # bounded: a kind may have fewer phrasings than asked for
-        if len(out) == cfg.rephrasings_set3:
+    for _ in range(8 * n):  # bounded: a kind may have fewer phrasings than asked for
+        if len(out) == n:
             break
-        text = rephrase(it.kind, it.language, it.question, rng, it.style, augment=3)
+        text = rephrase(it.kind, it.language, it.question, rng, it.style, augment=augment)
         if text in seen:
             continue
         seen.add(text)
         voice = pool[rng.randrange(len(pool))]
-        out.append(Utterance(f"{it.id}.p{len(out)}", it.id, it.kind, "question", text, it.language, voice.name,
+        out.append(Utterance(f"{it.id}.{tag}{len(out)}", it.id, it.kind, "question", text, it.language, voice.name,
                              _question_style(rng).key(), "train"))
     return out
 
