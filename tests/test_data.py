@@ -321,6 +321,8 @@ def test_augmentation_set_3_uses_no_word_only_a_heldout_phrasing_uses():
                 assert not _words(t) & held_only and t not in earlier, (intent, t)
                 checked += 1
     assert checked > 150
+    with pytest.raises(ValueError, match="greeting intent"):
+        texts.heldout_only_units("greeting", "en", intent="no_such_intent")
 
 
 def test_augmentation_set_3_fillers_keep_the_slot_and_avoid_heldout_words(items):

@@ -400,9 +400,10 @@ def _units(text: str) -> set[str]:
 def heldout_only_units(kind: str, lang: str, style: str = "normal", intent: str | None = None) -> frozenset[str]:
     """The words (zh: characters) that only the held-out phrasings of a kind (a greeting: of its intent) use."""
     if kind == "greeting":
-        table = GREETINGS_EN if lang == "en" else GREETINGS_ZH
-        phrasings = next(p for i, p, _ in table if i == intent)
-        held, train = phrasings[-1:], phrasings[:-1]
+        intents = {i: p for i, p, _ in (GREETINGS_EN if lang == "en" else GREETINGS_ZH)}
+        if intent not in intents:
+            raise ValueError(f"no {lang} greeting intent {intent!r}; known: {sorted(intents)}")
+        held, train = intents[intent][-1:], intents[intent][:-1]
     else:
         templates = question_templates(kind, lang, style)
         held = [t for _, t, h in templates if h]
