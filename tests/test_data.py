@@ -287,7 +287,7 @@ def test_augmentation_set_2_widens_rephrasings_and_set_1_draws_stay(items):
     kinds_with_new = {k for k, q in two - one}
     assert {"arithmetic", "capital", "greeting", "repeat", "definition", "style"} <= kinds_with_new, kinds_with_new
     with pytest.raises(ValueError, match="augmentation set"):
-        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=4)
+        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=5)
 
 
 def _words(text: str) -> set[str]:
@@ -367,6 +367,61 @@ def test_augmentation_set_3_reaches_new_greeting_phrasings():
         texts.GREETING_AUGMENT_3[("en", "good_night")])
 
 
+def test_augmentation_set_4_adds_stray_words_from_other_kinds_only(items):
+    train = [it for it in items if it.split == "train" and it.kind not in ("chat",)]
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    noisy = checked = 0
+    for it in train[::4]:
+        for seed in range(2):
+            q3 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=3)
+            q4 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=4)
+            checked += 1
+            if it.language == "zh":
+                assert q4 == q3  # English only
+                continue
+            assert q4 not in heldout_questions
+            # set 4 is set 3's phrasing with at most two words put between its words
+            w3, w4 = q3.split(" "), q4.split(" ")
+            extra, j = [], 0
+            for w in w4:
+                if j < len(w3) and w == w3[j]:
+                    j += 1
+                else:
+                    extra.append(w)
+            assert j == len(w3) and len(extra) <= 2, (q3, q4)
+            if not extra:
+                continue
+            noisy += 1
+            assert w4[0] == w3[0], q4  # never before the first word
+            vocab = texts.noise_words(it.kind)
+            banned = (set().union(*(texts.heldout_only_units("greeting", "en", intent=i)
+                                    for i, _, _ in texts.GREETINGS_EN)) if it.kind == "greeting" else
+                      texts.heldout_only_units(it.kind, "en", it.style))
+            for w in extra:
+                assert w in vocab and w not in banned and w not in {"one", "two", "plus", "minus", "times"}, (q4, w)
+            if it.kind in ("repeat", "what_said", "style"):  # the phrase to say stays whole, nothing beside it
+                phrase = next(rx.fullmatch(it.question) for rx in
+                              texts._rephrasings(it.kind, "en", it.style, 1)[0] if rx.fullmatch(it.question))[1]
+                assert phrase in q4
+                k = q4.index(phrase)
+                before, after = q4[:k].split(" ")[-2:-1], q4[k + len(phrase):].split(" ")[1:2]
+                assert not set(before + after) & set(extra) - set(q3.split(" ")), (q3, q4)
+    assert checked > 1000 and 0.2 < noisy / checked < 0.45, (noisy, checked)
+
+
+def test_noise_words_never_carry_a_kind_own_or_heldout_word():
+    every = texts._english_phrasings(False)
+    for kind in every:
+        vocab = set(texts.noise_words(kind))
+        own = set().union(*(_words(re.sub(r"\{\w+\}", " ", t)) for t in every[kind]))
+        assert len(vocab) > 50 and not vocab & own, kind
+        assert not vocab & {"one", "three", "ten", "i"}
+    assert "capital" in texts.noise_words("definition") and "capital" not in texts.noise_words("capital")
+    assert "explain" not in set().union(*map(texts.noise_words, every))  # a word only held-out phrasings use
+    with pytest.raises(ValueError, match="kind"):
+        texts.noise_words("no_such_kind")
+
+
 def test_plan_with_augmentation_set_2(items):
     base = plan(items, CorpusConfig(seed=0))
     more = plan(items, CorpusConfig(seed=0, spoken_rephrasings=8, augment_set=2))
@@ -382,7 +437,7 @@ def test_plan_with_augmentation_set_2(items):
     greeting = [t for i, ts in per_item.items() if i.startswith("greeting-en") for t in ts]
     assert set(greeting) & {t for ts in texts.GREETING_AUGMENT_2.values() for t in ts}
     with pytest.raises(ConfigError, match="augment_set"):
-        CorpusConfig(augment_set=4)
+        CorpusConfig(augment_set=5)
 
 
 def test_plan_with_set3_rephrasings_completes_an_older_plan(items):

@@ -362,7 +362,14 @@ FILLERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "zh": (("请问，", "嗯，", "那个，", "我想问一下，", "好，", "问个问题：", "对了，"), ()),
 }
 FILLER_P = (0.35, 0.2)  # chance of a prefix, of a suffix (set 3)
-AUGMENT_SETS = (1, 2, 3)
+# Set 4: set 3 plus stray words (English only). A small model answers a held-out wording by whichever trained words
+# it holds ("Can you explain the word run?" gets the help greeting's answer: session 36), so a typed training
+# question gets, at random, one or two words from other kinds' training phrasings put between its words, and the
+# model learns that such words do not choose the request. NOISE_P: chance of a first word, of a second.
+NOISE_P = (0.3, 0.1)
+# number words would change an arithmetic question; "i" would need a capital letter
+_NOISE_EXCLUDED = frozenset("i zero one two three four five six seven eight nine ten eleven twelve".split())
+AUGMENT_SETS = (1, 2, 3, 4)
 
 
 def question_templates(kind: str, lang: str, style: str = "normal") -> tuple[_T, ...]:
@@ -436,12 +443,71 @@ def _with_fillers(template: str, kind: str, lang: str, style: str, rng: random.R
     return body
 
 
+def _english_phrasings(train_only: bool) -> dict[str, tuple[str, ...]]:
+    """English phrasings by kind ("greeting" holds all intents, the styles count as "style"): the training
+    templates, augmentation sets 1 to 3 and training greetings, and with ``train_only`` False the held-out ones too."""
+    groups: dict[str, list[str]] = {}
+    for kind in KINDS:
+        for style in (STYLE_NAMES if kind == "style" else ("normal",)):
+            groups.setdefault(kind, []).extend(t for _, t, held in question_templates(kind, "en", style)
+                                               if not (held and train_only))
+    for table in (AUGMENT_TEMPLATES, AUGMENT_TEMPLATES_2, AUGMENT_TEMPLATES_3):
+        for (key, lang), pool in table.items():
+            if lang == "en":
+                groups.setdefault(key.split("-")[0], []).extend(pool)
+    for _, phrasings, _ in GREETINGS_EN:
+        groups["greeting"].extend(phrasings[:-1] if train_only else phrasings)  # the last one is held out
+    for table in (GREETING_AUGMENT_2, GREETING_AUGMENT_3):
+        for (lang, _), pool in table.items():
+            if lang == "en":
+                groups["greeting"].extend(pool)
+    return {k: tuple(v) for k, v in groups.items()}
+
+
+@functools.cache
+def noise_words(kind: str) -> tuple[str, ...]:
+    """Set 4's stray words for an English question of ``kind``: the words of the other kinds' training phrasings
+    and of the fillers, less every word of the kind's own phrasings of both splits (an arithmetic question must not
+    gain a "minus"), number words, and the kind's held-out-only words (``heldout_only_units``; for a greeting, those
+    of every intent), so the held-out wordings of a kind stay unseen in its training questions."""
+    every, train = _english_phrasings(False), _english_phrasings(True)
+    if kind not in every:
+        raise ValueError(f"no English phrasings of kind {kind!r}; known: {sorted(every)}")
+    own = set().union(*map(_units, every[kind]))
+    other = set().union(*(_units(t) for k, pool in train.items() if k != kind for t in pool))
+    other |= set().union(*map(_units, FILLERS["en"][0] + FILLERS["en"][1]))
+    if kind == "greeting":
+        held = set().union(*(heldout_only_units(kind, "en", intent=i) for i, _, _ in GREETINGS_EN))
+    else:
+        held = set().union(*(heldout_only_units(kind, "en", s) for s in (STYLE_NAMES if kind == "style" else
+                                                                          ("normal",))))
+    return tuple(sorted(other - own - held - _NOISE_EXCLUDED))
+
+
+def _with_noise(text: str, kind: str, rng: random.Random) -> str:
+    """``text`` (a phrasing, slots unfilled) with, at random (``NOISE_P``), one or two of ``noise_words(kind)``
+    put between two of its words, never next to a slot (a word beside "{x}" would read as part of what to repeat)
+    and never before the first word. The RNG is drawn six times whatever is chosen."""
+    draws = [rng.random() for _ in range(6)]
+    vocab = noise_words(kind)
+    words = text.split(" ")
+    for i, p in enumerate(NOISE_P):
+        if draws[3 * i] >= p or not vocab:
+            continue
+        gaps = [g for g in range(1, len(words)) if "{" not in words[g - 1] and "{" not in words[g]]
+        if not gaps:
+            break
+        word = vocab[int(draws[3 * i + 1] * len(vocab))]
+        words.insert(gaps[int(draws[3 * i + 2] * len(gaps))], word)
+    return " ".join(words)
+
+
 def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str = "normal", augment: int = 1) -> str:
     """The same request in another training phrasing, drawn by ``rng``: a templated question is parsed by its train
     template and re-written with a random train or augmentation template; a greeting becomes another training
     phrasing of its intent. Questions of held-out templates, chat and unknown text come back unchanged.
     ``augment`` picks the augmentation phrasings: set 1, sets 1 and 2, or sets 1 to 3 with fillers around the
-    phrasing (``AUGMENT_SETS``)."""
+    phrasing (``AUGMENT_SETS``); set 4 adds stray words to set 3's English phrasings (``_with_noise``)."""
     if augment not in AUGMENT_SETS:
         raise ValueError(f"augmentation set must be one of {AUGMENT_SETS}, not {augment}")
     if kind == "greeting":
@@ -452,7 +518,8 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
                     train += GREETING_AUGMENT_2.get((lang, intent), ())
                 if augment >= 3:
                     train += GREETING_AUGMENT_3.get((lang, intent), ())
-                return train[rng.randrange(len(train))]
+                phrasing = train[rng.randrange(len(train))]
+                return _with_noise(phrasing, kind, rng) if augment >= 4 and lang == "en" else phrasing
         return question
     regexes, pool = _rephrasings(kind, lang, style, augment)
     for rx in regexes:
@@ -461,6 +528,8 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
             template = pool[rng.randrange(len(pool))]
             if augment >= 3:
                 template = _with_fillers(template, kind, lang, style, rng)
+            if augment >= 4 and lang == "en":
+                template = _with_noise(template, kind, rng)
             return template.format(**m.groupdict())
     return question
 
