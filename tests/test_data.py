@@ -218,6 +218,7 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
     old.pop("target_voice_phrasings")
     old.pop("target_voice_texts")
     old.pop("rephrasings_set3")
+    old.pop("rephrasings_set4")
     old |= {"languages": ["en", "zh"], "kinds": None}
     (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
     meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
@@ -469,6 +470,50 @@ def test_plan_with_set3_rephrasings_completes_an_older_plan(items):
     assert plan(items, CorpusConfig(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=3)) == more
     with pytest.raises(ConfigError, match="rephrasings_set3"):
         CorpusConfig(rephrasings_set3=-1)
+
+
+def test_plan_with_set4_rephrasings_adds_english_rows_after_set3(items):
+    cfg = dict(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=4)
+    base = plan(items, CorpusConfig(**cfg))
+    more = plan(items, CorpusConfig(**cfg, rephrasings_set4=3))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base  # corpus_v7's rows unchanged: it completes in place
+    extra = [u for u in more if u.id not in ids]
+    assert extra and all(re.search(r"\.n[0-2]$", u.id) and u.split == "train" and u.role == "question"
+                         and u.language == "en" for u in extra)
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    assert not any(u.text in heldout_questions for u in extra)
+    train_voices = {v.name for v in voices.train_voices("en")}
+    assert {u.voice for u in extra} <= train_voices
+    earlier: dict[str, set] = {}
+    for u in base:
+        if u.role == "question":
+            earlier.setdefault(u.item_id, set()).add(u.text)
+    per_item: dict[str, list] = {}
+    for u in extra:
+        per_item.setdefault(u.item_id, []).append(u.text)
+    for item_id, texts_ in per_item.items():
+        assert len(set(texts_)) == len(texts_) <= 3 and not set(texts_) & earlier[item_id], item_id
+    # some carry a stray word: a word that no phrasing of the kind has, from the kind's noise words
+    by_kind = texts._english_phrasings(False)
+    noisy = 0
+    for u in extra:
+        own = set().union(*(_words(re.sub(r"\{\w+\}", " ", t)) for t in by_kind[u.kind]))
+        item = next(it for it in items if it.id == u.item_id)
+        rest = u.text
+        if u.kind != "greeting":  # the slot's value (a country, a word, a phrase) is not a stray word
+            m = next(rx.fullmatch(item.question) for rx in texts._rephrasings(u.kind, "en", item.style, 1)[0]
+                     if rx.fullmatch(item.question))
+            for value in m.groupdict().values():
+                rest = re.sub(r"(?<![A-Za-z])" + re.escape(value) + r"(?![A-Za-z])", " ", rest)
+        stray = _words(rest) - own - set().union(
+            *map(_words, texts.FILLERS["en"][0] + texts.FILLERS["en"][1]))
+        assert stray <= set(texts.noise_words(u.kind)), (u.text, stray)
+        noisy += bool(stray)
+    assert 0.15 * len(extra) < noisy < 0.6 * len(extra), (noisy, len(extra))
+    assert plan(items, CorpusConfig(**cfg, rephrasings_set4=3)) == more
+    with pytest.raises(ConfigError, match="rephrasings_set4"):
+        CorpusConfig(rephrasings_set4=-1)
 
 
 def test_extra_voices_add_new_training_speakers_only(items):

@@ -275,3 +275,5 @@ def test_synth_cli_refuses_a_negative_set3_count(tmp_path, capsys):
 
     assert main(["data", "synth", "--out", str(tmp_path / "c"), "--rephrasings-set3", "-1", "--quiet"]) != 0
     assert "rephrasings_set3" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--rephrasings-set4", "-2", "--quiet"]) != 0
+    assert "rephrasings_set4" in capsys.readouterr().err

@@ -88,6 +88,11 @@ class CorpusConfig:
     # fillers around them), each different from the item's question and its ``.r`` rows, each spoken once by a
     # training voice as ``<item>.p<k>``; own RNG stream, so a corpus can be completed in place; 0 keeps older plans
     rephrasings_set3: int = 0
+    # more phrasings of each English training item's question drawn with augmentation set 4 (set 3's phrasings, about
+    # a third of them with stray words from other kinds between their words), each different from the item's
+    # question, ``.r`` and ``.p`` rows, spoken once by a training voice as ``<item>.n<k>``; own RNG stream, so a corpus
+    # completes in place; 0 keeps older plans
+    rephrasings_set4: int = 0
     # more speakers: each training item's question is also spoken by this many voices of voices.EXTRA_VOICES_2
     # (one each, distinct), as ``<item>.v<k>``; 0 keeps the plan of older corpora
     extra_voices: int = 0
@@ -108,8 +113,9 @@ class CorpusConfig:
                               f"{self.target_voice_phrasings} and {self.target_voice_texts}")
         if self.extra_voices < 0:
             raise ConfigError(f"extra_voices must be >= 0, got {self.extra_voices}")
-        if self.rephrasings_set3 < 0:
-            raise ConfigError(f"rephrasings_set3 must be >= 0, got {self.rephrasings_set3}")
+        if self.rephrasings_set3 < 0 or self.rephrasings_set4 < 0:
+            raise ConfigError(f"rephrasings_set3 and rephrasings_set4 must be >= 0, got {self.rephrasings_set3} "
+                              f"and {self.rephrasings_set4}")
         if self.spoken_rephrasings < 0 or self.question_voices < 1:
             raise ConfigError(f"spoken_rephrasings must be >= 0 and question_voices >= 1, got "
                               f"{self.spoken_rephrasings} and {self.question_voices}")
@@ -173,7 +179,9 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
                                      voice.name, _question_style(rng).key(), split))
             rephrased = _rephrased_questions(it, cfg, pool)
             out.extend(rephrased)
-            out.extend(_set3_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased}))
+            set3 = _set3_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased})
+            out.extend(set3)
+            out.extend(_set4_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased + set3}))
             out.extend(_extra_voice_questions(it, cfg))
         out.extend(_target_voice_speech(it, cfg))
         if cfg.answers:
@@ -203,6 +211,16 @@ def _set3_questions(it: Item, cfg: CorpusConfig, pool: Sequence, seen: set[str])
         return []
     rng = random.Random(f"{cfg.seed}:rephrase3:{it.id}")
     return _spoken_phrasings(it, cfg.rephrasings_set3, 3, "p", rng, pool, seen)
+
+
+def _set4_questions(it: Item, cfg: CorpusConfig, pool: Sequence, seen: set[str]) -> list[Utterance]:
+    """Up to ``cfg.rephrasings_set4`` more training phrasings of an English training item's question from
+    augmentation set 4 (``texts.rephrase(augment=4)``: stray words from other kinds), none in ``seen``, as
+    ``<item>.n<k>``; own RNG stream. Mandarin items get none (set 4 is set 3 there)."""
+    if cfg.rephrasings_set4 <= 0 or it.split != "train" or it.language != "en":
+        return []
+    rng = random.Random(f"{cfg.seed}:rephrase4:{it.id}")
+    return _spoken_phrasings(it, cfg.rephrasings_set4, 4, "n", rng, pool, seen)
 
 
 def _spoken_phrasings(it: Item, n: int, augment: int, tag: str, rng: random.Random, pool: Sequence,
