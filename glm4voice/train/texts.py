@@ -443,25 +443,38 @@ def _with_fillers(template: str, kind: str, lang: str, style: str, rng: random.R
     return body
 
 
+def _greeting_phrasings(lang: str, phrasings: tuple[str, ...], intent: str, augment: int) -> tuple[str, ...]:
+    """The training phrasings of a greeting intent (all but its last, held-out one) and those of augmentation sets
+    2 and 3 as ``augment`` reaches them."""
+    train = phrasings[:-1]
+    if augment >= 2:
+        train += GREETING_AUGMENT_2.get((lang, intent), ())
+    if augment >= 3:
+        train += GREETING_AUGMENT_3.get((lang, intent), ())
+    return train
+
+
+def _styles(kind: str) -> tuple[str, ...]:
+    return STYLE_NAMES if kind == "style" else ("normal",)
+
+
 def _english_phrasings(train_only: bool) -> dict[str, tuple[str, ...]]:
-    """English phrasings by kind ("greeting" holds all intents, the styles count as "style"): the training
-    templates, augmentation sets 1 to 3 and training greetings, and with ``train_only`` False the held-out ones too."""
-    groups: dict[str, list[str]] = {}
+    """English phrasings by kind ("greeting" holds all intents, the styles count as "style"): what ``rephrase``
+    draws from with set 3 (training templates, augmentation sets 1 to 3, training greetings), and with
+    ``train_only`` False the held-out templates and greetings too."""
+    groups: dict[str, tuple[str, ...]] = {}
     for kind in KINDS:
-        for style in (STYLE_NAMES if kind == "style" else ("normal",)):
-            groups.setdefault(kind, []).extend(t for _, t, held in question_templates(kind, "en", style)
-                                               if not (held and train_only))
-    for table in (AUGMENT_TEMPLATES, AUGMENT_TEMPLATES_2, AUGMENT_TEMPLATES_3):
-        for (key, lang), pool in table.items():
-            if lang == "en":
-                groups.setdefault(key.split("-")[0], []).extend(pool)
-    for _, phrasings, _ in GREETINGS_EN:
-        groups["greeting"].extend(phrasings[:-1] if train_only else phrasings)  # the last one is held out
-    for table in (GREETING_AUGMENT_2, GREETING_AUGMENT_3):
-        for (lang, _), pool in table.items():
-            if lang == "en":
-                groups["greeting"].extend(pool)
-    return {k: tuple(v) for k, v in groups.items()}
+        pool: list[str] = []
+        if kind == "greeting":
+            for intent, phrasings, _ in GREETINGS_EN:
+                pool += _greeting_phrasings("en", phrasings, intent, 3)
+                pool += [] if train_only else phrasings[-1:]
+        else:
+            for style in _styles(kind):
+                pool += _rephrasings(kind, "en", style, 3)[1]
+                pool += [] if train_only else [t for _, t, held in question_templates(kind, "en", style) if held]
+        groups[kind] = tuple(pool)
+    return groups
 
 
 @functools.cache
@@ -479,8 +492,7 @@ def noise_words(kind: str) -> tuple[str, ...]:
     if kind == "greeting":
         held = set().union(*(heldout_only_units(kind, "en", intent=i) for i, _, _ in GREETINGS_EN))
     else:
-        held = set().union(*(heldout_only_units(kind, "en", s) for s in (STYLE_NAMES if kind == "style" else
-                                                                          ("normal",))))
+        held = set().union(*(heldout_only_units(kind, "en", style) for style in _styles(kind)))
     return tuple(sorted(other - own - held - _NOISE_EXCLUDED))
 
 
@@ -512,12 +524,8 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
         raise ValueError(f"augmentation set must be one of {AUGMENT_SETS}, not {augment}")
     if kind == "greeting":
         for intent, phrasings, _ in (GREETINGS_EN if lang == "en" else GREETINGS_ZH):
-            train = phrasings[:-1]  # the last phrasing of each intent is held out
-            if question in train:
-                if augment >= 2:
-                    train += GREETING_AUGMENT_2.get((lang, intent), ())
-                if augment >= 3:
-                    train += GREETING_AUGMENT_3.get((lang, intent), ())
+            if question in phrasings[:-1]:  # the last phrasing of each intent is held out
+                train = _greeting_phrasings(lang, phrasings, intent, augment)
                 phrasing = train[rng.randrange(len(train))]
                 return _with_noise(phrasing, kind, rng) if augment >= 4 and lang == "en" else phrasing
         return question
