@@ -288,7 +288,7 @@ def test_augmentation_set_2_widens_rephrasings_and_set_1_draws_stay(items):
     kinds_with_new = {k for k, q in two - one}
     assert {"arithmetic", "capital", "greeting", "repeat", "definition", "style"} <= kinds_with_new, kinds_with_new
     with pytest.raises(ValueError, match="augmentation set"):
-        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=5)
+        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=6)
 
 
 def _words(text: str) -> set[str]:
@@ -410,8 +410,66 @@ def test_augmentation_set_4_adds_stray_words_from_other_kinds_only(items):
     assert checked > 1000 and 0.2 < noisy / checked < 0.45, (noisy, checked)
 
 
+def test_augmentation_set_5_adds_stray_characters_to_mandarin_questions(items):
+    train = [it for it in items if it.split == "train" and it.kind != "chat"]
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    noisy = checked = 0
+    for it in train[::3]:
+        for seed in range(2):
+            q4 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=4)
+            q5 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=5)
+            if it.language == "en":
+                assert q5 == q4  # set 4's English draws are kept
+                continue
+            checked += 1
+            assert q5 not in heldout_questions
+            # q5 is set 3's (= set 4's, in Mandarin) phrasing with at most two chunks of 1-2 characters put in
+            extra, j, run = [], 0, ""
+            for ch in q5:
+                if j < len(q4) and ch == q4[j]:
+                    j += 1
+                    if run:
+                        extra.append(run)
+                        run = ""
+                else:
+                    run += ch
+            assert j == len(q4) and not run and len(extra) <= 2 and all(len(e) <= 4 for e in extra), (q4, q5)
+            if not extra:
+                continue
+            noisy += 1
+            assert q5[0] == q4[0], q5  # never before the first character
+            vocab = set(texts.noise_words(it.kind, "zh"))
+            banned = (set().union(*(texts.heldout_only_units("greeting", "zh", intent=i)
+                                    for i, _, _ in texts.GREETINGS_ZH)) if it.kind == "greeting" else
+                      texts.heldout_only_units(it.kind, "zh", it.style))
+            for e in extra:  # two chunks put side by side read as one run
+                assert e in vocab or any(e[:k] in vocab and e[k:] in vocab for k in range(1, len(e))), (q5, e)
+                assert not set(e) & (banned | set("一二三四五六七八九十加减乘")), (q5, e)
+            if it.kind in ("repeat", "what_said", "style"):  # the phrase to say stays whole, nothing beside it
+                phrase = next(rx.fullmatch(it.question) for rx in
+                              texts._rephrasings(it.kind, "zh", it.style, 1)[0] if rx.fullmatch(it.question))[1]
+                k = q5.index(phrase)
+                k4 = q4.index(phrase)
+                assert q5[k - 1:k] == q4[k4 - 1:k4] and q5[k + len(phrase):][:1] == q4[k4 + len(phrase):][:1], (q4, q5)
+    assert checked > 300 and 0.15 < noisy / checked < 0.5, (noisy, checked)  # some frames have no gap
+
+
+def test_mandarin_noise_words_keep_the_heldout_frames_unseen():
+    for kind in ("arithmetic", "repeat", "what_said", "style", "greeting"):
+        vocab = texts.noise_words(kind, "zh")
+        chars = set("".join(vocab))
+        own = set().union(*(texts._units(t) for t in texts._phrasings_by_kind("zh", False)[kind]))
+        assert len(vocab) > 50 and not chars & own and not chars & set("一二三四五六七八九十加减乘"), kind
+        assert {len(v) for v in vocab} == {1, 2}
+    # "请你复述一遍" is held out for repeat: its new characters never become a repeat question's stray characters
+    assert not set("你述") & set("".join(texts.noise_words("repeat", "zh")))
+    assert "你" in texts.noise_words("chat", "zh")  # a kind with no such frame may carry it
+    with pytest.raises(ValueError, match="language"):
+        texts.noise_words("repeat", "fr")
+
+
 def test_noise_words_never_carry_a_kind_own_or_heldout_word():
-    every = texts._english_phrasings(False)
+    every = texts._phrasings_by_kind("en", False)
     for kind in every:
         vocab = set(texts.noise_words(kind))
         own = set().union(*(_words(re.sub(r"\{\w+\}", " ", t)) for t in every[kind]))
@@ -438,7 +496,7 @@ def test_plan_with_augmentation_set_2(items):
     greeting = [t for i, ts in per_item.items() if i.startswith("greeting-en") for t in ts]
     assert set(greeting) & {t for ts in texts.GREETING_AUGMENT_2.values() for t in ts}
     with pytest.raises(ConfigError, match="augment_set"):
-        CorpusConfig(augment_set=5)
+        CorpusConfig(augment_set=6)
 
 
 def test_plan_with_set3_rephrasings_completes_an_older_plan(items):
@@ -495,7 +553,7 @@ def test_plan_with_set4_rephrasings_adds_english_rows_after_set3(items):
     for item_id, texts_ in per_item.items():
         assert len(set(texts_)) == len(texts_) <= 3 and not set(texts_) & earlier[item_id], item_id
     # some carry a stray word: a word that no phrasing of the kind has, from the kind's noise words
-    by_kind = texts._english_phrasings(False)
+    by_kind = texts._phrasings_by_kind("en", False)
     noisy = 0
     for u in extra:
         own = set().union(*(_words(re.sub(r"\{\w+\}", " ", t)) for t in by_kind[u.kind]))

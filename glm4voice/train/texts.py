@@ -369,7 +369,14 @@ FILLER_P = (0.35, 0.2)  # chance of a prefix, of a suffix (set 3)
 NOISE_P = (0.3, 0.1)
 # number words would change an arithmetic question; "i" would need a capital letter
 _NOISE_EXCLUDED = frozenset("i zero one two three four five six seven eight nine ten eleven twelve".split())
-AUGMENT_SETS = (1, 2, 3, 4)
+# Set 5 (session 38): set 4 plus stray characters for Mandarin typed questions. Typed v17 answered held-out Mandarin
+# phrasings of "repeat" 9 of 31 and of "what did I say" 3 of 28: a new frame such as "请你复述一遍：" was read as some
+# other request. A Mandarin question gets, at random (ZH_NOISE_P), one or two characters or two-character chunks of
+# other kinds' training phrasings put between its characters, under set 4's rules (never next to a slot, never
+# first, never a character of the kind's own phrasings, a number or a held-out-only character).
+ZH_NOISE_P = (0.4, 0.15)
+_ZH_NOISE_EXCLUDED = frozenset("零一二三四五六七八九十百千两加减乘除")
+AUGMENT_SETS = (1, 2, 3, 4, 5)
 
 
 def question_templates(kind: str, lang: str, style: str = "normal") -> tuple[_T, ...]:
@@ -458,52 +465,68 @@ def _styles(kind: str) -> tuple[str, ...]:
     return STYLE_NAMES if kind == "style" else ("normal",)
 
 
-def _english_phrasings(train_only: bool) -> dict[str, tuple[str, ...]]:
-    """English phrasings by kind ("greeting" holds all intents, the styles count as "style"): what ``rephrase``
+def _phrasings_by_kind(lang: str, train_only: bool) -> dict[str, tuple[str, ...]]:
+    """Phrasings of ``lang`` by kind ("greeting" holds all intents, the styles count as "style"): what ``rephrase``
     draws from with set 3 (training templates, augmentation sets 1 to 3, training greetings), and with
-    ``train_only`` False the held-out templates and greetings too."""
+    ``train_only`` False the held-out templates and greetings too. A kind without phrasings in ``lang`` is empty."""
     groups: dict[str, tuple[str, ...]] = {}
     for kind in KINDS:
         pool: list[str] = []
         if kind == "greeting":
-            for intent, phrasings, _ in GREETINGS_EN:
-                pool += _greeting_phrasings("en", phrasings, intent, 3)
+            for intent, phrasings, _ in (GREETINGS_EN if lang == "en" else GREETINGS_ZH):
+                pool += _greeting_phrasings(lang, phrasings, intent, 3)
                 pool += [] if train_only else phrasings[-1:]
         else:
             for style in _styles(kind):
-                pool += _rephrasings(kind, "en", style, 3)[1]
-                pool += [] if train_only else [t for _, t, held in question_templates(kind, "en", style) if held]
+                pool += _rephrasings(kind, lang, style, 3)[1]
+                pool += [] if train_only else [t for _, t, held in question_templates(kind, lang, style) if held]
         groups[kind] = tuple(pool)
     return groups
 
 
+def _zh_chunks(text: str) -> set[str]:
+    """The Chinese characters of a phrasing and its two-character runs (slots and punctuation break runs)."""
+    out: set[str] = set()
+    for run in re.findall(r"[\u4e00-\u9fff]+", re.sub(r"\{\w+\}", " ", text)):
+        out |= set(run) | {run[i:i + 2] for i in range(len(run) - 1)}
+    return out
+
+
 @functools.cache
-def noise_words(kind: str) -> tuple[str, ...]:
-    """Set 4's stray words for an English question of ``kind``: the words of the other kinds' training phrasings
-    and of the fillers, less every word of the kind's own phrasings of both splits (an arithmetic question must not
-    gain a "minus"), number words, and the kind's held-out-only words (``heldout_only_units``; for a greeting, those
-    of every intent), so the held-out wordings of a kind stay unseen in its training questions."""
-    every, train = _english_phrasings(False), _english_phrasings(True)
+def noise_words(kind: str, lang: str = "en") -> tuple[str, ...]:
+    """Stray words for a question of ``kind`` (set 4: English; set 5: Mandarin, where they are characters and
+    two-character chunks): those of the other kinds' training phrasings and of the fillers, less any with a word
+    (character) of the kind's own phrasings of both splits (an arithmetic question must not gain a "minus"), a
+    number, or one of the kind's held-out-only words (``heldout_only_units``; for a greeting, those of every
+    intent), so the held-out wordings of a kind stay unseen in its training questions."""
+    if lang not in FILLERS:
+        raise ValueError(f"no phrasings in language {lang!r}; known: {sorted(FILLERS)}")
+    every, train = _phrasings_by_kind(lang, False), _phrasings_by_kind(lang, True)
     if kind not in every:
-        raise ValueError(f"no English phrasings of kind {kind!r}; known: {sorted(every)}")
+        raise ValueError(f"no phrasings of kind {kind!r}; known: {sorted(every)}")
     own = set().union(*map(_units, every[kind]))
-    other = set().union(*(_units(t) for k, pool in train.items() if k != kind for t in pool))
-    other |= set().union(*map(_units, FILLERS["en"][0] + FILLERS["en"][1]))
     if kind == "greeting":
-        held = set().union(*(heldout_only_units(kind, "en", intent=i) for i, _, _ in GREETINGS_EN))
+        intents = GREETINGS_EN if lang == "en" else GREETINGS_ZH
+        held = set().union(*(heldout_only_units(kind, lang, intent=i) for i, _, _ in intents))
     else:
-        held = set().union(*(heldout_only_units(kind, "en", style) for style in _styles(kind)))
-    return tuple(sorted(other - own - held - _NOISE_EXCLUDED))
+        held = set().union(*(heldout_only_units(kind, lang, style) for style in _styles(kind)))
+    others = [t for k, pool in train.items() if k != kind for t in pool] + list(FILLERS[lang][0] + FILLERS[lang][1])
+    if lang == "en":
+        other = set().union(*map(_units, others))
+        return tuple(sorted(other - own - held - _NOISE_EXCLUDED))
+    banned = own | held | _ZH_NOISE_EXCLUDED
+    return tuple(sorted(c for c in set().union(*map(_zh_chunks, others)) if not set(c) & banned))
 
 
-def _with_noise(text: str, kind: str, rng: random.Random) -> str:
-    """``text`` (a phrasing, slots unfilled) with, at random (``NOISE_P``), one or two of ``noise_words(kind)``
-    put between two of its words, never next to a slot (a word beside "{x}" would read as part of what to repeat)
-    and never before the first word. The RNG is drawn six times whatever is chosen."""
+def _with_noise(text: str, kind: str, rng: random.Random, lang: str = "en") -> str:
+    """``text`` (a phrasing, slots unfilled) with, at random (``NOISE_P``; Mandarin: ``ZH_NOISE_P``), one or two of
+    ``noise_words(kind, lang)`` put between two of its words (Mandarin: characters), never next to a slot (a word
+    beside "{x}" would read as part of what to repeat) and never before the first word. The RNG is drawn six times
+    whatever is chosen."""
     draws = [rng.random() for _ in range(6)]
-    vocab = noise_words(kind)
-    words = text.split(" ")
-    for i, p in enumerate(NOISE_P):
+    vocab = noise_words(kind, lang)
+    words = text.split(" ") if lang == "en" else re.findall(r"\{\w+\}|.", text, re.S)
+    for i, p in enumerate(NOISE_P if lang == "en" else ZH_NOISE_P):
         if draws[3 * i] >= p or not vocab:
             continue
         gaps = [g for g in range(1, len(words)) if "{" not in words[g - 1] and "{" not in words[g]]
@@ -511,7 +534,12 @@ def _with_noise(text: str, kind: str, rng: random.Random) -> str:
             break
         word = vocab[int(draws[3 * i + 1] * len(vocab))]
         words.insert(gaps[int(draws[3 * i + 2] * len(gaps))], word)
-    return " ".join(words)
+    return (" " if lang == "en" else "").join(words)
+
+
+def _noisy(augment: int, lang: str) -> bool:
+    """Whether ``rephrase`` adds stray words: set 4 in English, set 5 in English and Mandarin."""
+    return augment >= 5 or (augment == 4 and lang == "en")
 
 
 def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str = "normal", augment: int = 1) -> str:
@@ -519,7 +547,8 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
     template and re-written with a random train or augmentation template; a greeting becomes another training
     phrasing of its intent. Questions of held-out templates, chat and unknown text come back unchanged.
     ``augment`` picks the augmentation phrasings: set 1, sets 1 and 2, or sets 1 to 3 with fillers around the
-    phrasing (``AUGMENT_SETS``); set 4 adds stray words to set 3's English phrasings (``_with_noise``)."""
+    phrasing (``AUGMENT_SETS``); set 4 adds stray words to set 3's English phrasings, set 5 to its Mandarin ones
+    too (``_with_noise``)."""
     if augment not in AUGMENT_SETS:
         raise ValueError(f"augmentation set must be one of {AUGMENT_SETS}, not {augment}")
     if kind == "greeting":
@@ -527,7 +556,7 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
             if question in phrasings[:-1]:  # the last phrasing of each intent is held out
                 train = _greeting_phrasings(lang, phrasings, intent, augment)
                 phrasing = train[rng.randrange(len(train))]
-                return _with_noise(phrasing, kind, rng) if augment >= 4 and lang == "en" else phrasing
+                return _with_noise(phrasing, kind, rng, lang) if _noisy(augment, lang) else phrasing
         return question
     regexes, pool = _rephrasings(kind, lang, style, augment)
     for rx in regexes:
@@ -536,8 +565,8 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
             template = pool[rng.randrange(len(pool))]
             if augment >= 3:
                 template = _with_fillers(template, kind, lang, style, rng)
-            if augment >= 4 and lang == "en":
-                template = _with_noise(template, kind, rng)
+            if _noisy(augment, lang):
+                template = _with_noise(template, kind, rng, lang)
             return template.format(**m.groupdict())
     return question
 
