@@ -27,6 +27,7 @@ COMPONENTS = {
                     "carry an LM and a decoder over to a new tokenizer's codes (warm start from code co-occurrence)"),
     "grow-lm": ("glm4voice.train.grow_lm",
                 "grow a trained LM (more layers, wider MLP) computing the same function: a warm start"),
+    "mix-lm": ("glm4voice.train.mix_lm", "mix two LMs weight by weight, base + alpha * (other - base)"),
     "compare": ("glm4voice.train.compare", "compare runs' metrics at equal steps (table + plot), e.g. an A/B"),
 }
 
