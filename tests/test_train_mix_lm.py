@@ -88,3 +88,28 @@ def test_mix_folders_errors(tmp_path):
     (tmp_path / "small" / "tokenizer.model").unlink()
     with pytest.raises(CheckpointError, match="tokenizer.model"):
         mix_lm.mix_folders(src, tmp_path / "small", tmp_path / "m", 0.5)
+
+
+def test_several_others_are_averaged_first(tmp_path):
+    a, b, c = (_model(i).state_dict() for i in range(3))
+    mean = mix_lm.mean_state_dicts([b, c])
+    k = "layers.1.mlp.up.weight"
+    assert torch.allclose(mean[k], (b[k] + c[k]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="no models"):
+        mix_lm.mean_state_dicts([])
+    with pytest.raises(ValueError, match="other model 2"):
+        mix_lm.mean_state_dicts([b, _model(1, ffn=64).state_dict()])
+    for name, sd in (("b", b), ("c", c)):
+        m = _model(0)
+        m.load_state_dict(sd)
+        shutil.copytree(embedded_dir("lm"), tmp_path / name,
+                        ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+        save_pretrained(m, tmp_path / name, dtype=torch.float32)
+    shutil.copytree(tmp_path / "b", tmp_path / "a")
+    m = _model(0)
+    m.load_state_dict(a)
+    save_pretrained(m, tmp_path / "a", dtype=torch.float32)
+    rec = mix_lm.mix_folders(tmp_path / "a", [tmp_path / "b", tmp_path / "c"], tmp_path / "m", 0.5)
+    assert rec["other"] == [str(tmp_path / "b"), str(tmp_path / "c")]
+    got = load_lm(tmp_path / "m", dtype=torch.float32).state_dict()
+    assert torch.allclose(got[k], a[k] + 0.5 * ((b[k] + c[k]) / 2 - a[k]), atol=1e-5)

@@ -1,4 +1,4 @@
-"""Mix two LMs of the same architecture weight by weight: ``base + alpha * (other - base)``.
+"""Mix LMs of the same architecture weight by weight: ``base + alpha * (other - base)``.
 
 Session 37 found that every continuation of the shipped LM (1,600 more steps, with or without new data) answered
 more typed questions but said some of v17's own answers worse. When ``other`` is a fine-tune of ``base``, a
@@ -10,8 +10,9 @@ no training cost. ``alpha`` = 0 gives ``base``, 1 gives ``other``.
         --out runs/lm_mix50
 
 Both folders may be plain or int8-stored (the embedded LM); they are read in float32 and must have the same
-architecture (every config field but the stored dtype) and the same tensors. Writes a complete model folder in
-``other``'s stored dtype with ``other``'s text tokenizer, and mix.json (the sources and alpha).
+architecture (every config field but the stored dtype) and the same tensors. Several ``--other`` folders are
+averaged first (a uniform soup of fine-tunes of one base). Writes a complete model folder in the (first) other's
+stored dtype with its text tokenizer, and mix.json (the sources and alpha).
 """
 
 from __future__ import annotations
@@ -32,61 +33,86 @@ log = logging.getLogger("glm4voice.train.mix_lm")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json")
 
 
+def _check_same(base: dict[str, Tensor], other: dict[str, Tensor], what: str = "the other") -> None:
+    only_base, only_other = sorted(set(base) - set(other)), sorted(set(other) - set(base))
+    if only_base or only_other:
+        key = (only_base or only_other)[0]
+        raise ValueError(f"tensor {key} is only in {'the base' if only_base else what} model")
+    for key, w in base.items():
+        if w.shape != other[key].shape:
+            raise ValueError(f"tensor {key} has shape {tuple(w.shape)} in the base model, "
+                             f"{tuple(other[key].shape)} in {what}")
+
+
 def mix_state_dicts(base: dict[str, Tensor], other: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """``base + alpha * (other - base)`` for every tensor (float32 arithmetic, ``base``'s dtype kept); the two
     must hold the same names and shapes, and the error names the first that differs."""
     if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
-    only_base, only_other = sorted(set(base) - set(other)), sorted(set(other) - set(base))
-    if only_base or only_other:
-        key = (only_base or only_other)[0]
-        raise ValueError(f"tensor {key} is only in the {'base' if only_base else 'other'} model")
-    out = {}
-    for key, w in base.items():
-        v = other[key]
-        if w.shape != v.shape:
-            raise ValueError(f"tensor {key} has shape {tuple(w.shape)} in the base model, "
-                             f"{tuple(v.shape)} in the other")
-        out[key] = torch.lerp(w.float(), v.float(), alpha).to(w.dtype)
-    return out
+    _check_same(base, other)
+    return {k: torch.lerp(w.float(), other[k].float(), alpha).to(w.dtype) for k, w in base.items()}
 
 
-def mix_folders(base: str | Path, other: str | Path, out: str | Path, alpha: float) -> dict:
-    """Mix the LM folders ``base`` and ``other`` into the complete model folder ``out``."""
+def mean_state_dicts(sds: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The tensor-wise mean of several state dicts (a uniform "soup"; float32 arithmetic, the first one's dtypes)."""
+    if not sds:
+        raise ValueError("no models to average")
+    for i, sd in enumerate(sds[1:], 2):
+        _check_same(sds[0], sd, f"other model {i}")
+    return {k: (sum(sd[k].float() for sd in sds) / len(sds)).to(w.dtype) for k, w in sds[0].items()}
+
+
+def mix_folders(base: str | Path, other: str | Path | list, out: str | Path, alpha: float) -> dict:
+    """Mix the LM folder ``base`` with ``other`` (one folder, or several averaged first) into the complete model
+    folder ``out``."""
     from glm4voice.errors import CheckpointError, ConfigError
     from glm4voice.lm.load import load_lm, save_pretrained
 
-    base, other, out = Path(base), Path(other), Path(out)
-    missing = [f for f in TOKENIZER_FILES if not (other / f).is_file()]
+    others = [Path(o) for o in (other if isinstance(other, (list, tuple)) else [other])]
+    base, out = Path(base), Path(out)
+    if not others:
+        raise ConfigError("mix-lm: give at least one --other model")
+    missing = [f for f in TOKENIZER_FILES if not (others[0] / f).is_file()]
     if missing:
-        raise CheckpointError(f"{other}: no {missing[0]} (mix-lm copies the other model's text tokenizer)")
-    if out.resolve() in (base.resolve(), other.resolve()):
+        raise CheckpointError(f"{others[0]}: no {missing[0]} (mix-lm copies the other model's text tokenizer)")
+    if out.resolve() in {p.resolve() for p in [base, *others]}:
         raise ConfigError("mix-lm: --out must not be one of the source folders")
-    a, b = load_lm(base, dtype=torch.float32), load_lm(other, dtype=torch.float32)
-    ca, cb = asdict(a.cfg), asdict(b.cfg)
-    differ = sorted(k for k in ca if k != "torch_dtype" and ca[k] != cb.get(k))
-    if differ:
-        k = differ[0]
-        raise ConfigError(f"mix-lm: the models differ in {k} ({ca[k]!r} in {base}, {cb.get(k)!r} in {other})")
+    if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"mix-lm: alpha must be between 0 and 1, not {alpha}")
+    a = load_lm(base, dtype=torch.float32)
+    ca = asdict(a.cfg)
+    models = []
+    for o in others:
+        m = load_lm(o, dtype=torch.float32)
+        cb = asdict(m.cfg)
+        differ = sorted(k for k in ca if k != "torch_dtype" and ca[k] != cb.get(k))
+        if differ:
+            k = differ[0]
+            raise ConfigError(f"mix-lm: the models differ in {k} ({ca[k]!r} in {base}, {cb.get(k)!r} in {o})")
+        models.append(m)
     try:
-        mixed = mix_state_dicts(a.state_dict(), b.state_dict(), alpha)
+        target = mean_state_dicts([m.state_dict() for m in models])
+        mixed = mix_state_dicts(a.state_dict(), target, alpha)
     except ValueError as e:
         raise ConfigError(f"mix-lm: {e}") from e
+    b = models[0]
     b.load_state_dict(mixed, strict=True)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for f in TOKENIZER_FILES:
-        shutil.copy2(other / f, out / f)
+        shutil.copy2(others[0] / f, out / f)
     save_pretrained(b, out, dtype=getattr(torch, b.cfg.torch_dtype))
-    record = {"base": str(base), "other": str(other), "alpha": alpha, "formula": "base + alpha * (other - base)"}
+    record = {"base": str(base), "other": [str(o) for o in others] if len(others) > 1 else str(others[0]),
+              "alpha": alpha, "formula": "base + alpha * (mean(other) - base)"}
     (out / "mix.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, help="LM folder at alpha 0 (e.g. the embedded lm/)")
-    parser.add_argument("--other", required=True, help="LM folder at alpha 1 (e.g. a fine-tune of --base)")
+    parser.add_argument("--other", required=True, nargs="+",
+                        help="LM folder at alpha 1 (e.g. a fine-tune of --base); several are averaged first")
     parser.add_argument("--alpha", type=float, required=True, help="weight of --other, between 0 and 1")
     parser.add_argument("--out", required=True, help="output model folder (replaced if it exists)")
 
@@ -94,5 +120,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     mix_folders(args.base, args.other, args.out, args.alpha)
-    log.info("wrote %s = %s + %.3g * (%s - %s)", args.out, args.base, args.alpha, args.other, args.base)
+    other = args.other[0] if len(args.other) == 1 else f"mean({', '.join(args.other)})"
+    log.info("wrote %s = %s + %.3g * (%s - %s)", args.out, args.base, args.alpha, other, args.base)
     return 0
