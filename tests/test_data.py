@@ -368,89 +368,91 @@ def test_augmentation_set_3_reaches_new_greeting_phrasings():
         texts.GREETING_AUGMENT_3[("en", "good_night")])
 
 
+def _rephrased_pairs(items, lo: int, hi: int, step: int):
+    """(item, its augmentation-set ``lo`` and ``hi`` rephrasings from one seed) for every ``step``-th templated or
+    greeting training question, seeds 0 and 1."""
+    train = [it for it in items if it.split == "train" and it.kind != "chat"]
+    for it in train[::step]:
+        for seed in range(2):
+            yield it, *(texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=a)
+                        for a in (lo, hi))
+
+
 def test_augmentation_set_4_adds_stray_words_from_other_kinds_only(items):
-    train = [it for it in items if it.split == "train" and it.kind not in ("chat",)]
     heldout_questions = {it.question for it in items if it.split == "heldout"}
     noisy = checked = 0
-    for it in train[::4]:
-        for seed in range(2):
-            q3 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=3)
-            q4 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=4)
-            checked += 1
-            if it.language == "zh":
-                assert q4 == q3  # English only
-                continue
-            assert q4 not in heldout_questions
-            # set 4 is set 3's phrasing with at most two words put between its words
-            w3, w4 = q3.split(" "), q4.split(" ")
-            extra, j = [], 0
-            for w in w4:
-                if j < len(w3) and w == w3[j]:
-                    j += 1
-                else:
-                    extra.append(w)
-            assert j == len(w3) and len(extra) <= 2, (q3, q4)
-            if not extra:
-                continue
-            noisy += 1
-            assert w4[0] == w3[0], q4  # never before the first word
-            vocab = texts.noise_words(it.kind)
-            banned = (set().union(*(texts.heldout_only_units("greeting", "en", intent=i)
-                                    for i, _, _ in texts.GREETINGS_EN)) if it.kind == "greeting" else
-                      texts.heldout_only_units(it.kind, "en", it.style))
-            for w in extra:
-                assert w in vocab and w not in banned and w not in {"one", "two", "plus", "minus", "times"}, (q4, w)
-            if it.kind in ("repeat", "what_said", "style"):  # the phrase to say stays whole, nothing beside it
-                phrase = next(rx.fullmatch(it.question) for rx in
-                              texts._rephrasings(it.kind, "en", it.style, 1)[0] if rx.fullmatch(it.question))[1]
-                assert phrase in q4
-                k = q4.index(phrase)
-                before, after = q4[:k].split(" ")[-2:-1], q4[k + len(phrase):].split(" ")[1:2]
-                assert not set(before + after) & set(extra) - set(q3.split(" ")), (q3, q4)
+    for it, q3, q4 in _rephrased_pairs(items, 3, 4, 4):
+        checked += 1
+        if it.language == "zh":
+            assert q4 == q3  # English only
+            continue
+        assert q4 not in heldout_questions
+        # set 4 is set 3's phrasing with at most two words put between its words
+        w3, w4 = q3.split(" "), q4.split(" ")
+        extra, j = [], 0
+        for w in w4:
+            if j < len(w3) and w == w3[j]:
+                j += 1
+            else:
+                extra.append(w)
+        assert j == len(w3) and len(extra) <= 2, (q3, q4)
+        if not extra:
+            continue
+        noisy += 1
+        assert w4[0] == w3[0], q4  # never before the first word
+        vocab = texts.noise_words(it.kind)
+        banned = (set().union(*(texts.heldout_only_units("greeting", "en", intent=i)
+                                for i, _, _ in texts.GREETINGS_EN)) if it.kind == "greeting" else
+                  texts.heldout_only_units(it.kind, "en", it.style))
+        for w in extra:
+            assert w in vocab and w not in banned and w not in {"one", "two", "plus", "minus", "times"}, (q4, w)
+        if it.kind in ("repeat", "what_said", "style"):  # the phrase to say stays whole, nothing beside it
+            phrase = next(rx.fullmatch(it.question) for rx in
+                          texts._rephrasings(it.kind, "en", it.style, 1)[0] if rx.fullmatch(it.question))[1]
+            assert phrase in q4
+            k = q4.index(phrase)
+            before, after = q4[:k].split(" ")[-2:-1], q4[k + len(phrase):].split(" ")[1:2]
+            assert not set(before + after) & set(extra) - set(q3.split(" ")), (q3, q4)
     assert checked > 1000 and 0.2 < noisy / checked < 0.45, (noisy, checked)
 
 
 def test_augmentation_set_5_adds_stray_characters_to_mandarin_questions(items):
-    train = [it for it in items if it.split == "train" and it.kind != "chat"]
     heldout_questions = {it.question for it in items if it.split == "heldout"}
     noisy = checked = 0
-    for it in train[::3]:
-        for seed in range(2):
-            q4 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=4)
-            q5 = texts.rephrase(it.kind, it.language, it.question, random.Random(seed), it.style, augment=5)
-            if it.language == "en":
-                assert q5 == q4  # set 4's English draws are kept
-                continue
-            checked += 1
-            assert q5 not in heldout_questions
-            # q5 is set 3's (= set 4's, in Mandarin) phrasing with at most two chunks of 1-2 characters put in
-            extra, j, run = [], 0, ""
-            for ch in q5:
-                if j < len(q4) and ch == q4[j]:
-                    j += 1
-                    if run:
-                        extra.append(run)
-                        run = ""
-                else:
-                    run += ch
-            assert j == len(q4) and not run and len(extra) <= 2 and all(len(e) <= 4 for e in extra), (q4, q5)
-            if not extra:
-                continue
-            noisy += 1
-            assert q5[0] == q4[0], q5  # never before the first character
-            vocab = set(texts.noise_words(it.kind, "zh"))
-            banned = (set().union(*(texts.heldout_only_units("greeting", "zh", intent=i)
-                                    for i, _, _ in texts.GREETINGS_ZH)) if it.kind == "greeting" else
-                      texts.heldout_only_units(it.kind, "zh", it.style))
-            for e in extra:  # two chunks put side by side read as one run
-                assert e in vocab or any(e[:k] in vocab and e[k:] in vocab for k in range(1, len(e))), (q5, e)
-                assert not set(e) & (banned | set("一二三四五六七八九十加减乘")), (q5, e)
-            if it.kind in ("repeat", "what_said", "style"):  # the phrase to say stays whole, nothing beside it
-                phrase = next(rx.fullmatch(it.question) for rx in
-                              texts._rephrasings(it.kind, "zh", it.style, 1)[0] if rx.fullmatch(it.question))[1]
-                k = q5.index(phrase)
-                k4 = q4.index(phrase)
-                assert q5[k - 1:k] == q4[k4 - 1:k4] and q5[k + len(phrase):][:1] == q4[k4 + len(phrase):][:1], (q4, q5)
+    for it, q4, q5 in _rephrased_pairs(items, 4, 5, 3):
+        if it.language == "en":
+            assert q5 == q4  # set 4's English draws are kept
+            continue
+        checked += 1
+        assert q5 not in heldout_questions
+        # q5 is set 3's (= set 4's, in Mandarin) phrasing with at most two chunks of 1-2 characters put in
+        extra, j, run = [], 0, ""
+        for ch in q5:
+            if j < len(q4) and ch == q4[j]:
+                j += 1
+                if run:
+                    extra.append(run)
+                    run = ""
+            else:
+                run += ch
+        assert j == len(q4) and not run and len(extra) <= 2 and all(len(e) <= 4 for e in extra), (q4, q5)
+        if not extra:
+            continue
+        noisy += 1
+        assert q5[0] == q4[0], q5  # never before the first character
+        vocab = set(texts.noise_words(it.kind, "zh"))
+        banned = (set().union(*(texts.heldout_only_units("greeting", "zh", intent=i)
+                                for i, _, _ in texts.GREETINGS_ZH)) if it.kind == "greeting" else
+                  texts.heldout_only_units(it.kind, "zh", it.style))
+        for e in extra:  # two chunks put side by side read as one run
+            assert e in vocab or any(e[:k] in vocab and e[k:] in vocab for k in range(1, len(e))), (q5, e)
+            assert not set(e) & (banned | set("一二三四五六七八九十加减乘")), (q5, e)
+        if it.kind in ("repeat", "what_said", "style"):  # the phrase to say stays whole, nothing beside it
+            phrase = next(rx.fullmatch(it.question) for rx in
+                          texts._rephrasings(it.kind, "zh", it.style, 1)[0] if rx.fullmatch(it.question))[1]
+            k = q5.index(phrase)
+            k4 = q4.index(phrase)
+            assert q5[k - 1:k] == q4[k4 - 1:k4] and q5[k + len(phrase):][:1] == q4[k4 + len(phrase):][:1], (q4, q5)
     assert checked > 300 and 0.15 < noisy / checked < 0.5, (noisy, checked)  # some frames have no gap
 
 
