@@ -34,8 +34,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="also speak each training question by this many more voices (voices.EXTRA_VOICES_2)")
     p.add_argument("--augment-set", type=int, choices=AUGMENT_SETS, default=1,
                    help="augmentation phrasings the spoken rephrasings draw from: 1; 1 and 2 (more phrasings); "
-                        "1 to 3 (more again, with filler words around the request); or 4 (set 3, and English "
-                        "phrasings sometimes with a stray word of another kind between their words)")
+                        "1 to 3 (more again, with filler words around the request); 4 (set 3, and English "
+                        "phrasings sometimes with a stray word of another kind between their words); or 5 (set 4, "
+                        "and Mandarin phrasings with stray characters too)")
     p.add_argument("--rephrasings-set3", type=int, default=0,
                    help="also speak this many phrasings of each training question drawn from augmentation set 3 "
                         "(new phrasings, fillers around the request), rows <item>.p<k>; a corpus made without "

@@ -304,8 +304,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="probability that a typed question (sft_text) is re-worded with another training "
                              "phrasing (augmentation; held-out phrasings are never used)")
     parser.add_argument("--augment-set", type=int, choices=ls.AUGMENT_SETS, default=1,
-                        help="augmentation phrasings --rephrase draws from: 1; 1 and 2 (more phrasings); or 1 to 3 "
-                             "(more again, and filler words around the request: texts.AUGMENT_TEMPLATES_3)")
+                        help="augmentation phrasings --rephrase draws from: 1; 1 and 2 (more phrasings); 1 to 3 "
+                             "(more again, and filler words around the request: texts.AUGMENT_TEMPLATES_3); 4 (set "
+                             "3 with stray words in English questions); or 5 (set 4 with stray characters in "
+                             "Mandarin ones too)")
     parser.add_argument("--code-noise", type=float, default=0.0,
                         help="probability that each code of a speech *input* (spoken question, ASR audio) is "
                              "replaced by a random code, dropped or doubled (augmentation against memorising "
