@@ -26,6 +26,7 @@ from glm4voice.lm.model import GLM
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json")  # the text tokenizer beside a complete LM folder
 # The official module's persistent RoPE buffer; the forward pass only reads its dtype (SPEC §2.3), so we check
 # its shape, drop it on load and write it on save (the official loader expects it).
 INV_FREQ_KEY = "transformer.rotary_pos_emb.inv_freq"
@@ -218,3 +219,27 @@ def save_pretrained(model: GLM, folder: str | os.PathLike, *, dtype: torch.dtype
     os.replace(folder / (SINGLE_FILE + ".part"), folder / SINGLE_FILE)
     cfg.to_json(folder / CONFIG_FILE)
     return folder
+
+
+def require_tokenizer(folder: str | os.PathLike, command: str) -> None:
+    """Refuse an LM folder without its text tokenizer files (a tool that writes a complete folder copies them)."""
+    missing = [f for f in TOKENIZER_FILES if not (Path(folder) / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: no {missing[0]} ({command} needs a complete LM folder with its tokenizer)")
+
+
+def write_model_folder(model: GLM, out: str | os.PathLike, *, tokenizer_from: str | os.PathLike, dtype: torch.dtype,
+                       record_name: str, record: dict) -> Path:
+    """Replace ``out`` with a complete LM folder: ``model`` saved in ``dtype``, the text tokenizer files of
+    ``tokenizer_from`` and ``record`` (how it was made) as ``record_name``."""
+    import shutil
+
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for f in TOKENIZER_FILES:
+        shutil.copy2(Path(tokenizer_from) / f, out / f)
+    save_pretrained(model, out, dtype=dtype)
+    (out / record_name).write_text(json.dumps(record, indent=2) + "\n")
+    return out

@@ -25,9 +25,7 @@ tokenizer files) and grow.json (sizes before/after, where each new layer came fr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,7 +34,6 @@ from torch import Tensor
 
 log = logging.getLogger("glm4voice.train.grow_lm")
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json")
 ZEROED = ("attn.out.weight", "mlp.down.weight")  # a block's two residual-branch outputs
 
 
@@ -110,15 +107,13 @@ def grow(model, *, layers: int | None = None, ffn: int | None = None, seed: int 
 def grow_folder(src: str | Path, out: str | Path, *, layers: int | None = None, ffn: int | None = None,
                 seed: int = 0) -> dict:
     """Grow the LM folder ``src`` (plain or int8-stored) into the complete model folder ``out``."""
-    from glm4voice.errors import CheckpointError, ConfigError
-    from glm4voice.lm.load import load_lm, save_pretrained
+    from glm4voice.errors import ConfigError
+    from glm4voice.lm.load import load_lm, require_tokenizer, write_model_folder
 
     src, out = Path(src), Path(out)
     if layers is None and ffn is None:
         raise ConfigError("grow-lm: give --layers and/or --ffn")
-    missing = [f for f in TOKENIZER_FILES if not (src / f).is_file()]
-    if missing:
-        raise CheckpointError(f"{src}: no {missing[0]} (grow-lm needs a complete LM folder with its tokenizer)")
+    require_tokenizer(src, "grow-lm")
     if out.resolve() == src.resolve():
         raise ConfigError("grow-lm: --out must not be the source folder")
     model = load_lm(src, dtype=torch.float32)
@@ -127,14 +122,9 @@ def grow_folder(src: str | Path, out: str | Path, *, layers: int | None = None, 
         model, record = grow(model, layers=layers, ffn=ffn, seed=seed)
     except ValueError as e:
         raise ConfigError(f"grow-lm: {e}") from e
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for f in TOKENIZER_FILES:
-        shutil.copy2(src / f, out / f)
-    save_pretrained(model, out, dtype=getattr(torch, stored))
     record["source"] = str(src)
-    (out / "grow.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_model_folder(model, out, tokenizer_from=src, dtype=getattr(torch, stored), record_name="grow.json",
+                       record=record)
     return record
 
 

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glm4voice.errors import CheckpointError, ConfigError
+from glm4voice.lm.load import TOKENIZER_FILES
 from glm4voice.train import lm_samples as ls
 
 log = logging.getLogger("glm4voice.train.lm")
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json")
 VOCAB_MULTIPLE = 64  # pad the vocabulary (embedding rows) to a multiple of this, as the official 168960 is
 LORA_TARGETS = ("qkv", "out", "up", "down")  # glm4voice.lm.model names of query_key_value, dense, h_to_4h, 4h_to_h
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

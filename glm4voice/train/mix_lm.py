@@ -18,10 +18,8 @@ stored dtype with its text tokenizer, and mix.json (the sources and alpha).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,8 +27,6 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger("glm4voice.train.mix_lm")
-
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json")
 
 
 def _check_same(base: dict[str, Tensor], other: dict[str, Tensor], what: str = "the other") -> None:
@@ -44,11 +40,15 @@ def _check_same(base: dict[str, Tensor], other: dict[str, Tensor], what: str = "
                              f"{tuple(other[key].shape)} in {what}")
 
 
+def _check_alpha(alpha: float) -> None:
+    if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
+
+
 def mix_state_dicts(base: dict[str, Tensor], other: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """``base + alpha * (other - base)`` for every tensor (float32 arithmetic, ``base``'s dtype kept); the two
     must hold the same names and shapes, and the error names the first that differs."""
-    if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
+    _check_alpha(alpha)
     _check_same(base, other)
     return {k: torch.lerp(w.float(), other[k].float(), alpha).to(w.dtype) for k, w in base.items()}
 
@@ -65,20 +65,20 @@ def mean_state_dicts(sds: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 def mix_folders(base: str | Path, other: str | Path | list, out: str | Path, alpha: float) -> dict:
     """Mix the LM folder ``base`` with ``other`` (one folder, or several averaged first) into the complete model
     folder ``out``."""
-    from glm4voice.errors import CheckpointError, ConfigError
-    from glm4voice.lm.load import load_lm, save_pretrained
+    from glm4voice.errors import ConfigError
+    from glm4voice.lm.load import load_lm, require_tokenizer, write_model_folder
 
     others = [Path(o) for o in (other if isinstance(other, (list, tuple)) else [other])]
     base, out = Path(base), Path(out)
     if not others:
         raise ConfigError("mix-lm: give at least one --other model")
-    missing = [f for f in TOKENIZER_FILES if not (others[0] / f).is_file()]
-    if missing:
-        raise CheckpointError(f"{others[0]}: no {missing[0]} (mix-lm copies the other model's text tokenizer)")
+    require_tokenizer(others[0], "mix-lm")
     if out.resolve() in {p.resolve() for p in [base, *others]}:
         raise ConfigError("mix-lm: --out must not be one of the source folders")
-    if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"mix-lm: alpha must be between 0 and 1, not {alpha}")
+    try:
+        _check_alpha(alpha)  # before loading anything
+    except ValueError as e:
+        raise ConfigError(f"mix-lm: {e}") from e
     a = load_lm(base, dtype=torch.float32)
     ca = asdict(a.cfg)
     models = []
@@ -97,15 +97,10 @@ def mix_folders(base: str | Path, other: str | Path | list, out: str | Path, alp
         raise ConfigError(f"mix-lm: {e}") from e
     b = models[0]
     b.load_state_dict(mixed, strict=True)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for f in TOKENIZER_FILES:
-        shutil.copy2(others[0] / f, out / f)
-    save_pretrained(b, out, dtype=getattr(torch, b.cfg.torch_dtype))
     record = {"base": str(base), "other": [str(o) for o in others] if len(others) > 1 else str(others[0]),
               "alpha": alpha, "formula": "base + alpha * (mean(other) - base)"}
-    (out / "mix.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_model_folder(b, out, tokenizer_from=others[0], dtype=getattr(torch, b.cfg.torch_dtype),
+                       record_name="mix.json", record=record)
     return record
 
 
