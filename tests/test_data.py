@@ -219,6 +219,7 @@ def test_older_corpus_json_without_new_options_resumes(tmp_path):
     old.pop("target_voice_texts")
     old.pop("rephrasings_set3")
     old.pop("rephrasings_set4")
+    old.pop("rephrasings_set6")
     old |= {"languages": ["en", "zh"], "kinds": None}
     (tmp_path / corpus.META).write_text(json.dumps({"config": old, "runs": []}))
     meta = corpus._check_meta(str(tmp_path), CorpusConfig(seed=2, question_voices=3))
@@ -288,7 +289,7 @@ def test_augmentation_set_2_widens_rephrasings_and_set_1_draws_stay(items):
     kinds_with_new = {k for k, q in two - one}
     assert {"arithmetic", "capital", "greeting", "repeat", "definition", "style"} <= kinds_with_new, kinds_with_new
     with pytest.raises(ValueError, match="augmentation set"):
-        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=6)
+        texts.rephrase("capital", "en", train[0].question, random.Random(0), augment=max(texts.AUGMENT_SETS) + 1)
 
 
 def _words(text: str) -> set[str]:
@@ -456,6 +457,44 @@ def test_augmentation_set_5_adds_stray_characters_to_mandarin_questions(items):
     assert checked > 300 and 0.15 < noisy / checked < 0.5, (noisy, checked)  # some frames have no gap
 
 
+def test_augmentation_set_6_adds_mandarin_phrasings_under_set_3s_rule(items):
+    checked = 0
+    for (key, lang), extra in texts.AUGMENT_TEMPLATES_6.items():
+        kind, _, style = key.partition("-")
+        assert lang == "zh", key
+        held_only = texts.heldout_only_units(kind, lang, style or "normal")
+        fields = set(re.findall(r"\{(\w+)\}", texts.question_templates(kind, lang, style or "normal")[0][1]))
+        earlier = set(texts._rephrasings(kind, lang, style or "normal", 3)[1]) | {
+            t for _, t, _ in texts.question_templates(kind, lang, style or "normal")}
+        for t in extra:
+            assert not texts._units(t) & held_only, (key, t)
+            assert set(re.findall(r"\{(\w+)\}", t)) == fields and t not in earlier, t
+            checked += 1
+    owner: dict[str, str] = {}  # a phrasing belongs to one greeting intent only
+    for intent, phrasings, _ in texts.GREETINGS_ZH:
+        for t in texts._greeting_phrasings("zh", phrasings, intent, 6):
+            assert owner.setdefault(t, intent) == intent, t
+        for t in texts.GREETING_AUGMENT_6.get(("zh", intent), ()):
+            assert not texts._units(t) & texts.heldout_only_units("greeting", "zh", intent=intent), (intent, t)
+            assert t not in texts._greeting_phrasings("zh", phrasings, intent, 5)
+            checked += 1
+    assert checked > 90
+    # English draws are set 5's; Mandarin ones reach the new phrasings and never a held-out question
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    new = 0
+    for it, q5, q6 in _rephrased_pairs(items, 5, 6, 3):
+        if it.language == "en":
+            assert q6 == q5
+        else:
+            assert q6 not in heldout_questions
+            new += q6 != q5
+    assert new > 100
+    # set 6's stray characters come from its phrasings too, and a kind never gets its own new characters
+    assert "朗" in texts.noise_words("arithmetic", "zh", 6) and "朗" not in texts.noise_words("arithmetic", "zh", 5)
+    assert not set("朗读念") & set("".join(texts.noise_words("repeat", "zh", 6)))
+    assert texts.noise_words("capital", "en", 6) == texts.noise_words("capital", "en", 5)
+
+
 def test_mandarin_noise_words_keep_the_heldout_frames_unseen():
     for kind in ("arithmetic", "repeat", "what_said", "style", "greeting"):
         vocab = texts.noise_words(kind, "zh")
@@ -498,7 +537,7 @@ def test_plan_with_augmentation_set_2(items):
     greeting = [t for i, ts in per_item.items() if i.startswith("greeting-en") for t in ts]
     assert set(greeting) & {t for ts in texts.GREETING_AUGMENT_2.values() for t in ts}
     with pytest.raises(ConfigError, match="augment_set"):
-        CorpusConfig(augment_set=6)
+        CorpusConfig(augment_set=max(texts.AUGMENT_SETS) + 1)
 
 
 def test_plan_with_set3_rephrasings_completes_an_older_plan(items):
@@ -574,6 +613,35 @@ def test_plan_with_set4_rephrasings_adds_english_rows_after_set3(items):
     assert plan(items, CorpusConfig(**cfg, rephrasings_set4=3)) == more
     with pytest.raises(ConfigError, match="rephrasings_set4"):
         CorpusConfig(rephrasings_set4=-1)
+
+
+def test_plan_with_set6_rephrasings_adds_mandarin_rows_after_set4(items):
+    cfg = dict(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=4, rephrasings_set4=4)
+    base = plan(items, CorpusConfig(**cfg))
+    more = plan(items, CorpusConfig(**cfg, rephrasings_set6=3))
+    ids = {u.id for u in base}
+    assert [u for u in more if u.id in ids] == base  # corpus_v8's rows unchanged: it completes in place
+    extra = [u for u in more if u.id not in ids]
+    assert extra and all(re.search(r"\.m[0-2]$", u.id) and u.split == "train" and u.role == "question"
+                         and u.language == "zh" for u in extra)
+    assert {u.voice for u in extra} <= {v.name for v in voices.train_voices("zh")}
+    heldout_questions = {it.question for it in items if it.split == "heldout"}
+    assert not any(u.text in heldout_questions for u in extra)
+    earlier: dict[str, set] = {}
+    for u in base:
+        if u.role == "question":
+            earlier.setdefault(u.item_id, set()).add(u.text)
+    per_item: dict[str, list] = {}
+    for u in extra:
+        per_item.setdefault(u.item_id, []).append(u.text)
+    for item_id, texts_ in per_item.items():
+        assert len(set(texts_)) == len(texts_) <= 3 and not set(texts_) & earlier[item_id], item_id
+    set6 = [t for ts in texts.AUGMENT_TEMPLATES_6.values() for t in ts]
+    frames = [re.sub(r"\{\w+\}", "", t).strip("，。？：") for t in set6]
+    assert sum(any(f and f in u.text for f in frames) for u in extra) > 0.2 * len(extra)
+    assert plan(items, CorpusConfig(**cfg, rephrasings_set6=3)) == more
+    with pytest.raises(ConfigError, match="rephrasings_set6"):
+        CorpusConfig(rephrasings_set6=-1)
 
 
 def test_extra_voices_add_new_training_speakers_only(items):

@@ -35,8 +35,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--augment-set", type=int, choices=AUGMENT_SETS, default=1,
                    help="augmentation phrasings the spoken rephrasings draw from: 1; 1 and 2 (more phrasings); "
                         "1 to 3 (more again, with filler words around the request); 4 (set 3, and English "
-                        "phrasings sometimes with a stray word of another kind between their words); or 5 (set 4, "
-                        "and Mandarin phrasings with stray characters too)")
+                        "phrasings sometimes with a stray word of another kind between their words); 5 (set 4, "
+                        "and Mandarin phrasings with stray characters too); or 6 (set 5 with more Mandarin "
+                        "phrasings)")
     p.add_argument("--rephrasings-set3", type=int, default=0,
                    help="also speak this many phrasings of each training question drawn from augmentation set 3 "
                         "(new phrasings, fillers around the request), rows <item>.p<k>; a corpus made without "
@@ -45,6 +46,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="also speak this many phrasings of each English training question drawn from augmentation "
                         "set 4 (set 3's, about a third with stray words of other kinds between their words), rows "
                         "<item>.n<k>; completes a cp -al copy of an older corpus in place like --rephrasings-set3")
+    p.add_argument("--rephrasings-set6", type=int, default=0,
+                   help="also speak this many phrasings of each Mandarin training question drawn from augmentation "
+                        "set 6 (set 5 with more Mandarin phrasings), rows <item>.m<k>; completes a cp -al copy of an "
+                        "older corpus in place like --rephrasings-set3")
     p.add_argument("--languages", default="en,zh", help="comma-separated: en,zh")
     p.add_argument("--kinds", default=None, help="comma-separated item kinds (default: all)")
     p.add_argument("--no-answers", action="store_true", help="do not speak answers in the target voice")
@@ -174,6 +179,7 @@ def _synth(args: argparse.Namespace) -> int:
                        heldout_voice_fraction=args.heldout_voice_fraction, answers=not args.no_answers,
                        spoken_rephrasings=args.spoken_rephrasings, augment_set=args.augment_set,
                        rephrasings_set3=args.rephrasings_set3, rephrasings_set4=args.rephrasings_set4,
+                       rephrasings_set6=args.rephrasings_set6,
                        extra_voices=args.extra_voices, questions=not args.no_questions,
                        target_voice_phrasings=args.target_voice_phrasings,
                        target_voice_texts=args.target_voice_texts,

@@ -93,6 +93,10 @@ class CorpusConfig:
     # question, ``.r`` and ``.p`` rows, spoken once by a training voice as ``<item>.n<k>``; own RNG stream, so a corpus
     # completes in place; 0 keeps older plans
     rephrasings_set4: int = 0
+    # more phrasings of each Mandarin training item's question drawn with augmentation set 6 (set 5 with more
+    # Mandarin phrasings), each different from the item's question and its ``.r`` and ``.p`` rows, spoken once by a
+    # training voice as ``<item>.m<k>``; own RNG stream, so a corpus completes in place; 0 keeps older plans
+    rephrasings_set6: int = 0
     # more speakers: each training item's question is also spoken by this many voices of voices.EXTRA_VOICES_2
     # (one each, distinct), as ``<item>.v<k>``; 0 keeps the plan of older corpora
     extra_voices: int = 0
@@ -113,9 +117,9 @@ class CorpusConfig:
                               f"{self.target_voice_phrasings} and {self.target_voice_texts}")
         if self.extra_voices < 0:
             raise ConfigError(f"extra_voices must be >= 0, got {self.extra_voices}")
-        if self.rephrasings_set3 < 0 or self.rephrasings_set4 < 0:
-            raise ConfigError(f"rephrasings_set3 and rephrasings_set4 must be >= 0, got {self.rephrasings_set3} "
-                              f"and {self.rephrasings_set4}")
+        for name in ("rephrasings_set3", "rephrasings_set4", "rephrasings_set6"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.spoken_rephrasings < 0 or self.question_voices < 1:
             raise ConfigError(f"spoken_rephrasings must be >= 0 and question_voices >= 1, got "
                               f"{self.spoken_rephrasings} and {self.question_voices}")
@@ -181,7 +185,9 @@ def plan(items: Sequence[Item], cfg: CorpusConfig) -> list[Utterance]:
             out.extend(rephrased)
             set3 = _set3_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased})
             out.extend(set3)
-            out.extend(_set4_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased + set3}))
+            set4 = _set4_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased + set3})
+            out.extend(set4)
+            out.extend(_set6_questions(it, cfg, pool, {it.question} | {u.text for u in rephrased + set3 + set4}))
             out.extend(_extra_voice_questions(it, cfg))
         out.extend(_target_voice_speech(it, cfg))
         if cfg.answers:
@@ -221,6 +227,16 @@ def _set4_questions(it: Item, cfg: CorpusConfig, pool: Sequence, seen: set[str])
         return []
     rng = random.Random(f"{cfg.seed}:rephrase4:{it.id}")
     return _spoken_phrasings(it, cfg.rephrasings_set4, 4, "n", rng, pool, seen)
+
+
+def _set6_questions(it: Item, cfg: CorpusConfig, pool: Sequence, seen: set[str]) -> list[Utterance]:
+    """Up to ``cfg.rephrasings_set6`` more training phrasings of a Mandarin training item's question from
+    augmentation set 6 (``texts.rephrase(augment=6)``: set 5 with more Mandarin phrasings), none in ``seen``, as
+    ``<item>.m<k>``; own RNG stream. English items get none (set 6 is set 5 there)."""
+    if cfg.rephrasings_set6 <= 0 or it.split != "train" or it.language != "zh":
+        return []
+    rng = random.Random(f"{cfg.seed}:rephrase6:{it.id}")
+    return _spoken_phrasings(it, cfg.rephrasings_set6, 6, "m", rng, pool, seen)
 
 
 def _spoken_phrasings(it: Item, n: int, augment: int, tag: str, rng: random.Random, pool: Sequence,

@@ -306,8 +306,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment-set", type=int, choices=ls.AUGMENT_SETS, default=1,
                         help="augmentation phrasings --rephrase draws from: 1; 1 and 2 (more phrasings); 1 to 3 "
                              "(more again, and filler words around the request: texts.AUGMENT_TEMPLATES_3); 4 (set "
-                             "3 with stray words in English questions); or 5 (set 4 with stray characters in "
-                             "Mandarin ones too)")
+                             "3 with stray words in English questions); 5 (set 4 with stray characters in "
+                             "Mandarin ones too); or 6 (set 5 with more Mandarin phrasings)")
     parser.add_argument("--code-noise", type=float, default=0.0,
                         help="probability that each code of a speech *input* (spoken question, ASR audio) is "
                              "replaced by a random code, dropped or doubled (augmentation against memorising "

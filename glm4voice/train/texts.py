@@ -376,7 +376,40 @@ _NOISE_EXCLUDED = frozenset("i zero one two three four five six seven eight nine
 # first, never a character of the kind's own phrasings, a number or a held-out-only character).
 ZH_NOISE_P = (0.4, 0.15)
 _ZH_NOISE_EXCLUDED = frozenset("零一二三四五六七八九十百千两加减乘除")
-AUGMENT_SETS = (1, 2, 3, 4, 5)
+# Set 6 (session 39): set 5 plus more Mandarin training phrasings, under set 3's rule (no character that only the
+# kind's held-out phrasings use). v18 typed answered held-out Mandarin "repeat" 11 of 31, "what did I say" 4 of 28,
+# styles 17 of 29 and greetings 2 of 9: Mandarin had 2-4 corpus frames per kind against English's 3-7 and fewer
+# augmentation phrasings, so a new frame reads as some other request. English draws stay set 5's.
+AUGMENT_TEMPLATES_6: dict[tuple[str, str], tuple[str, ...]] = {
+    ("arithmetic", "zh"): ("请问{expr}得多少？", "{expr}的结果是几？", "算一下{expr}是多少。", "求{expr}的值。",
+                           "{expr}，答案是几？", "请说出{expr}等于几。", "心算一下{expr}。", "口算：{expr}是多少？",
+                           "请求出{expr}。", "来算{expr}。", "{expr}等于几呢？", "{expr}是几呢？",
+                           "请算出{expr}的得数。", "问题：{expr}等于多少？", "这个题：{expr}是多少？"),
+    ("repeat", "zh"): ("请把这句话重复：{x}", "麻烦重复：{x}", "请复读：{x}", "请照读：{x}", "请朗读：{x}",
+                       "大声说：{x}", "请跟着我念：{x}", "重复下面的话：{x}", "请再说：{x}", "学我说：{x}",
+                       "模仿我说：{x}", "请原样重复：{x}", "把这句说出来：{x}", "请念：{x}", "请读出：{x}",
+                       "照着念：{x}"),
+    ("what_said", "zh"): ("{x}我说过什么？", "{x}刚才我讲了什么？", "注意听，{x}我说了啥？", "{x}请说出我刚才那句。",
+                          "{x}我刚才讲了哪句？", "{x}我刚才说了些什么？", "{x}刚刚我说了什么？",
+                          "听一听，{x}我讲了什么？", "{x}请告诉我刚才我说了什么。", "好好听，{x}我刚才说了什么？",
+                          "{x}我刚才那句是什么？", "{x}请把我刚才那句说出来。", "听着：{x}我讲了啥？"),
+    ("style-fast", "zh"): ("说得快些：{x}", "请快点讲：{x}", "快点讲：{x}", "请加快说：{x}", "用快的语气说：{x}",
+                           "请用较快的语气说：{x}", "赶快说：{x}", "请快快说出：{x}", "说快一些：{x}", "快一些说：{x}"),
+    ("style-slow", "zh"): ("请慢点讲：{x}", "慢点讲：{x}", "说得慢些：{x}", "请放慢说：{x}", "用慢的语气说：{x}",
+                           "请慢慢讲：{x}", "别着急，慢慢说：{x}", "请放慢语速：{x}", "说慢一些：{x}", "慢一些说：{x}"),
+}
+GREETING_AUGMENT_6: dict[tuple[str, str], tuple[str, ...]] = {
+    ("zh", "hello"): ("你好你好。", "您好呀。", "喂，你好。", "大家好。", "你好，在吗？"),
+    ("zh", "morning"): ("早上好呀！", "早晨好！", "早，你好。", "大家早上好。", "早上好，朋友。"),
+    ("zh", "how_are_you"): ("最近好不好？", "你身体好吗？", "近来怎么样？", "你今天怎么样？", "一切都好吗？"),
+    ("zh", "name"): ("你有名字吗？", "你叫什么呀？", "告诉我你叫什么。", "你是哪位？", "我该叫你什么？"),
+    ("zh", "thanks"): ("多谢你。", "谢谢您。", "真是谢谢你。", "太谢谢了。", "谢谢你的帮助。"),
+    ("zh", "bye"): ("明天见。", "再见了。", "拜拜啦！", "改天见。", "好的，再见。"),
+    ("zh", "help"): ("帮我一下。", "能不能帮我？", "你可以帮我吗？", "帮个忙好吗？", "我要帮助。"),
+    ("zh", "nice_to_meet"): ("见到你很高兴。", "很开心认识你。", "认识你好开心。", "能认识你真好。"),
+    ("zh", "good_night"): ("晚安，好梦。", "祝你好梦。", "晚安呀。", "晚安，朋友。"),
+}
+AUGMENT_SETS = (1, 2, 3, 4, 5, 6)
 
 
 def question_templates(kind: str, lang: str, style: str = "normal") -> tuple[_T, ...]:
@@ -402,6 +435,8 @@ def _rephrasings(kind: str, lang: str, style: str, augment: int) -> tuple[list[r
         pool += AUGMENT_TEMPLATES_2.get((key, lang), ())
     if augment >= 3:
         pool += AUGMENT_TEMPLATES_3.get((key, lang), ())
+    if augment >= 6:
+        pool += AUGMENT_TEMPLATES_6.get((key, lang), ())
     return [_template_regex(t) for t in train], pool
 
 
@@ -452,12 +487,14 @@ def _with_fillers(template: str, kind: str, lang: str, style: str, rng: random.R
 
 def _greeting_phrasings(lang: str, phrasings: tuple[str, ...], intent: str, augment: int) -> tuple[str, ...]:
     """The training phrasings of a greeting intent (all but its last, held-out one) and those of augmentation sets
-    2 and 3 as ``augment`` reaches them."""
+    2, 3 and 6 as ``augment`` reaches them."""
     train = phrasings[:-1]
     if augment >= 2:
         train += GREETING_AUGMENT_2.get((lang, intent), ())
     if augment >= 3:
         train += GREETING_AUGMENT_3.get((lang, intent), ())
+    if augment >= 6:
+        train += GREETING_AUGMENT_6.get((lang, intent), ())
     return train
 
 
@@ -465,20 +502,22 @@ def _styles(kind: str) -> tuple[str, ...]:
     return STYLE_NAMES if kind == "style" else ("normal",)
 
 
-def _phrasings_by_kind(lang: str, train_only: bool) -> dict[str, tuple[str, ...]]:
+@functools.cache
+def _phrasings_by_kind(lang: str, train_only: bool, augment: int = 3) -> dict[str, tuple[str, ...]]:
     """Phrasings of ``lang`` by kind ("greeting" holds all intents, the styles count as "style"): what ``rephrase``
-    draws from with set 3 (training templates, augmentation sets 1 to 3, training greetings), and with
-    ``train_only`` False the held-out templates and greetings too. A kind without phrasings in ``lang`` is empty."""
+    draws from with set ``augment`` (3: training templates, augmentation sets 1 to 3, training greetings; 6: set 6's
+    phrasings too), and with ``train_only`` False the held-out templates and greetings too. A kind without
+    phrasings in ``lang`` is empty."""
     groups: dict[str, tuple[str, ...]] = {}
     for kind in KINDS:
         pool: list[str] = []
         if kind == "greeting":
             for intent, phrasings, _ in (GREETINGS_EN if lang == "en" else GREETINGS_ZH):
-                pool += _greeting_phrasings(lang, phrasings, intent, 3)
+                pool += _greeting_phrasings(lang, phrasings, intent, augment)
                 pool += [] if train_only else phrasings[-1:]
         else:
             for style in _styles(kind):
-                pool += _rephrasings(kind, lang, style, 3)[1]
+                pool += _rephrasings(kind, lang, style, augment)[1]
                 pool += [] if train_only else [t for _, t, held in question_templates(kind, lang, style) if held]
         groups[kind] = tuple(pool)
     return groups
@@ -493,15 +532,18 @@ def _zh_chunks(text: str) -> set[str]:
 
 
 @functools.cache
-def noise_words(kind: str, lang: str = "en") -> tuple[str, ...]:
+def noise_words(kind: str, lang: str = "en", augment: int = 5) -> tuple[str, ...]:
     """Stray words for a question of ``kind`` (set 4: English; set 5: Mandarin, where they are characters and
     two-character chunks): those of the other kinds' training phrasings and of the fillers, less any with a word
     (character) of the kind's own phrasings of both splits (an arithmetic question must not gain a "minus"), a
     number, or one of the kind's held-out-only words (``heldout_only_units``; for a greeting, those of every
-    intent), so the held-out wordings of a kind stay unseen in its training questions."""
+    intent), so the held-out wordings of a kind stay unseen in its training questions. Sets 4 and 5 read the
+    phrasings of sets 1 to 3; set 6 reads its own too (new stray words, and its new words excluded from their
+    own kind)."""
     if lang not in FILLERS:
         raise ValueError(f"no phrasings in language {lang!r}; known: {sorted(FILLERS)}")
-    every, train = _phrasings_by_kind(lang, False), _phrasings_by_kind(lang, True)
+    level = 6 if augment >= 6 else 3
+    every, train = _phrasings_by_kind(lang, False, level), _phrasings_by_kind(lang, True, level)
     if kind not in every:
         raise ValueError(f"no phrasings of kind {kind!r}; known: {sorted(every)}")
     own = set().union(*map(_units, every[kind]))
@@ -518,13 +560,13 @@ def noise_words(kind: str, lang: str = "en") -> tuple[str, ...]:
     return tuple(sorted(c for c in set().union(*map(_zh_chunks, others)) if not set(c) & banned))
 
 
-def _with_noise(text: str, kind: str, rng: random.Random, lang: str = "en") -> str:
+def _with_noise(text: str, kind: str, rng: random.Random, lang: str = "en", augment: int = 5) -> str:
     """``text`` (a phrasing, slots unfilled) with, at random (``NOISE_P``; Mandarin: ``ZH_NOISE_P``), one or two of
-    ``noise_words(kind, lang)`` put between two of its words (Mandarin: characters), never next to a slot (a word
-    beside "{x}" would read as part of what to repeat) and never before the first word. The RNG is drawn six times
-    whatever is chosen."""
+    ``noise_words(kind, lang, augment)`` put between two of its words (Mandarin: characters), never next to a slot
+    (a word beside "{x}" would read as part of what to repeat) and never before the first word. The RNG is drawn
+    six times whatever is chosen."""
     draws = [rng.random() for _ in range(6)]
-    vocab = noise_words(kind, lang)
+    vocab = noise_words(kind, lang, augment)
     words = text.split(" ") if lang == "en" else re.findall(r"\{\w+\}|.", text, re.S)
     for i, p in enumerate(NOISE_P if lang == "en" else ZH_NOISE_P):
         if draws[3 * i] >= p or not vocab:
@@ -538,7 +580,7 @@ def _with_noise(text: str, kind: str, rng: random.Random, lang: str = "en") -> s
 
 
 def _noisy(augment: int, lang: str) -> bool:
-    """Whether ``rephrase`` adds stray words: set 4 in English, set 5 in English and Mandarin."""
+    """Whether ``rephrase`` adds stray words: set 4 in English, sets 5 and 6 in English and Mandarin."""
     return augment >= 5 or (augment == 4 and lang == "en")
 
 
@@ -548,7 +590,7 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
     phrasing of its intent. Questions of held-out templates, chat and unknown text come back unchanged.
     ``augment`` picks the augmentation phrasings: set 1, sets 1 and 2, or sets 1 to 3 with fillers around the
     phrasing (``AUGMENT_SETS``); set 4 adds stray words to set 3's English phrasings, set 5 to its Mandarin ones
-    too (``_with_noise``)."""
+    too (``_with_noise``); set 6 is set 5 with more Mandarin phrasings (``AUGMENT_TEMPLATES_6``)."""
     if augment not in AUGMENT_SETS:
         raise ValueError(f"augmentation set must be one of {AUGMENT_SETS}, not {augment}")
     if kind == "greeting":
@@ -556,7 +598,7 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
             if question in phrasings[:-1]:  # the last phrasing of each intent is held out
                 train = _greeting_phrasings(lang, phrasings, intent, augment)
                 phrasing = train[rng.randrange(len(train))]
-                return _with_noise(phrasing, kind, rng, lang) if _noisy(augment, lang) else phrasing
+                return _with_noise(phrasing, kind, rng, lang, augment) if _noisy(augment, lang) else phrasing
         return question
     regexes, pool = _rephrasings(kind, lang, style, augment)
     for rx in regexes:
@@ -566,7 +608,7 @@ def rephrase(kind: str, lang: str, question: str, rng: random.Random, style: str
             if augment >= 3:
                 template = _with_fillers(template, kind, lang, style, rng)
             if _noisy(augment, lang):
-                template = _with_noise(template, kind, rng, lang)
+                template = _with_noise(template, kind, rng, lang, augment)
             return template.format(**m.groupdict())
     return question
 
