@@ -571,19 +571,18 @@ def test_plan_with_set3_rephrasings_completes_an_older_plan(items):
         CorpusConfig(rephrasings_set3=-1)
 
 
-def test_plan_with_set4_rephrasings_adds_english_rows_after_set3(items):
-    cfg = dict(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=4)
-    base = plan(items, CorpusConfig(**cfg))
-    more = plan(items, CorpusConfig(**cfg, rephrasings_set4=3))
+def _added_question_rows(items, base, more, tag: str, lang: str, k: int) -> list:
+    """The rows ``more`` adds to ``base``, checked: ``base`` is unchanged (a corpus completes in place), and every
+    added row is a training question ``<item>.<tag><j>`` (j < k) in ``lang`` by a training voice, never a held-out
+    question, at most ``k`` distinct texts per item, none an earlier question text of its item."""
     ids = {u.id for u in base}
-    assert [u for u in more if u.id in ids] == base  # corpus_v7's rows unchanged: it completes in place
+    assert [u for u in more if u.id in ids] == base
     extra = [u for u in more if u.id not in ids]
-    assert extra and all(re.search(r"\.n[0-2]$", u.id) and u.split == "train" and u.role == "question"
-                         and u.language == "en" for u in extra)
+    assert extra and all(re.search(rf"\.{tag}[0-{k - 1}]$", u.id) and u.split == "train" and u.role == "question"
+                         and u.language == lang for u in extra)
+    assert {u.voice for u in extra} <= {v.name for v in voices.train_voices(lang)}
     heldout_questions = {it.question for it in items if it.split == "heldout"}
     assert not any(u.text in heldout_questions for u in extra)
-    train_voices = {v.name for v in voices.train_voices("en")}
-    assert {u.voice for u in extra} <= train_voices
     earlier: dict[str, set] = {}
     for u in base:
         if u.role == "question":
@@ -592,7 +591,15 @@ def test_plan_with_set4_rephrasings_adds_english_rows_after_set3(items):
     for u in extra:
         per_item.setdefault(u.item_id, []).append(u.text)
     for item_id, texts_ in per_item.items():
-        assert len(set(texts_)) == len(texts_) <= 3 and not set(texts_) & earlier[item_id], item_id
+        assert len(set(texts_)) == len(texts_) <= k and not set(texts_) & earlier[item_id], item_id
+    return extra
+
+
+def test_plan_with_set4_rephrasings_adds_english_rows_after_set3(items):
+    cfg = dict(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=4)
+    base = plan(items, CorpusConfig(**cfg))
+    more = plan(items, CorpusConfig(**cfg, rephrasings_set4=3))
+    extra = _added_question_rows(items, base, more, "n", "en", 3)  # corpus_v7's rows unchanged
     # some carry a stray word: a word that no phrasing of the kind has, from the kind's noise words
     by_kind = texts._phrasings_by_kind("en", False)
     noisy = 0
@@ -619,23 +626,7 @@ def test_plan_with_set6_rephrasings_adds_mandarin_rows_after_set4(items):
     cfg = dict(seed=0, spoken_rephrasings=8, augment_set=2, rephrasings_set3=4, rephrasings_set4=4)
     base = plan(items, CorpusConfig(**cfg))
     more = plan(items, CorpusConfig(**cfg, rephrasings_set6=3))
-    ids = {u.id for u in base}
-    assert [u for u in more if u.id in ids] == base  # corpus_v8's rows unchanged: it completes in place
-    extra = [u for u in more if u.id not in ids]
-    assert extra and all(re.search(r"\.m[0-2]$", u.id) and u.split == "train" and u.role == "question"
-                         and u.language == "zh" for u in extra)
-    assert {u.voice for u in extra} <= {v.name for v in voices.train_voices("zh")}
-    heldout_questions = {it.question for it in items if it.split == "heldout"}
-    assert not any(u.text in heldout_questions for u in extra)
-    earlier: dict[str, set] = {}
-    for u in base:
-        if u.role == "question":
-            earlier.setdefault(u.item_id, set()).add(u.text)
-    per_item: dict[str, list] = {}
-    for u in extra:
-        per_item.setdefault(u.item_id, []).append(u.text)
-    for item_id, texts_ in per_item.items():
-        assert len(set(texts_)) == len(texts_) <= 3 and not set(texts_) & earlier[item_id], item_id
+    extra = _added_question_rows(items, base, more, "m", "zh", 3)  # corpus_v8's rows unchanged
     set6 = [t for ts in texts.AUGMENT_TEMPLATES_6.values() for t in ts]
     frames = [re.sub(r"\{\w+\}", "", t).strip("，。？：") for t in set6]
     assert sum(any(f and f in u.text for f in frames) for u in extra) > 0.2 * len(extra)
