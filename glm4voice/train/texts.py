@@ -502,7 +502,6 @@ def _styles(kind: str) -> tuple[str, ...]:
     return STYLE_NAMES if kind == "style" else ("normal",)
 
 
-@functools.cache
 def _phrasings_by_kind(lang: str, train_only: bool, augment: int = 3) -> dict[str, tuple[str, ...]]:
     """Phrasings of ``lang`` by kind ("greeting" holds all intents, the styles count as "style"): what ``rephrase``
     draws from with set ``augment`` (3: training templates, augmentation sets 1 to 3, training greetings; 6: set 6's
