@@ -70,19 +70,27 @@ def test_grow_folder_on_the_embedded_lm(tmp_path):
     """The shipped (int8-stored) LM grown into a complete folder: loads, same logits, tokenizer beside it."""
     from glm4voice.lm.load import load_lm
 
-    rec = grow_lm.grow_folder(embedded_dir("lm"), tmp_path / "g", layers=7, ffn=832, seed=1)
-    assert rec["after"]["num_layers"] == 7 and rec["after"]["ffn_hidden_size"] == 832
-    assert json.loads((tmp_path / "g" / "grow.json").read_text())["layers"] == [0, 1, 2, 3, "copy of 3", 4, 5]
+    src = json.loads((embedded_dir("lm") / "config.json").read_text())  # whatever size the shipped LM has
+    n, ffn = src["num_layers"], src["ffn_hidden_size"] + 64
+    rec = grow_lm.grow_folder(embedded_dir("lm"), tmp_path / "g", layers=n + 1, ffn=ffn, seed=1)
+    assert rec["after"]["num_layers"] == n + 1 and rec["after"]["ffn_hidden_size"] == ffn
+    mid = n // 2  # one new layer copies the middle one and follows it
+    expected = [*range(mid + 1), f"copy of {mid}", *range(mid + 1, n)]
+    assert json.loads((tmp_path / "g" / "grow.json").read_text())["layers"] == expected
     cfg = json.loads((tmp_path / "g" / "config.json").read_text())
-    assert (cfg["num_layers"], cfg["ffn_hidden_size"]) == (7, 832)
+    assert (cfg["num_layers"], cfg["ffn_hidden_size"]) == (n + 1, ffn)
     old = load_lm(embedded_dir("lm"), dtype=torch.float32)
     new = load_lm(tmp_path / "g", dtype=torch.float32)
+    stored = getattr(torch, cfg["torch_dtype"])  # the grown folder keeps the source's declared dtype (bfloat16)
+    with torch.no_grad():
+        for p in old.parameters():  # the source's weights as the grown folder stores them
+            p.copy_(p.to(stored).float())
     ids = torch.randint(0, old.cfg.padded_vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = old(ids), new(ids)
-    # stored in bfloat16 like the source's config says: equal up to that rounding of the (unchanged) weights
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.95
-    assert (a - b).abs().max() < 0.1 * a.abs().max()
+    # the new blocks add exactly zero and the new MLP units' outputs are zero: the same function up to float sums
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    assert (a - b).abs().max() < 1e-4 * a.abs().max()
     assert (tmp_path / "g" / "tokenizer.model").is_file()
 
 

@@ -1,8 +1,8 @@
 """Grow a trained LM (more layers, a wider MLP) without changing what it computes: a warm start for a larger model.
 
-The embedded LM (6 layers, MLP 768) is small, and its held-out losses fall more slowly with every run of the same
-data (docs/model_history.md). A larger model trained from scratch would need the many CPU sessions the small one
-took. Growing it keeps everything it learned: the grown model's logits equal the original's (to float rounding),
+The embedded LM (6 layers and MLP 768 up to v19; v20's was grown to 8 and 1,024 with this module) is small, and
+its held-out losses fell more slowly with every run of the same data (docs/model_history.md). A larger model trained
+from scratch would need the many CPU sessions the small one took. Growing it keeps everything it learned: the grown model's logits equal the original's (to float rounding),
 and training then uses the new capacity.
 
 - ``--layers N`` (> the current number): each new layer is a copy of an existing one, inserted right after it
