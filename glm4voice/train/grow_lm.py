@@ -2,8 +2,8 @@
 
 The embedded LM (6 layers and MLP 768 up to v19; v20's was grown to 8 and 1,024 with this module) is small, and
 its held-out losses fell more slowly with every run of the same data (docs/model_history.md). A larger model trained
-from scratch would need the many CPU sessions the small one took. Growing it keeps everything it learned: the grown model's logits equal the original's (to float rounding),
-and training then uses the new capacity.
+from scratch would need the many CPU sessions the small one took. Growing it keeps everything it learned: the grown
+model's logits equal the original's (to float rounding), and training then uses the new capacity.
 
 - ``--layers N`` (> the current number): each new layer is a copy of an existing one, inserted right after it
   (sources spread evenly over the depth), with its two residual-branch outputs (attention ``out``, MLP ``down``)
